@@ -1,0 +1,1 @@
+"""freshrec.embeddings"""

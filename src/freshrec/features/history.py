@@ -1,0 +1,119 @@
+"""Per-user recent-item history: the feature state that sequence-aware models read.
+
+The history is updated event by event inside a micro-batch (the protocol's "live feature state"): the query
+of an event sees every earlier event of the same user, including those earlier in the same batch, and never
+the event itself. This is done for a whole batch at once with index arithmetic, never a loop per event.
+
+Memory is bounded: at most `capacity` users are remembered (least recently active users are forgotten first),
+each with their last `length` items: ``capacity * length * 16`` bytes (key and time per item).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from freshrec.interactions import Query
+from freshrec.keyindex import KeyIndex
+
+
+@dataclass
+class HistoryConfig:
+    """How much of each user's past to keep.
+
+    Parameters
+    ----------
+    length
+        Items remembered per user (the longest history any model reads).
+    capacity
+        Users remembered at once; beyond it the least recently active user is forgotten.
+    """
+
+    length: int = 50
+    capacity: int = 1_000_000
+
+
+class UserHistory:
+    """The last `length` items of each user, as right-aligned rows (most recent item last).
+
+    >>> history = UserHistory(HistoryConfig(length=3, capacity=10))
+    >>> users = np.array([1, 2, 1, 1], dtype=np.uint64)
+    >>> items = np.array([10, 20, 11, 12], dtype=np.uint64)
+    >>> query = history.query_and_record(users, items, np.arange(4.0))
+    >>> query.history_keys.tolist()  # each row: what the user had done just before that event
+    [[0, 0, 0], [0, 0, 0], [0, 0, 10], [0, 10, 11]]
+    >>> history.query(np.array([1], dtype=np.uint64), np.array([9.0])).history_keys.tolist()
+    [[10, 11, 12]]
+    """
+
+    def __init__(self, config: HistoryConfig | None = None) -> None:
+        self.config = config or HistoryConfig()
+        length, capacity = self.config.length, self.config.capacity
+        self._users = KeyIndex(capacity, eviction="lru")
+        self._keys = np.zeros((capacity, length), dtype=np.uint64)
+        self._times = np.full((capacity, length), np.nan, dtype=np.float64)
+
+    @property
+    def length(self) -> int:
+        return self.config.length
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def query(self, user_keys: np.ndarray, timestamps: np.ndarray) -> Query:
+        """Histories as they stand now, without recording anything (serving and evaluation of requests)."""
+        slots = self._users.lookup(user_keys)
+        known = slots >= 0
+        keys = np.zeros((len(user_keys), self.length), dtype=np.uint64)
+        times = np.full((len(user_keys), self.length), np.nan, dtype=np.float64)
+        keys[known] = self._keys[slots[known]]
+        times[known] = self._times[slots[known]]
+        return Query(user_keys=user_keys, timestamps=timestamps, history_keys=keys, history_times=times)
+
+    def query_and_record(self, user_keys: np.ndarray, item_keys: np.ndarray, timestamps: np.ndarray) -> Query:
+        """The pre-event history of every event of a batch (in event order), then record the batch.
+
+        Row j of the result holds the user's last `length` items before event j: the stored history
+        followed by the user's earlier events in this batch.
+        """
+        n, length = len(user_keys), self.length
+        if n == 0 or length == 0:
+            return self.query(user_keys, timestamps)
+        assignment = self._users.assign(user_keys, timestamps)
+        slots = assignment.slots
+        # A slot given to a new user (or taken from a forgotten one) starts empty.
+        fresh = np.unique(slots[assignment.new])
+        self._keys[fresh] = 0
+        self._times[fresh] = np.nan
+
+        # Group the batch by user, keeping event order inside each group: `rank` is how many earlier events
+        # of the same user precede each event in this batch.
+        order = np.argsort(slots, kind="stable")
+        sorted_slots = slots[order]
+        group_start = np.flatnonzero(np.r_[True, sorted_slots[1:] != sorted_slots[:-1]])
+        group_of_sorted = np.repeat(np.arange(len(group_start)), np.diff(np.r_[group_start, n]))
+        rank_sorted = np.arange(n) - group_start[group_of_sorted]
+        position = np.empty(n, dtype=np.int64)  # where each event sits in the sorted order
+        position[order] = np.arange(n)
+        rank = rank_sorted[position]
+
+        # Column c of a right-aligned row is `back` = length-1-c steps into the past (0 = most recent).
+        back = np.arange(length - 1, -1, -1)[None, :]
+        from_batch = back < rank[:, None]
+        batch_pos = np.clip(position[:, None] - 1 - back, 0, n - 1)
+        stored_col = length - 1 - (back - rank[:, None])
+        from_store = ~from_batch & (stored_col >= 0)
+        stored_col = np.clip(stored_col, 0, length - 1)
+        stored_keys = self._keys[slots[:, None], stored_col]
+        stored_times = self._times[slots[:, None], stored_col]
+        sorted_items, sorted_times = item_keys[order], timestamps[order]
+        keys = np.where(from_batch, sorted_items[batch_pos], np.where(from_store, stored_keys, 0))
+        times = np.where(from_batch, sorted_times[batch_pos], np.where(from_store, stored_times, np.nan))
+        keys = keys.astype(np.uint64, copy=False)
+
+        # Each user's new stored row: the query row of their last event, shifted, plus that event.
+        last = order[np.r_[group_start[1:] - 1, n - 1]]
+        self._keys[slots[last]] = np.concatenate([keys[last, 1:], item_keys[last, None]], axis=1)
+        self._times[slots[last]] = np.concatenate([times[last, 1:], timestamps[last, None]], axis=1)
+        return Query(user_keys=user_keys, timestamps=timestamps, history_keys=keys, history_times=times)

@@ -1,0 +1,92 @@
+"""What models see: encoded events with each user's recent history as it was just before the event.
+
+Raw ids are turned into 64-bit keys by `freshrec.preprocess.encode`; key 0 is reserved for "no item"
+(history padding). `features.UserHistory` builds a `Query` per batch with the feature state updated event
+by event (the protocol's "live feature state"); the trainer adds the positives and sampled negatives to
+make `Interactions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The key that never names an id: it pads history rows and marks empty slots.
+NO_KEY = np.uint64(0)
+
+
+@dataclass
+class Query:
+    """Who asks, when, and what they did just before: one row per event (or per request at serving).
+
+    Attributes
+    ----------
+    user_keys
+        uint64 [B], the user of each row.
+    timestamps
+        float64 [B], event time of each row (epoch seconds).
+    history_keys
+        uint64 [B, N], the user's last N item keys before this row, oldest first, right-aligned:
+        the most recent item is in the last column; ``NO_KEY`` pads users with fewer than N items.
+    history_times
+        float64 [B, N], when each history item happened (``NaN`` for padding).
+    """
+
+    user_keys: np.ndarray
+    timestamps: np.ndarray
+    history_keys: np.ndarray
+    history_times: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_keys)
+
+    @property
+    def history_length(self) -> int:
+        return self.history_keys.shape[1]
+
+    @classmethod
+    def without_history(cls, user_keys: np.ndarray, timestamps: np.ndarray) -> Query:
+        n = len(user_keys)
+        return cls(
+            user_keys=user_keys,
+            timestamps=timestamps,
+            history_keys=np.zeros((n, 0), dtype=np.uint64),
+            history_times=np.zeros((n, 0), dtype=np.float64),
+        )
+
+
+@dataclass
+class Interactions:
+    """A micro-batch to learn from: the queries, the item each user acted on, and sampled negatives.
+
+    Attributes
+    ----------
+    query
+        The context of each event (history as it was before the event).
+    item_keys
+        uint64 [B], the positive item of each event.
+    values
+        float64 [B], the event's value (a rating), ``NaN`` where absent.
+    kinds
+        int8 [B], codes into `freshrec.events.EVENT_KINDS`.
+    negative_keys
+        uint64 [B, M], items sampled from the recent item distribution (may by chance contain the positive).
+    """
+
+    query: Query
+    item_keys: np.ndarray
+    values: np.ndarray
+    kinds: np.ndarray
+    negative_keys: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item_keys)
+
+    @property
+    def user_keys(self) -> np.ndarray:
+        return self.query.user_keys
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.query.timestamps
