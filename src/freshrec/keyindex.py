@@ -1,0 +1,583 @@
+"""A collisionless map from uint64 keys to dense slots ``[0, capacity)``, with bookkeeping and eviction.
+
+This is what makes embedding tables collisionless: every live key owns one slot (one embedding row), no two
+live keys share a slot, and a slot is handed to another key only after its key was removed, expired or
+evicted. All work is vectorised per batch of keys (numpy only); Python loops run over probe rounds, never
+over keys. It must never hand out a slot that a live key still owns, and `lookup` must never change state.
+
+Layout
+------
+* An open-addressing hash array of ``H = next_power_of_two(2 * capacity)`` cells with linear probing; each
+  cell holds a key and the slot it maps to (or EMPTY / TOMBSTONE). Load from live keys stays <= 1/2.
+* Per-slot arrays of length ``capacity``: the key in the slot (0 = free), `last_seen` (event time) and
+  `counts` (sightings), plus a stack of free slots.
+
+Deletion
+--------
+Deleted cells become tombstones rather than being repaired by backward-shift deletion: backward shift moves
+entries one cluster at a time and does not vectorise over a batch of deletions (two deletions in one cluster
+interact), whereas tombstones are a single scatter. Inserts only fill EMPTY cells, so the number of used
+cells (live + tombstones) only grows; once it would pass `MAX_USED_FRACTION` of the hash array, the array is
+rebuilt from the live slots (one vectorised insert of all live keys, O(H)). With live load <= 1/2 the rebuild
+happens at most once per ``H / 8 >= capacity / 4`` deletions, so it is amortised O(1) per deletion, and
+every probe sequence runs over a table at most 5/8 full: lookup cost stays bounded no matter how many
+insert/delete cycles came before.
+
+Eviction
+--------
+Choosing the k least-recently (or least-frequently) seen of a million live keys is an O(capacity) selection;
+doing it per batch would dominate the hot path once the index is full. Instead a *victim pool* holds the
+M = max(capacity / 16, 4096) smallest live keys under the total order (primary, secondary, slot), sorted,
+with a snapshot of their bookkeeping and the threshold tuple of its largest entry. Invariant: every live key
+whose tuple is <= the threshold is in the pool. Touches and inserts only raise a key's tuple (counts grow,
+last_seen never goes back), so an entry whose snapshot no longer matches is stale and skipped; an update
+that lands at or below the threshold (a late event, a new key in "lfu") is merged into the pool. Victims are
+popped from its front; it is rebuilt (one `np.partition` pass) only when it runs dry, i.e. at most once per
+M evictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from freshrec.errors import CapacityError, ConfigError
+
+Eviction = Literal["lru", "lfu", "none"]
+
+_EMPTY = -1  # cell never used: a probe for a missing key stops here
+_TOMBSTONE = -2  # cell whose key was deleted: probes continue past it, inserts do not reuse it
+_WINDOW = 8  # cells read per probe round after the first (one 64-byte cache line of keys)
+_OFFSETS = np.arange(_WINDOW, dtype=np.int64)
+#: Rebuild the hash array when live + tombstone cells would exceed this fraction of it.
+MAX_USED_FRACTION = 0.625
+
+# Constants of the 64-bit finaliser of MurmurHash3 (fmix64): mixes every input bit into the high bits,
+# so sequential integer keys (tests, pre-encoded ids) spread as well as xxhash digests do.
+_MIX1 = np.uint64(0xFF51AFD7ED558CCD)
+_MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+
+
+@dataclass
+class Assignment:
+    """The outcome of `KeyIndex.assign`.
+
+    Attributes
+    ----------
+    slots
+        int64 [n], the slot of each input key, in input order.
+    new
+        bool [n], True where the key got its slot in this call (every occurrence of such a key).
+    evicted_keys
+        uint64 [e], keys evicted to make room in this call.
+    evicted_slots
+        int64 [e], the slots they held; every one of them now belongs to a new key of this call.
+    """
+
+    slots: np.ndarray
+    new: np.ndarray
+    evicted_keys: np.ndarray
+    evicted_slots: np.ndarray
+
+
+def mix64(keys: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 64-bit mix of each key (the MurmurHash3 finaliser of ``key + seed * golden ratio``); a new array.
+
+    Different seeds give independent-looking hash functions of the same keys (the count-min sketch uses one
+    per row).
+
+    >>> mix64(np.array([1, 2], dtype=np.uint64)).dtype
+    dtype('uint64')
+    """
+    x = keys + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) if seed else keys.copy()
+    x ^= x >> _S33
+    x *= _MIX1
+    x ^= x >> _S33
+    x *= _MIX2
+    x ^= x >> _S33
+    return x
+
+
+def as_keys(keys: np.ndarray | list[int], field: str = "keys") -> np.ndarray:
+    """Keys as a 1-d uint64 array; signed int64 hashes are reinterpreted bit for bit, not converted.
+
+    >>> as_keys(np.array([-1, 5])).tolist()
+    [18446744073709551615, 5]
+    """
+    array = np.asarray(keys)
+    if array.dtype == np.uint64:
+        return array.reshape(-1)
+    if array.dtype == np.int64:
+        return array.reshape(-1).view(np.uint64)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    if array.dtype.kind in "iu":
+        return array.reshape(-1).astype(np.int64).view(np.uint64)
+    raise ConfigError(
+        f"{field} must be an integer array of uint64 keys, got dtype {array.dtype}; encode raw ids "
+        "with freshrec.preprocess.encode first"
+    )
+
+
+class KeyIndex:
+    """Vectorised open-addressing hash map from uint64 keys (0 is reserved) to slots ``[0, capacity)``.
+
+    Parameters
+    ----------
+    capacity
+        Number of slots: the most keys that can be live at once.
+    eviction
+        What `assign` does when it needs more slots than are free: ``"lru"`` evicts the live keys with the
+        oldest `last_seen` (ties: lower count, then lower slot), ``"lfu"`` those with the lowest count
+        (ties: older last_seen, then lower slot), ``"none"`` raises `CapacityError`.
+
+    Attributes
+    ----------
+    last_seen
+        float64 [capacity], latest event time each slot's key was seen (``-inf`` for free slots). Read only.
+    counts
+        int64 [capacity], how many times each slot's key was seen since it got the slot (0 for free slots).
+
+    Examples
+    --------
+    >>> index = KeyIndex(capacity=2)
+    >>> index.assign(np.array([10, 20, 10], dtype=np.uint64), now=1.0).slots.tolist()
+    [0, 1, 0]
+    >>> a = index.assign(np.array([30], dtype=np.uint64), now=2.0)   # full: evicts key 20 (seen once)
+    >>> a.slots.tolist(), a.evicted_keys.tolist()
+    ([1], [20])
+    >>> index.lookup(np.array([10, 20, 30], dtype=np.uint64)).tolist()
+    [0, -1, 1]
+    """
+
+    def __init__(self, capacity: int, eviction: Eviction = "lru") -> None:
+        if not isinstance(capacity, int | np.integer) or capacity < 1:
+            raise ConfigError(f"capacity must be a positive integer, got {capacity!r}")
+        if eviction not in ("lru", "lfu", "none"):
+            raise ConfigError(f"eviction must be 'lru', 'lfu' or 'none', got {eviction!r}")
+        self.capacity = int(capacity)
+        self.eviction: Eviction = eviction
+        self._bits = max(3, int(2 * self.capacity - 1).bit_length())
+        self._mask_int = (1 << self._bits) - 1
+        self._shift = np.uint64(64 - self._bits)
+        size = 1 << self._bits
+        self._cell_keys = np.zeros(size, dtype=np.uint64)
+        self._cell_slots = np.full(size, _EMPTY, dtype=np.int64)
+        self._used_cells = 0  # live + tombstones
+        self._max_used = int(MAX_USED_FRACTION * size)
+        self._slot_keys = np.zeros(self.capacity, dtype=np.uint64)
+        self.last_seen = np.full(self.capacity, -np.inf, dtype=np.float64)
+        self.counts = np.zeros(self.capacity, dtype=np.int64)
+        # Free slots as a stack; popping from the end hands out 0, 1, 2, ... first on a fresh index.
+        self._free = np.arange(self.capacity - 1, -1, -1, dtype=np.int64)
+        self._n_free = self.capacity
+        self._pool: _VictimPool | None = None
+        #: Smallest victim pool; a pool also holds at least capacity / 16 keys so that rebuilds (O(capacity))
+        #: happen at most once per capacity / 16 evictions.
+        self.min_pool = 4096
+        self._protected = np.zeros(self.capacity, dtype=bool)
+        self.rehashes = 0
+
+    # ------------------------------------------------------------------ queries
+    def __len__(self) -> int:
+        return self.capacity - self._n_free
+
+    @property
+    def hash_cells(self) -> int:
+        """Number of cells of the hash array (a power of two, at least 2 x capacity)."""
+        return len(self._cell_keys)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index's arrays."""
+        arrays = (self._cell_keys, self._cell_slots, self._slot_keys, self.last_seen, self.counts, self._free)
+        return int(sum(a.nbytes for a in arrays))
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """int64 slot of each key, -1 where the key is not live (key 0 included). Changes nothing."""
+        return self._find(as_keys(keys))[1]
+
+    def keys_of(self, slots: np.ndarray) -> np.ndarray:
+        """uint64 key held by each slot (0 for free slots and for -1)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        keys = self._slot_keys[np.maximum(slots, 0)]
+        return np.where(slots >= 0, keys, np.uint64(0))
+
+    def live_slots(self) -> np.ndarray:
+        """int64 slots that hold a live key, ascending."""
+        return np.flatnonzero(self._slot_keys)
+
+    # ------------------------------------------------------------------ updates
+    def assign(self, keys: np.ndarray, now: float | np.ndarray) -> Assignment:
+        """Give every key a slot, admitting missing keys and evicting if the index is full.
+
+        Parameters
+        ----------
+        keys
+            uint64 [n] keys, duplicates allowed, never 0.
+        now
+            Event time of the call (a float) or of each key (float64 [n]). A key's `last_seen` becomes the
+            latest of its previous value and its times in this call; its count grows by its occurrences.
+
+        Raises
+        ------
+        CapacityError
+            More distinct keys than `capacity` in one call, or a full index with ``eviction="none"``.
+            Nothing is changed when it is raised.
+        """
+        keys = as_keys(keys)
+        n = len(keys)
+        times = np.asarray(now, dtype=np.float64)
+        if times.ndim and times.shape != (n,):
+            raise ConfigError(
+                f"now has shape {times.shape} but keys has {n} entries; pass one time or one per key"
+            )
+        times = np.broadcast_to(times, (n,))
+        if n == 0:
+            return Assignment(
+                np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.uint64), np.zeros(0, np.int64)
+            )
+        if not keys.all():
+            raise ConfigError(
+                "keys contains key 0, which is reserved for 'no key'; drop padding before assign"
+            )
+        unique, inverse, occurrences, latest = _group(keys, times)
+        if len(unique) > self.capacity:
+            raise CapacityError(
+                f"assign got {len(unique)} distinct keys, more than capacity={self.capacity}; "
+                "raise the capacity or split the batch"
+            )
+        _, slots = self._find(unique)
+        missing = slots < 0
+        n_new = int(missing.sum())
+        need = n_new - self._n_free
+        if need > 0 and self.eviction == "none":
+            raise CapacityError(
+                f"KeyIndex is full (capacity={self.capacity}, eviction='none') and {n_new} new keys arrived; "
+                "raise the capacity or choose eviction='lru' or 'lfu'"
+            )
+        # Touch existing keys first: their tuples rise, so the victim pool will not offer them (keys of
+        # one call never evict one another).
+        present = slots[~missing]
+        self.last_seen[present] = np.maximum(self.last_seen[present], latest[~missing])
+        self.counts[present] += occurrences[~missing]
+        self._note_updates(present)
+
+        evicted_keys = np.zeros(0, dtype=np.uint64)
+        evicted_slots = np.zeros(0, dtype=np.int64)
+        if need > 0:
+            # Scratch flags (kept between calls, reset after use) so eviction costs O(batch), not O(capacity).
+            self._protected[present] = True
+            try:
+                evicted_slots = self._pick_victims(need, len(present))
+            finally:
+                self._protected[present] = False
+            evicted_keys = self._slot_keys[evicted_slots].copy()
+            self._delete(evicted_keys, evicted_slots)
+
+        if n_new:
+            new_keys = unique[missing]
+            new_slots = self._pop_free(n_new)
+            if self._used_cells + n_new > self._max_used:
+                self._rehash()
+            self._insert(new_keys, new_slots)
+            self._slot_keys[new_slots] = new_keys
+            self.last_seen[new_slots] = latest[missing]
+            self.counts[new_slots] = occurrences[missing]
+            slots[missing] = new_slots
+            self._note_updates(new_slots)
+        return Assignment(
+            slots=slots[inverse], new=missing[inverse], evicted_keys=evicted_keys, evicted_slots=evicted_slots
+        )
+
+    def remove(self, keys: np.ndarray) -> np.ndarray:
+        """Remove keys; returns the slot each key freed (-1 where it was not live). Duplicates are fine."""
+        keys = as_keys(keys)
+        _, slots = self._find(keys)
+        hit = slots >= 0
+        if hit.any():
+            unique_slots = np.unique(slots[hit])
+            self._delete(self._slot_keys[unique_slots].copy(), unique_slots)
+        return slots
+
+    def expire(self, older_than: float) -> tuple[np.ndarray, np.ndarray]:
+        """Remove every live key with ``last_seen < older_than``; returns their (keys, slots). O(capacity)."""
+        slots = np.flatnonzero((self.last_seen < older_than) & (self._slot_keys != 0))
+        keys = self._slot_keys[slots].copy()
+        if len(slots):
+            self._delete(keys, slots)
+        return keys, slots
+
+    # ------------------------------------------------------------------ state
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The index as plain arrays (slot -> key, last_seen, counts): enough to rebuild it exactly."""
+        return {
+            "slot_keys": self._slot_keys.copy(),
+            "last_seen": self.last_seen.copy(),
+            "counts": self.counts.copy(),
+        }
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the contents with `state_arrays` output of an index of the same capacity."""
+        slot_keys = as_keys(arrays["slot_keys"], "slot_keys")
+        if len(slot_keys) != self.capacity:
+            raise ConfigError(
+                f"slot_keys has {len(slot_keys)} entries but this KeyIndex has capacity={self.capacity}; "
+                "load into an index of the same capacity"
+            )
+        live = np.flatnonzero(slot_keys)
+        if len(np.unique(slot_keys[live])) != len(live):
+            raise ConfigError("slot_keys holds the same key in two slots; the state is corrupt")
+        self._slot_keys = slot_keys.copy()
+        self.last_seen = np.asarray(arrays["last_seen"], dtype=np.float64).copy()
+        self.counts = np.asarray(arrays["counts"], dtype=np.int64).copy()
+        free = np.flatnonzero(slot_keys == 0)[::-1]
+        self._free[: len(free)] = free
+        self._n_free = len(free)
+        self._pool = None
+        self._rehash()
+
+    # ------------------------------------------------------------------ internals
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        """Home cell of each key: the top bits (the best-mixed ones) of `mix64`."""
+        return (mix64(keys) >> self._shift).astype(np.int64)
+
+    def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cell, slot) of each key, (-1, -1) where absent.
+
+        The first round reads each key's home cell (most keys stop there); the keys still unresolved then
+        read `_WINDOW` consecutive cells per round, so the few long probe sequences of a linear-probing table
+        cost a handful of vectorised rounds instead of one round per cell.
+        """
+        n = len(keys)
+        cells = np.full(n, -1, dtype=np.int64)
+        slots = np.full(n, -1, dtype=np.int64)
+        if keys.all():
+            pending, pending_keys = np.arange(n), keys
+        else:  # key 0 is never live
+            pending = np.flatnonzero(keys)
+            pending_keys = keys[pending]
+        pos = self._home(pending_keys)
+        cell_slot = self._cell_slots[pos]
+        hit = self._cell_keys[pos] == pending_keys
+        cells[pending[hit]] = pos[hit]
+        slots[pending[hit]] = cell_slot[hit]
+        go_on = ~hit & (cell_slot != _EMPTY)
+        pending, pending_keys, pos = pending[go_on], pending_keys[go_on], (pos[go_on] + 1) & self._mask_int
+        while len(pending):
+            window = (pos[:, None] + _OFFSETS) & self._mask_int
+            window_slots = self._cell_slots[window]
+            hit = self._cell_keys[window] == pending_keys[:, None]
+            stop = hit | (window_slots == _EMPTY)
+            first = stop.argmax(axis=1)
+            rows = np.arange(len(pending))
+            found = hit[rows, first]
+            cells[pending[found]] = window[rows[found], first[found]]
+            slots[pending[found]] = window_slots[rows[found], first[found]]
+            go_on = ~stop[rows, first]  # no hit and no EMPTY cell in the window: read the next one
+            pending, pending_keys = pending[go_on], pending_keys[go_on]
+            pos = (pos[go_on] + _WINDOW) & self._mask_int
+        return cells, slots
+
+    def _insert(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Insert distinct keys known to be absent into EMPTY cells.
+
+        Each round every pending key picks the first EMPTY cell from its probe position (home cell first,
+        then windows of `_WINDOW` cells); keys racing for one cell are resolved by scatter-then-read-back:
+        the key that reads itself back won, the others continue after that cell.
+        """
+        pending = np.arange(len(keys))
+        pos = self._home(keys)
+        width = 1
+        while len(pending):
+            window = (pos[:, None] + _OFFSETS[:width]) & self._mask_int
+            empty = self._cell_slots[window] == _EMPTY
+            first = empty.argmax(axis=1)
+            rows = np.arange(len(pending))
+            has_empty = empty[rows, first]
+            target = window[rows, first]
+            cand, cand_cells = pending[has_empty], target[has_empty]
+            self._cell_keys[cand_cells] = keys[cand]
+            won = self._cell_keys[cand_cells] == keys[cand]
+            self._cell_slots[cand_cells[won]] = slots[cand[won]]
+            placed = np.zeros(len(pending), dtype=bool)
+            placed[np.flatnonzero(has_empty)[won]] = True
+            # Losers resume right after the cell they lost; keys without an EMPTY cell, after the window.
+            pos = np.where(has_empty, target + 1, pos + width) & self._mask_int
+            pending, pos = pending[~placed], pos[~placed]
+            width = _WINDOW
+        self._used_cells += len(keys)
+
+    def _delete(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Turn the cells of live `keys` (held in `slots`) into tombstones and free the slots."""
+        cells, _ = self._find(keys)
+        self._cell_keys[cells] = 0
+        self._cell_slots[cells] = _TOMBSTONE
+        self._slot_keys[slots] = 0
+        self.last_seen[slots] = -np.inf
+        self.counts[slots] = 0
+        self._free[self._n_free : self._n_free + len(slots)] = slots
+        self._n_free += len(slots)
+
+    def _pop_free(self, k: int) -> np.ndarray:
+        slots = self._free[self._n_free - k : self._n_free][::-1].copy()
+        self._n_free -= k
+        return slots
+
+    def _rehash(self) -> None:
+        """Rebuild the hash array from the live slots, dropping every tombstone."""
+        self._cell_keys.fill(0)
+        self._cell_slots.fill(_EMPTY)
+        self._used_cells = 0
+        live = np.flatnonzero(self._slot_keys)
+        self._insert(self._slot_keys[live], live)
+        self.rehashes += 1
+
+    def _order(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(primary, secondary) eviction order values of slots; smaller goes first."""
+        if self.eviction == "lfu":
+            return self.counts[slots].astype(np.float64), self.last_seen[slots]
+        return self.last_seen[slots], self.counts[slots].astype(np.float64)
+
+    def _note_updates(self, slots: np.ndarray) -> None:
+        """Keep the victim pool's invariant after `slots` changed bookkeeping (see module docstring)."""
+        pool = self._pool
+        if pool is None or not len(slots):
+            return
+        primary, secondary = self._order(slots)
+        below = _tuple_le(primary, secondary, slots, pool.threshold)
+        if below.any():
+            pool.merge(slots[below], self._slot_keys[slots[below]], primary[below], secondary[below])
+
+    def _pick_victims(self, need: int, n_protected: int) -> np.ndarray:
+        """The `need` smallest live slots not flagged in `_protected`, under the eviction order."""
+        protected = self._protected
+        if self._pool is not None:
+            victims = self._pool.pop(need, protected, self)
+            if victims is not None:
+                return victims
+        live = np.flatnonzero(self._slot_keys)
+        size = min(len(live), max(need + n_protected, self.min_pool, self.capacity // 16))
+        primary, secondary = self._order(live)
+        chosen = _smallest(primary, secondary, size)
+        self._pool = _VictimPool(
+            live[chosen], self._slot_keys[live[chosen]], primary[chosen], secondary[chosen]
+        )
+        victims = self._pool.pop(need, protected, self)
+        assert victims is not None, "victim pool rebuilt from all live keys cannot run dry"
+        return victims
+
+
+class _VictimPool:
+    """Sorted eviction candidates with a snapshot of their order values (see the module docstring).
+
+    Entries before `start` are consumed; `pop` reads a window at the front that grows only until it holds
+    enough victims, so an eviction costs O(victims + stale entries skipped), not O(pool).
+    """
+
+    def __init__(
+        self, slots: np.ndarray, keys: np.ndarray, primary: np.ndarray, secondary: np.ndarray
+    ) -> None:
+        order = np.lexsort((slots, secondary, primary))
+        self.slots, self.keys = slots[order], keys[order]
+        self.primary, self.secondary = primary[order], secondary[order]
+        self.threshold = (self.primary[-1], self.secondary[-1], self.slots[-1]) if len(order) else None
+        self.start = 0
+
+    def _valid(self, index: KeyIndex, lo: int, hi: int) -> np.ndarray:
+        slots = self.slots[lo:hi]
+        primary, secondary = index._order(slots)
+        return (
+            (index._slot_keys[slots] == self.keys[lo:hi])
+            & (primary == self.primary[lo:hi])
+            & (secondary == self.secondary[lo:hi])
+        )
+
+    def merge(self, slots: np.ndarray, keys: np.ndarray, primary: np.ndarray, secondary: np.ndarray) -> None:
+        """Add entries whose tuples are <= the threshold, keeping the pool sorted."""
+        lo = self.start
+        all_slots = np.concatenate([self.slots[lo:], slots])
+        all_keys = np.concatenate([self.keys[lo:], keys])
+        all_primary = np.concatenate([self.primary[lo:], primary])
+        all_secondary = np.concatenate([self.secondary[lo:], secondary])
+        order = np.lexsort((all_slots, all_secondary, all_primary))
+        s, p, q = all_slots[order], all_primary[order], all_secondary[order]
+        # A slot can appear twice with one snapshot (removed and re-added with identical values): keep one.
+        keep = np.ones(len(s), dtype=bool)
+        keep[1:] = ~((s[1:] == s[:-1]) & (p[1:] == p[:-1]) & (q[1:] == q[:-1]))
+        self.slots, self.keys, self.primary, self.secondary = s[keep], all_keys[order][keep], p[keep], q[keep]
+        self.start = 0
+
+    def pop(self, need: int, protected: np.ndarray, index: KeyIndex) -> np.ndarray | None:
+        """Remove and return the first `need` valid unprotected slots, or None (pool unchanged) if fewer."""
+        lo, end = self.start, len(self.slots)
+        width = 2 * need + 64
+        while True:
+            hi = min(end, lo + width)
+            valid = self._valid(index, lo, hi)
+            usable = np.flatnonzero(valid & ~protected[self.slots[lo:hi]])
+            if len(usable) >= need:
+                break
+            if hi == end:
+                return None
+            width *= 4
+        taken = usable[:need]
+        last = int(taken[-1]) + 1
+        victims = self.slots[lo + taken]
+        # Valid entries skipped in front of the last victim (protected in this call) stay, in order, right
+        # before the untouched rest; stale ones are dropped.
+        keep = valid[:last]
+        keep[taken] = False
+        kept = np.flatnonzero(keep) + lo
+        new_start = lo + last - len(kept)
+        for column in (self.slots, self.keys, self.primary, self.secondary):
+            column[new_start : lo + last] = column[kept]
+        self.start = new_start
+        return victims
+
+
+def _tuple_le(
+    primary: np.ndarray, secondary: np.ndarray, slots: np.ndarray, threshold: tuple | None
+) -> np.ndarray:
+    if threshold is None:
+        return np.zeros(len(slots), dtype=bool)
+    p, s, k = threshold
+    return (primary < p) | ((primary == p) & ((secondary < s) | ((secondary == s) & (slots <= k))))
+
+
+def _smallest(primary: np.ndarray, secondary: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the m smallest entries under (primary, secondary, index) in O(n): argpartition on the
+    primary, then on the secondary among the primary's ties at the boundary, then lowest index."""
+    n = len(primary)
+    if m >= n:
+        return np.arange(n)
+    bound = np.partition(primary, m - 1)[m - 1]
+    chosen = np.flatnonzero(primary < bound)
+    ties = np.flatnonzero(primary == bound)
+    rest = m - len(chosen)
+    if rest < len(ties):
+        tie_secondary = secondary[ties]
+        bound2 = np.partition(tie_secondary, rest - 1)[rest - 1]
+        first = ties[tie_secondary < bound2]
+        last = ties[tie_secondary == bound2][: rest - len(first)]  # ties are ascending: lowest index first
+        ties = np.concatenate([first, last])
+    return np.concatenate([chosen, ties])
+
+
+def _group(keys: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(unique keys, inverse, occurrences, latest time) of a key batch, by one sort."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts_mask = np.empty(len(keys), dtype=bool)
+    starts_mask[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts_mask[1:])
+    starts = np.flatnonzero(starts_mask)
+    unique = ordered[starts]
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(starts_mask) - 1
+    occurrences = np.diff(np.append(starts, len(keys)))
+    latest = np.maximum.reduceat(times[order], starts)
+    return unique, inverse, occurrences, latest

@@ -1,0 +1,241 @@
+"""KeyIndex against a dict model: random operation sequences (hypothesis), exact LRU/LFU victims, bounded
+probing after many insert/delete cycles, and state round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from freshrec.errors import CapacityError, ConfigError
+from freshrec.keyindex import KeyIndex
+
+U = np.uint64
+
+
+class DictModel:
+    """The specification of KeyIndex written with a dict and Python loops."""
+
+    def __init__(self, capacity: int, eviction: str) -> None:
+        self.capacity = capacity
+        self.eviction = eviction
+        self.entries: dict[int, list] = {}  # key -> [slot, last_seen, count]
+
+    def order(self, key: int) -> tuple:
+        slot, seen, count = self.entries[key]
+        return (seen, count, slot) if self.eviction == "lru" else (count, seen, slot)
+
+    def expected_victims(self, keys: list[int]) -> set[int] | None:
+        """Keys that must be evicted by assign(keys), or None if assign must raise."""
+        distinct = set(keys)
+        new = [k for k in distinct if k not in self.entries]
+        need = len(new) - (self.capacity - len(self.entries))
+        if len(distinct) > self.capacity or (need > 0 and self.eviction == "none"):
+            return None
+        if need <= 0:
+            return set()
+        candidates = sorted((k for k in self.entries if k not in distinct), key=self.order)
+        return set(candidates[:need])
+
+
+def check_consistent(index: KeyIndex, model: DictModel) -> None:
+    assert len(index) == len(model.entries)
+    live = index.live_slots()
+    assert len(live) == len(model.entries)
+    keys = index.keys_of(live)
+    assert sorted(keys.tolist()) == sorted(model.entries)
+    assert len(np.unique(live)) == len(live)  # no two live keys share a slot
+    for key, (slot, seen, count) in model.entries.items():
+        assert index.lookup(np.array([key], dtype=U))[0] == slot
+        assert index.last_seen[slot] == seen
+        assert index.counts[slot] == count
+    free = np.setdiff1d(np.arange(index.capacity), live)
+    assert (index.keys_of(free) == 0).all()
+
+
+operation = st.one_of(
+    st.tuples(
+        st.just("assign"),
+        st.lists(st.integers(1, 12), min_size=1, max_size=8),
+        st.lists(st.floats(0, 5), min_size=1, max_size=8),
+    ),
+    st.tuples(st.just("remove"), st.lists(st.integers(0, 12), max_size=4), st.just([])),
+    st.tuples(st.just("expire"), st.just([]), st.lists(st.floats(0, 40), min_size=1, max_size=1)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    capacity=st.integers(1, 8),
+    eviction=st.sampled_from(["lru", "lfu", "none"]),
+    min_pool=st.sampled_from([None, 1, 3]),
+    ops=st.lists(operation, max_size=25),
+)
+def test_matches_dict_model(capacity: int, eviction: str, min_pool: int | None, ops: list) -> None:
+    index = KeyIndex(capacity, eviction)  # type: ignore[arg-type]
+    if min_pool is not None:
+        index.min_pool = min_pool  # pools smaller than the index: reuse, staleness and merges across calls
+    model = DictModel(capacity, eviction)
+    clock = 0.0
+    for kind, keys, times in ops:
+        if kind == "assign":
+            clock += 1.0
+            now = np.array([clock + times[i % len(times)] for i in range(len(keys))])
+            victims = model.expected_victims(keys)
+            arr = np.array(keys, dtype=U)
+            if victims is None:
+                before = index.state_arrays()
+                with pytest.raises(CapacityError):
+                    index.assign(arr, now)
+                after = index.state_arrays()
+                assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing changed
+                continue
+            live_before = {k: v[0] for k, v in model.entries.items()}
+            free_before = set(range(capacity)) - set(live_before.values())
+            result = index.assign(arr, now)
+            assert set(result.evicted_keys.tolist()) == victims
+            assert sorted(result.evicted_slots.tolist()) == sorted(live_before[k] for k in victims)
+            for k in victims:
+                del model.entries[k]
+            fresh: dict[int, int] = {}
+            for i, k in enumerate(keys):
+                slot = int(result.slots[i])
+                if k in model.entries:
+                    assert not result.new[i]
+                    assert slot == model.entries[k][0]  # a key keeps its slot while live
+                    entry = model.entries[k]
+                    entry[1] = max(entry[1], now[i])
+                    entry[2] += 1
+                else:
+                    assert result.new[i]
+                    assert fresh.setdefault(k, slot) == slot  # duplicates of a new key share its slot
+            for k, slot in fresh.items():
+                # a new key only gets a slot that was free or was just evicted
+                assert slot in free_before or slot in set(result.evicted_slots.tolist())
+                times_k = [now[i] for i, kk in enumerate(keys) if kk == k]
+                model.entries[k] = [slot, max(times_k), len(times_k)]
+            assert len(set(fresh.values())) == len(fresh)
+        elif kind == "remove":
+            slots = index.remove(np.array(keys, dtype=U))
+            for k, slot in zip(keys, slots.tolist(), strict=True):
+                expected = model.entries[k][0] if k in model.entries else -1
+                assert slot == expected
+            for k in set(keys):
+                model.entries.pop(k, None)
+        else:
+            cutoff = times[0]
+            expected = {k for k, v in model.entries.items() if v[1] < cutoff}
+            keys_out, slots_out = index.expire(cutoff)
+            assert set(keys_out.tolist()) == expected
+            assert sorted(slots_out.tolist()) == sorted(model.entries[k][0] for k in expected)
+            for k in expected:
+                del model.entries[k]
+        check_consistent(index, model)
+
+
+def test_lookup_has_no_side_effects_and_handles_absent_and_zero() -> None:
+    index = KeyIndex(4)
+    index.assign(np.array([5, 6], dtype=U), now=1.0)
+    state = index.state_arrays()
+    assert index.lookup(np.array([6, 0, 7, 5], dtype=U)).tolist() == [1, -1, -1, 0]
+    after = index.state_arrays()
+    assert all(np.array_equal(state[k], after[k]) for k in state)
+
+
+def test_large_batch_matches_dict_and_time_is_max_per_key() -> None:
+    rng = np.random.default_rng(0)
+    keys = rng.integers(1, 2**63, size=50_000, dtype=np.int64).view(U)
+    keys = np.concatenate([keys, keys[:1000]])  # duplicates
+    now = rng.random(len(keys))
+    index = KeyIndex(60_000)
+    result = index.assign(keys, now)
+    reference: dict[int, int] = {}
+    for k, s in zip(keys.tolist(), result.slots.tolist(), strict=True):
+        assert reference.setdefault(k, s) == s
+    assert len(set(reference.values())) == len(reference) == len(index)
+    slot0 = result.slots[0]
+    assert index.last_seen[slot0] == max(now[0], now[50_000])
+    assert index.counts[slot0] == 2
+    np.testing.assert_array_equal(index.lookup(keys), result.slots)
+
+
+def test_probing_stays_bounded_after_many_insert_delete_cycles() -> None:
+    capacity = 1000
+    index = KeyIndex(capacity, eviction="none")
+    rng = np.random.default_rng(1)
+    live = np.zeros(0, dtype=U)
+    for step in range(200):
+        fresh = rng.integers(1, 2**63, size=100, dtype=np.int64).view(U)
+        if len(live) + 100 > capacity:
+            gone, live = live[:300], live[300:]
+            index.remove(gone)
+        index.assign(fresh, now=float(step))
+        live = np.concatenate([live, fresh])
+        assert index._used_cells <= index._max_used  # tombstones never pile up past the bound
+    assert index.rehashes > 0
+    np.testing.assert_array_equal(index.keys_of(index.lookup(live)), live)
+    assert len(index) == len(live)
+
+
+def test_lru_evicts_oldest_and_lfu_least_frequent() -> None:
+    lru = KeyIndex(3, "lru")
+    lru.assign(np.array([1, 1, 1, 2, 3], dtype=U), np.array([1.0, 1, 1, 2, 3]))
+    assert lru.assign(np.array([4], dtype=U), 4.0).evicted_keys.tolist() == [1]
+    lfu = KeyIndex(3, "lfu")
+    lfu.assign(np.array([1, 1, 1, 2, 3], dtype=U), np.array([1.0, 1, 1, 2, 3]))
+    assert lfu.assign(np.array([4], dtype=U), 4.0).evicted_keys.tolist() == [2]
+
+
+def test_victim_pool_sees_keys_inserted_below_its_threshold() -> None:
+    index = KeyIndex(6, "lru")
+    index.min_pool = 4
+    index.assign(np.arange(1, 7, dtype=U), np.arange(10.0, 16.0))
+    assert index.assign(np.array([7], dtype=U), 20.0).evicted_keys.tolist() == [1]  # pool: keys 2, 3, 4
+    index.remove(np.array([7], dtype=U))
+    index.assign(np.array([8], dtype=U), 5.0)  # late event: older than every key in the pool
+    assert index.assign(np.array([9], dtype=U), 21.0).evicted_keys.tolist() == [8]
+    assert index.assign(np.array([10], dtype=U), 22.0).evicted_keys.tolist() == [2]
+
+
+def test_keys_of_one_call_never_evict_one_another() -> None:
+    index = KeyIndex(2, "lru")
+    index.assign(np.array([1, 2], dtype=U), 1.0)
+    result = index.assign(np.array([2, 3], dtype=U), 0.5)  # 2 is older by time of this call, but protected
+    assert result.evicted_keys.tolist() == [1]
+    with pytest.raises(CapacityError, match="capacity=2"):
+        index.assign(np.array([7, 8, 9], dtype=U), 2.0)
+
+
+def test_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="capacity"):
+        KeyIndex(0)
+    with pytest.raises(ConfigError, match="eviction"):
+        KeyIndex(4, "fifo")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="key 0"):
+        KeyIndex(4).assign(np.array([0, 1], dtype=U), 1.0)
+    with pytest.raises(ConfigError, match="dtype"):
+        KeyIndex(4).lookup(np.array([1.5]))
+
+
+def test_state_round_trip() -> None:
+    index = KeyIndex(8, "lfu")
+    index.assign(np.array([3, 4, 4, 9], dtype=U), np.array([1.0, 2.0, 3.0, 4.0]))
+    index.remove(np.array([3], dtype=U))
+    copy = KeyIndex(8, "lfu")
+    copy.load_state_arrays(index.state_arrays())
+    probe = np.array([3, 4, 9, 11], dtype=U)
+    np.testing.assert_array_equal(copy.lookup(probe), index.lookup(probe))
+    a = index.assign(np.array([12, 13], dtype=U), 5.0)
+    b = copy.assign(np.array([12, 13], dtype=U), 5.0)
+    np.testing.assert_array_equal(a.slots, b.slots)
+    np.testing.assert_array_equal(index.counts, copy.counts)
+    with pytest.raises(ConfigError, match="capacity"):
+        KeyIndex(4).load_state_arrays(index.state_arrays())
+
+
+def test_signed_hashes_are_reinterpreted() -> None:
+    index = KeyIndex(4)
+    signed = np.array([-5, 7], dtype=np.int64)
+    slots = index.assign(signed, 1.0).slots
+    np.testing.assert_array_equal(index.lookup(signed.view(U)), slots)
