@@ -1,1 +1,26 @@
-"""freshrec.sources"""
+"""Where events come from: file replay, the synthetic generator, dataset loaders.
+
+Every source follows `Source`: raw batches (columns not yet validated) with the offset to resume after
+each one, and `commit(offset)` once a batch is safe. Sources split records into fields; judging values
+is `freshrec.preprocess.validate`'s job.
+"""
+
+from freshrec.sources.base import EVENT_COLUMNS, RawBatch, Rejection, Source
+from freshrec.sources.files import ColumnMapping, FileReplaySource, parse_column_mapping
+from freshrec.sources.movielens import MovieLensSource, load_movielens_100k, load_movielens_100k_items
+from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "ColumnMapping",
+    "FileReplaySource",
+    "MovieLensSource",
+    "RawBatch",
+    "Rejection",
+    "Source",
+    "SyntheticConfig",
+    "SyntheticStream",
+    "load_movielens_100k",
+    "load_movielens_100k_items",
+    "parse_column_mapping",
+]

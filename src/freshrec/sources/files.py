@@ -1,0 +1,559 @@
+"""Replay a file of events (CSV, TSV, Parquet, JSON lines) in event-time order, as raw batches.
+
+The file is read whole and columnar (pyarrow), sorted by event time (stable: ties keep file order) and
+handed out in batches, each with the offset to resume after it. Text cells stay text: judging values is
+the validator's job, so a bad cell becomes a rejection downstream, never a crash here. A line that cannot
+even be split into the right number of fields, or a JSON line that is not a JSON object, is returned as
+a malformed record with its line number. This module never drops a record silently and never writes to
+the file it reads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from freshrec.errors import ConfigError, SourceError
+from freshrec.events import EVENT_KINDS, KIND_CODES
+from freshrec.sources.base import EVENT_COLUMNS, RawBatch, Rejection
+from freshrec.timeparse import parse_times
+
+__all__ = ["ColumnMapping", "FileReplaySource", "detect_format", "parse_column_mapping"]
+
+#: File suffix -> format name (``.gz`` after any text suffix is decompressed first).
+FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+# Keys of the mapping text -> ColumnMapping attribute.
+_MAPPING_KEYS = {
+    "user": "user",
+    "item": "item",
+    "time": "time",
+    "value": "value",
+    "kind": "kind",
+    "id": "event_id",
+    "ctx": "context",
+}
+_REQUIRED = ("user", "item", "time")
+_MAPPING_EXAMPLE = (
+    "user=userId,item=movieId,time=timestamp[,value=rating,kind=action,id=eventId,ctx=col1|col2]"
+)
+_UTF8_BOM = b"\xef\xbb\xbf"
+_SCAN_CHUNK = 1 << 26  # bytes per step of the newline scan: bounds its temporary memory
+# Text that is exactly the decimal form of an int64 (at most 18 digits: always in range).
+_DECIMAL_ID = r"^(?:0|-?[1-9][0-9]{0,17})$"
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Which file column holds each event field.
+
+    Attributes
+    ----------
+    user, item, time
+        Required: the columns of the user id, the item id and the event time (epoch seconds or ISO 8601).
+    value, kind, event_id
+        Optional columns; without ``event_id`` the source names each event ``"{name}:{line}"``.
+    context
+        Columns kept as context fields (under their own names). Every other column is dropped.
+
+    >>> ColumnMapping("userId", "movieId", "ts").file_columns()
+    {'user_id': 'userId', 'item_id': 'movieId', 'timestamp': 'ts'}
+    """
+
+    user: str
+    item: str
+    time: str
+    value: str | None = None
+    kind: str | None = None
+    event_id: str | None = None
+    context: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for name in self.context:
+            if name in EVENT_COLUMNS:
+                raise ConfigError(
+                    f"context column {name!r} has the name of an event field; map it as that field "
+                    f"(e.g. {name.split('_')[0]}={name}) instead of listing it under ctx"
+                )
+
+    def file_columns(self) -> dict[str, str]:
+        """Canonical field name (or context name) -> file column, for every mapped column."""
+        columns = {"user_id": self.user, "item_id": self.item, "timestamp": self.time}
+        optional = {"value": self.value, "kind": self.kind, "event_id": self.event_id}
+        columns.update({name: column for name, column in optional.items() if column is not None})
+        columns.update({name: name for name in self.context})
+        return columns
+
+    @classmethod
+    def infer(cls, names: list[str]) -> ColumnMapping:
+        """The mapping of a file whose columns already carry the canonical names (``user_id``, ...)."""
+        missing = [name for name in ("user_id", "item_id", "timestamp") if name not in names]
+        if missing:
+            raise SourceError(
+                f"no column mapping given and the file lacks the canonical column(s) {', '.join(missing)}; "
+                f"its columns are {', '.join(names) or '(none)'}; pass a mapping such as {_MAPPING_EXAMPLE!r}"
+            )
+        return cls(
+            user="user_id",
+            item="item_id",
+            time="timestamp",
+            value="value" if "value" in names else None,
+            kind="kind" if "kind" in names else None,
+            event_id="event_id" if "event_id" in names else None,
+        )
+
+
+def parse_column_mapping(text: str) -> ColumnMapping:
+    """Parse a mapping such as ``"user=userId,item=movieId,time=ts,value=rating,ctx=device|page"``.
+
+    Keys: ``user``, ``item``, ``time`` (required), ``value``, ``kind``, ``id`` and ``ctx`` (a ``|``-separated
+    list of columns kept as context fields).
+
+    >>> parse_column_mapping("user=userId, item=movieId, time=ts, ctx=device|page")
+    ColumnMapping(user='userId', item='movieId', time='ts', value=None, kind=None, event_id=None, \
+context=('device', 'page'))
+    >>> parse_column_mapping("user=u,item=i")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: column mapping 'user=u,item=i' lacks time=<column>: ...
+    """
+    values: dict[str, Any] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, column = (piece.strip() for piece in part.partition("="))
+        if not sep or not key or not column:
+            raise ConfigError(
+                f"column mapping {text!r}: {part!r} is not key=column; expected e.g. {_MAPPING_EXAMPLE!r}"
+            )
+        if key not in _MAPPING_KEYS:
+            raise ConfigError(
+                f"column mapping {text!r}: unknown key {key!r}; expected one of {', '.join(_MAPPING_KEYS)}"
+            )
+        attribute = _MAPPING_KEYS[key]
+        if attribute in values:
+            raise ConfigError(f"column mapping {text!r}: key {key!r} is given twice")
+        if attribute == "context":
+            names = tuple(name.strip() for name in column.split("|"))
+            if not all(names):
+                raise ConfigError(f"column mapping {text!r}: ctx={column!r} has an empty column name")
+            values[attribute] = names
+        else:
+            values[attribute] = column
+    for key in _REQUIRED:
+        if key not in values:
+            raise ConfigError(
+                f"column mapping {text!r} lacks {key}=<column>: which file column holds the "
+                f"{ {'user': 'user id', 'item': 'item id', 'time': 'event time'}[key] }? "
+                f"e.g. {_MAPPING_EXAMPLE!r}"
+            )
+    return ColumnMapping(**values)
+
+
+def _stem(path: Path) -> str:
+    """The file name without its format and compression suffixes: ``ratings.v2.csv.gz`` -> ``ratings.v2``."""
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    return Path(name).stem
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of a file from its suffix (``data.csv.gz`` is ``csv``).
+
+    >>> detect_format("ratings.ndjson")
+    'jsonl'
+    """
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in FORMATS:
+        return FORMATS[suffixes[-1]]
+    raise ConfigError(
+        f"cannot tell the format of {str(path)!r} from its suffix; name it .csv, .tsv, .parquet or .jsonl, "
+        f"or pass format= one of csv, tsv, parquet, jsonl"
+    )
+
+
+@dataclass
+class _Loaded:
+    """A file's records, sorted by event time: canonical columns, input positions, malformed records."""
+
+    columns: dict[str, np.ndarray]
+    positions: np.ndarray
+    malformed: list[Rejection]
+
+
+class FileReplaySource:
+    """Replay the events of one file in event-time order.
+
+    Parameters
+    ----------
+    path
+        The file. Text formats may be gzip-compressed (``.csv.gz``).
+    mapping
+        A `ColumnMapping`, its text form (see `parse_column_mapping`), or None for files whose columns
+        carry the canonical names (``user_id``, ``item_id``, ``timestamp``, optional ``event_id``,
+        ``kind``, ``value``). Columns not mapped are dropped, unless listed as ``ctx=col1|col2``, which
+        keeps them as context fields.
+    format
+        ``csv``, ``tsv``, ``parquet`` or ``jsonl``; by default from the suffix (``.json`` is read as JSON
+        lines, one object per line).
+    default_kind
+        The kind of every event when the mapping has no kind column.
+    name
+        The source's name, used in synthesised event ids (``"{name}:{line}"``); the file's stem by default.
+
+    Positions are 1-based physical line numbers for CSV/TSV (the header is line 1) and JSON lines, and
+    0-based row indices for Parquet. Malformed records (wrong number of fields, invalid JSON) come first
+    in the replay, then the rows in event-time order; rows whose time does not parse come last (and are
+    rejected by the validator). Offsets count records in that replay order; each call to `batches`
+    resumes after the last committed offset.
+
+    >>> import tempfile, pathlib
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = pathlib.Path(folder.name) / "ratings.csv"
+    >>> _ = path.write_text("u,i,t\\n1,10,200\\n2,11,100\\n3,12\\n")
+    >>> source = FileReplaySource(path, "user=u,item=i,time=t")
+    >>> [(b.positions.tolist(), len(b.malformed), b.end_offset) for b in source.batches(2)]
+    [([3], 1, 2), ([2], 0, 3)]
+    >>> folder.cleanup()
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        mapping: ColumnMapping | str | None = None,
+        format: str | None = None,
+        default_kind: str = "view",
+        name: str | None = None,
+        start_offset: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"event file {str(self.path)!r} does not exist or is not a file")
+        self.format = format if format is not None else detect_format(self.path)
+        if self.format not in set(FORMATS.values()):
+            raise ConfigError(f"format {self.format!r} is not one of csv, tsv, parquet, jsonl")
+        if default_kind not in KIND_CODES:
+            raise ConfigError(f"default_kind {default_kind!r} is not one of {', '.join(EVENT_KINDS)}")
+        self.mapping = parse_column_mapping(mapping) if isinstance(mapping, str) else mapping
+        self.name = name if name is not None else _stem(self.path)
+        self.default_kind = default_kind
+        loaded = self._load()
+        self._columns = loaded.columns
+        self._positions = loaded.positions
+        self._malformed = loaded.malformed
+        if not 0 <= start_offset <= self.total_records:
+            raise ConfigError(f"start_offset {start_offset} is outside 0..{self.total_records}")
+        self._committed = start_offset
+
+    @property
+    def total_records(self) -> int:
+        """Every record of the file: rows plus malformed records."""
+        return len(self._positions) + len(self._malformed)
+
+    @property
+    def committed_offset(self) -> int:
+        return self._committed
+
+    def batches(self, max_records: int) -> Iterator[RawBatch]:
+        """Batches of at most `max_records` records, from the last committed offset to the end."""
+        if max_records < 1:
+            raise ConfigError(f"max_records must be at least 1, got {max_records}")
+        n_malformed = len(self._malformed)
+        offset = self._committed
+        while offset < self.total_records:
+            stop = min(offset + max_records, self.total_records)
+            malformed = self._malformed[offset : min(stop, n_malformed)]
+            lo, hi = max(offset - n_malformed, 0), max(stop - n_malformed, 0)
+            positions = self._positions[lo:hi]
+            columns = {name: column[lo:hi] for name, column in self._columns.items()}
+            if "event_id" not in columns:
+                columns["event_id"] = np.array([f"{self.name}:{p}" for p in positions.tolist()], dtype=object)
+            if "kind" not in columns:
+                columns["kind"] = np.full(hi - lo, KIND_CODES[self.default_kind], dtype=np.int8)
+            yield RawBatch(columns, positions, malformed, end_offset=stop)
+            offset = stop
+
+    def commit(self, offset: int) -> None:
+        """Remember `offset` as processed: the next `batches` call resumes there."""
+        if not 0 <= offset <= self.total_records:
+            raise ConfigError(f"offset {offset} is outside 0..{self.total_records}")
+        self._committed = offset
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    def _load(self) -> _Loaded:
+        if self.format == "parquet":
+            loaded = self._load_parquet()
+        else:
+            data = self.path.read_bytes()
+            if self.path.suffix.lower() == ".gz":
+                try:
+                    data = gzip.decompress(data)
+                except (OSError, EOFError) as error:
+                    raise SourceError(f"{str(self.path)!r} is not a readable gzip file: {error}") from error
+            if data.startswith(_UTF8_BOM):
+                data = data[len(_UTF8_BOM) :]
+            if self.format == "jsonl":
+                loaded = self._load_json_lines(data)
+            else:
+                loaded = self._load_delimited(data, "," if self.format == "csv" else "\t")
+        return _sort_by_time(loaded)
+
+    def _resolve_mapping(self, names: list[str]) -> dict[str, str]:
+        mapping = self.mapping if self.mapping is not None else ColumnMapping.infer(names)
+        wanted = mapping.file_columns()
+        for canonical, column in wanted.items():
+            if column not in names:
+                role = canonical if canonical in EVENT_COLUMNS else "context"
+                raise SourceError(
+                    f"column {column!r} (mapped to {role}) not found in {str(self.path)!r}; "
+                    f"its columns are {', '.join(names) or '(none)'}"
+                )
+        return wanted
+
+    def _load_delimited(self, data: bytes, delimiter: str) -> _Loaded:
+        quoting = delimiter == ","  # TSV has no quoting convention; a quote there is an ordinary character
+        rows = _row_lines(data, quoting)
+        header = data[: rows.stops[0]] if len(rows.lines) else b""
+        parse_options = pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False)
+        try:
+            names = pcsv.read_csv(pa.py_buffer(header + b"\n"), parse_options=parse_options).column_names
+        except (pa.ArrowInvalid, UnicodeDecodeError) as error:
+            raise SourceError(f"cannot read the header line of {str(self.path)!r}: {error}") from error
+        wanted = self._resolve_mapping(names)
+        bad_rows: list[Any] = []
+
+        def keep_malformed(row: Any) -> str:
+            bad_rows.append((row.number, row.text, row.expected_columns, row.actual_columns))
+            return "skip"
+
+        needed = list(dict.fromkeys(wanted.values()))
+        try:
+            table = pcsv.read_csv(
+                pa.py_buffer(data),
+                # One thread: pyarrow reports the row number of a malformed row only when single-threaded.
+                read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 24),
+                parse_options=pcsv.ParseOptions(
+                    delimiter=delimiter,
+                    quote_char='"' if quoting else False,
+                    invalid_row_handler=keep_malformed,
+                ),
+                convert_options=pcsv.ConvertOptions(
+                    # Bytes, not text: one cell that is not UTF-8 must not make the whole file unreadable.
+                    column_types={name: pa.binary() for name in needed},
+                    include_columns=needed,
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+        except pa.ArrowInvalid as error:
+            raise SourceError(f"cannot parse {str(self.path)!r} as {self.format.upper()}: {error}") from error
+        # pyarrow numbers rows (header = 1, blank lines skipped); map them to physical line numbers.
+        row_numbers = np.array([number or 0 for number, *_ in bad_rows], dtype=np.int64)
+        exact = len(rows.lines) == 1 + table.num_rows + len(bad_rows) and bool(np.all(row_numbers > 1))
+        data_rows = np.arange(2, 2 + table.num_rows + len(bad_rows), dtype=np.int64)
+        data_rows = data_rows[~np.isin(data_rows, row_numbers)]
+        if exact:
+            positions, bad_lines = rows.lines[data_rows - 1], rows.lines[row_numbers - 1]
+        else:  # stray quotes or CR-only line ends: fall back to pyarrow's row numbers
+            positions, bad_lines = data_rows, row_numbers
+        malformed = [
+            Rejection(
+                int(line),
+                "_record",
+                f"wrong number of fields: expected {expected}, got {actual}",
+                text,
+            )
+            for line, (_, text, expected, actual) in zip(bad_lines.tolist(), bad_rows, strict=True)
+        ]
+        columns = {
+            canonical: _csv_column(canonical, table.column(column)) for canonical, column in wanted.items()
+        }
+        return _Loaded(columns, positions, malformed)
+
+    def _load_json_lines(self, data: bytes) -> _Loaded:
+        records: list[dict[str, Any]] = []
+        positions: list[int] = []
+        malformed: list[Rejection] = []
+        for number, line in enumerate(data.split(b"\n"), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+                where = f" at column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+                reason = f"invalid JSON{where}: {getattr(error, 'msg', error)}"
+                malformed.append(Rejection(number, "_record", reason, line.decode("utf-8", "replace")))
+                continue
+            if not isinstance(record, dict):
+                kind = {list: "array", str: "string", type(None): "null"}.get(
+                    type(record), type(record).__name__
+                )
+                reason = f"expected a JSON object, got {kind}"
+                malformed.append(Rejection(number, "_record", reason, line.decode("utf-8", "replace")))
+                continue
+            records.append(record)
+            positions.append(number)
+        names = list(dict.fromkeys(key for record in records for key in record))
+        wanted = self._resolve_mapping(names) if records else {}
+        n = len(records)
+        columns = {
+            canonical: np.fromiter((record.get(key) for record in records), dtype=object, count=n)
+            for canonical, key in wanted.items()
+        }
+        return _Loaded(columns, np.asarray(positions, dtype=np.int64), malformed)
+
+    def _load_parquet(self) -> _Loaded:
+        try:
+            names = pq.read_schema(self.path).names
+        except (pa.ArrowInvalid, OSError) as error:
+            raise SourceError(f"{str(self.path)!r} is not a readable Parquet file: {error}") from error
+        wanted = self._resolve_mapping(names)
+        table = pq.read_table(self.path, columns=list(dict.fromkeys(wanted.values())))
+        columns = {canonical: arrow_to_numpy(table.column(column)) for canonical, column in wanted.items()}
+        return _Loaded(columns, np.arange(table.num_rows, dtype=np.int64), [])
+
+
+def arrow_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A pyarrow column as the numpy column a `RawBatch` expects.
+
+    Integers and floats without nulls stay typed (the validator's fast path); dates and timestamps become
+    float64 epoch seconds; anything with nulls, and text, becomes an object array with None for null.
+    """
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.cast(kind.value_type)
+        kind = column.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        micros = column.cast(pa.timestamp("us", tz=getattr(kind, "tz", None))).cast(pa.int64())
+        seconds = micros.to_numpy(zero_copy_only=False) / 1e6
+        if column.null_count:
+            return np.array([None if v is None else v / 1e6 for v in micros.to_pylist()], dtype=object)
+        return seconds
+    if column.null_count == 0 and (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return column.to_numpy()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+    values = column.to_pylist()
+    return np.fromiter(iter(values), dtype=object, count=len(values))
+
+
+def _csv_column(canonical: str, column: pa.ChunkedArray) -> np.ndarray:
+    """A column of raw CSV cells as the numpy column the validator reads fastest, without changing meaning.
+
+    Text stays text unless every cell of the column is clean: times that all parse become float64
+    epoch seconds, ids that are all canonical decimal integers become int64 (``"42"`` and ``42`` are
+    the same id), a value column that is all numbers or blanks becomes float64 (NaN for blank). One odd
+    cell keeps the whole column as text, so the validator sees it as written and can say what is wrong
+    with it (a dead letter then shows the clean columns in their parsed form). A cell that is not UTF-8 stays
+    bytes, which the validator rejects as undecodable.
+    """
+    try:
+        text = column.cast(pa.string())
+    except pa.ArrowInvalid:
+        values = column.to_pylist()
+        return np.fromiter((_decoded(v) for v in values), dtype=object, count=len(values))
+    if canonical == "timestamp":
+        parsed = parse_times(text)
+        if parsed.ok.all():  # every time is readable: hand on seconds, parsed once
+            return parsed.seconds
+    elif canonical in ("user_id", "item_id", "event_id") and len(text):
+        if pc.all(pc.match_substring_regex(text, _DECIMAL_ID)).as_py():
+            return text.cast(pa.int64()).to_numpy()
+    elif canonical == "value" and len(text):
+        blank_as_null = pc.if_else(
+            pc.equal(pc.utf8_trim_whitespace(text), ""), pa.scalar(None, pa.string()), text
+        )
+        try:
+            return blank_as_null.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        except pa.ArrowInvalid:
+            pass
+    return text.to_numpy(zero_copy_only=False)
+
+
+def _decoded(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+@dataclass
+class _RowLines:
+    """Non-empty rows of a delimited file: physical line number (1-based) and byte end of each row."""
+
+    lines: np.ndarray
+    stops: np.ndarray
+
+
+def _row_lines(data: bytes, quoting: bool) -> _RowLines:
+    """Where each non-empty row of a delimited text is, as pyarrow's parser will split it.
+
+    A newline inside a quoted field does not end a row: with RFC 4180 quoting (``""`` escapes a quote)
+    a newline ends a row exactly when an even number of quote characters precede it.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = _positions_of(buf, ord("\n"))
+    ends = newlines
+    if quoting:
+        quotes = _positions_of(buf, ord('"'))
+        if len(quotes):
+            ends = newlines[np.searchsorted(quotes, newlines) % 2 == 0]
+    starts = np.concatenate([[0], ends + 1]).astype(np.int64)
+    stops = np.concatenate([ends, [len(buf)]]).astype(np.int64)
+    length = stops - starts
+    first = buf[np.minimum(starts, max(len(buf) - 1, 0))] if len(buf) else np.zeros(len(starts), np.uint8)
+    blank = (length == 0) | ((length == 1) & (first == ord("\r")))
+    lines = np.searchsorted(newlines, starts) + 1
+    return _RowLines(lines[~blank].astype(np.int64), stops[~blank])
+
+
+def _positions_of(buf: np.ndarray, byte: int) -> np.ndarray:
+    """Indices of `byte` in `buf`, scanned in chunks so the temporary mask stays small."""
+    parts = [
+        np.flatnonzero(buf[lo : lo + _SCAN_CHUNK] == byte) + lo for lo in range(0, len(buf), _SCAN_CHUNK)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+
+def _sort_by_time(loaded: _Loaded) -> _Loaded:
+    """Rows in event-time order (stable: ties keep file order); unparseable times go last.
+
+    When every time parses, the column handed on is the parsed seconds (float64): the validator then
+    only checks the range, instead of parsing the text a second time.
+    """
+    if not len(loaded.positions):
+        return loaded
+    parsed = parse_times(loaded.columns["timestamp"])
+    columns = dict(loaded.columns)
+    if parsed.ok.all():
+        columns["timestamp"] = parsed.seconds
+    seconds = parsed.seconds
+    if not np.isnan(seconds).any() and bool(np.all(seconds[1:] >= seconds[:-1])):
+        return _Loaded(columns, loaded.positions, loaded.malformed)
+    order = np.argsort(seconds, kind="stable")  # NaN sorts last
+    return _Loaded(
+        {name: column[order] for name, column in columns.items()}, loaded.positions[order], loaded.malformed
+    )
