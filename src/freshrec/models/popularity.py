@@ -1,0 +1,166 @@
+"""Popularity: every user is shown the items acted on most so far, counted plainly or decayed in event time.
+
+The baseline every other model must beat, and the cold-start fallback of the co-occurrence model. Also home
+of `DecayClock`, the O(batch) exponential decay shared by the counting models. A popularity model must never
+read the user: its scores are the same for every query row at the same event time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from freshrec.errors import ConfigError
+from freshrec.interactions import Interactions, Query
+from freshrec.keyindex import KeyIndex, as_keys
+from freshrec.models.base import LearnStats
+
+_SECONDS_PER_DAY = 86_400.0
+
+
+class DecayClock:
+    """Exponential decay in event time at O(batch) cost, by storing values on a growing scale.
+
+    A value with true size ``v(t) = sum_e x_e * 2^(-(t - t_e) / half_life)`` is stored as
+    ``s = sum_e x_e * 2^((t_e - origin) / half_life)``: an increment at time ``t_e`` is scaled up by
+    `growth(t_e)` instead of decaying every stored value, and a reader multiplies by `shrink(t)`
+    (``v(t) = s * shrink(t)``). Stored values grow by a factor of 2 per half-life, so once the newest event
+    is `max_exponent` half-lives past the origin, `rebase` moves the origin forward and returns the factor
+    every stored value must be multiplied by (rare: O(live items) once per `max_exponent` half-lives).
+    With ``half_life_seconds=None`` nothing decays: growth and shrink are 1.
+
+    >>> clock = DecayClock(half_life_seconds=10.0)
+    >>> clock.rebase(latest=10.0)  # the first events fix the origin
+    >>> stored = clock.growth(np.array([0.0, 10.0])).sum()  # one event at t=0, one at t=10
+    >>> float(stored * clock.shrink(np.array([20.0]))[0])  # 2^-2 + 2^-1
+    0.75
+    """
+
+    def __init__(self, half_life_seconds: float | None, max_exponent: float = 32.0) -> None:
+        if half_life_seconds is not None and not half_life_seconds > 0:
+            raise ConfigError(
+                f"half_life must be a positive number of days or None (no decay), got {half_life_seconds!r}"
+            )
+        self.half_life_seconds = half_life_seconds
+        self.max_exponent = max_exponent
+        #: Event time at which stored values equal true values; set by the first event seen.
+        self.origin: float | None = None
+
+    @property
+    def decays(self) -> bool:
+        return self.half_life_seconds is not None
+
+    def _exponent(self, timestamps: np.ndarray) -> np.ndarray:
+        assert self.half_life_seconds is not None
+        origin = self.origin if self.origin is not None else 0.0
+        return (np.asarray(timestamps, dtype=np.float64) - origin) / self.half_life_seconds
+
+    def rebase(self, latest: float) -> float | None:
+        """Call before recording events up to time `latest`; returns the factor to multiply every stored
+        value by when the origin moved (None when nothing needs rescaling)."""
+        if not self.decays:
+            return None
+        if self.origin is None:
+            self.origin = float(latest)
+            return None
+        exponent = float(self._exponent(np.array([latest]))[0])
+        if exponent <= self.max_exponent:
+            return None
+        self.origin = float(latest)
+        return float(np.exp2(-exponent))
+
+    def growth(self, timestamps: np.ndarray) -> np.ndarray:
+        """float64 factor an increment made at each timestamp is stored with."""
+        if not self.decays or self.origin is None:
+            return np.ones(np.shape(timestamps), dtype=np.float64)
+        # Events far older than the origin underflow to 0: they have decayed away.
+        return np.exp2(np.minimum(self._exponent(timestamps), 1000.0))
+
+    def shrink(self, timestamps: np.ndarray) -> np.ndarray:
+        """float64 factor that turns stored values into their true size at each timestamp."""
+        if not self.decays or self.origin is None:
+            return np.ones(np.shape(timestamps), dtype=np.float64)
+        # A query earlier than the origin (by more than a few half-lives) would overflow: clip it.
+        return np.exp2(-np.maximum(self._exponent(timestamps), -60.0))
+
+
+@dataclass
+class PopularityConfig:
+    """Settings of `PopularityModel`.
+
+    Parameters
+    ----------
+    half_life_days
+        Half-life of an event's weight in event time; None counts every event forever.
+    capacity
+        Items counted at once; beyond it the item chosen by `eviction` is forgotten (its count restarts).
+    eviction
+        ``"lru"``: forget the item acted on least recently; ``"lfu"``: the one acted on least often.
+    """
+
+    half_life_days: float | None = None
+    capacity: int = 1_000_000
+    eviction: Literal["lru", "lfu"] = "lru"
+
+
+class PopularityModel:
+    """Scores every candidate by how often it was acted on so far (decayed in event time if configured).
+
+    Memory, fixed at construction: per item slot, an 8-byte count plus the item index's 65-90 bytes.
+
+    >>> model = PopularityModel(PopularityConfig(capacity=8))
+    >>> users, items = np.array([1, 2, 3], dtype=np.uint64), np.array([5, 7, 5], dtype=np.uint64)
+    >>> query = Query.without_history(users, np.zeros(3))
+    >>> _ = model.learn(Interactions(query, items, np.full(3, np.nan), np.zeros(3, np.int8), items[:, None]))
+    >>> asker = Query.without_history(np.array([9], dtype=np.uint64), np.ones(1))
+    >>> model.score(asker, np.array([5, 7, 11], dtype=np.uint64)).tolist()
+    [[2.0, 1.0, 0.0]]
+    """
+
+    history_length = 0
+
+    def __init__(self, config: PopularityConfig | None = None) -> None:
+        self.config = config or PopularityConfig()
+        half_life = self.config.half_life_days
+        self.name = "popularity" if half_life is None else "popularity-decayed"
+        self.clock = DecayClock(None if half_life is None else half_life * _SECONDS_PER_DAY)
+        self._items = KeyIndex(self.config.capacity, eviction=self.config.eviction)
+        self._counts = np.zeros(self.config.capacity, dtype=np.float64)  # stored scale, see DecayClock
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def counts(self, item_keys: np.ndarray, timestamp: float) -> np.ndarray:
+        """float64 count of each item at event time `timestamp` (0 for items never seen or forgotten)."""
+        slots = self._items.lookup(as_keys(item_keys, "item_keys"))
+        stored = np.where(slots >= 0, self._counts[np.maximum(slots, 0)], 0.0)
+        return stored * self.clock.shrink(np.array([timestamp]))[0]
+
+    def score(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:
+        """float32 [B, C]: each candidate's (decayed) count at each row's event time."""
+        slots = self._items.lookup(as_keys(candidate_keys, "candidate_keys"))
+        stored = np.where(slots >= 0, self._counts[np.maximum(slots, 0)], 0.0)
+        shrink = self.clock.shrink(np.asarray(query.timestamps, dtype=np.float64))
+        return (shrink[:, None] * stored[None, :]).astype(np.float32)
+
+    def learn(self, batch: Interactions) -> LearnStats:
+        """Count each event's item once, weighted by its event time when decaying."""
+        if len(batch) == 0:
+            return LearnStats()
+        keys = as_keys(batch.item_keys, "item_keys")
+        times = np.asarray(batch.timestamps, dtype=np.float64)
+        rescale = self.clock.rebase(float(times.max()))
+        if rescale is not None:
+            live = self._items.live_slots()
+            self._counts[live] *= rescale
+        assignment = self._items.assign(keys, times)
+        # A slot handed to a new item (possibly taken from a forgotten one) starts from zero.
+        self._counts[assignment.slots[assignment.new]] = 0.0
+        np.add.at(self._counts, assignment.slots, self.clock.growth(times))
+        return LearnStats(extra={"items": float(len(self._items))})
+
+    def item_vectors(self, item_keys: np.ndarray) -> np.ndarray | None:
+        """None: popularity has no factorisation."""
+        return None
