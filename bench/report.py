@@ -14,7 +14,10 @@ from importlib import metadata
 from pathlib import Path
 
 BENCHMARKS_FILE = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-HEADER = "# freshrec benchmarks\n\nEvery figure below was written by a script in `bench/`; rerun it to refresh its section.\n"
+HEADER = (
+    "# freshrec benchmarks\n\n"
+    "Every figure below was written by a script in `bench/`; rerun it to refresh its section.\n"
+)
 
 
 def cpu_model() -> str:
@@ -49,7 +52,9 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_FILE) -> None:
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     path.write_text(text)
 
 

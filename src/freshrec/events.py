@@ -127,7 +127,7 @@ class EventBatch:
 
     @classmethod
     def from_events(cls, events: Iterable[Event]) -> EventBatch:
-        """Build a batch from already valid events (validate raw input with `freshrec.preprocess.validate`)."""
+        """A batch of already valid events (raw input goes through `freshrec.preprocess.validate`)."""
         events = list(events)
         if not events:
             return cls.empty()
@@ -146,7 +146,7 @@ class EventBatch:
         )
 
     def to_events(self) -> list[Event]:
-        """The batch as `Event` objects (for tests, the HTTP layer and dead-letter output; not the hot path)."""
+        """The batch as `Event` objects (tests, the HTTP layer, dead letters; never the hot path)."""
         events = []
         for i in range(len(self)):
             context = {name: col[i] for name, col in self.context.items() if col[i] is not None}
