@@ -1,0 +1,87 @@
+"""Configuration of a dynamic embedding table: size, admission, expiry, eviction and optimizer settings.
+
+Plain data with validation only; it must never allocate a table or touch torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from freshrec.embeddings.sketch import MAX_COUNT
+from freshrec.errors import ConfigError
+
+
+@dataclass
+class EmbeddingTableConfig:
+    """How one `DynamicEmbeddingTable` behaves.
+
+    Parameters
+    ----------
+    dim
+        Width of each row; fbgemm's table-batched kernels need a multiple of 4.
+    capacity
+        Most ids with their own row at once (the table holds ``capacity + 1`` rows: row 0 is the shared
+        cold-start row).
+    admit_after
+        An id gets its own row at its N-th sighting; before that it trains and is served with the cold
+        row 0. Sightings of ids not yet admitted are counted in a count-min sketch (1: no sketch).
+    ttl_seconds
+        Rows whose id was not seen for this much *event time* are freed for reuse (None: never). The
+        expiry scan runs at most once per ``ttl_seconds / 16`` of event time, so a row lives at most
+        ``ttl * 17/16`` unseen.
+    eviction
+        Which live ids lose their rows when new ids arrive at a full table: least recently seen (``"lru"``),
+        least often seen (``"lfu"``), or none (``"none"``: the table raises `CapacityError`).
+    optimizer
+        The update fbgemm fuses into ``backward()``: ``"rowwise_adagrad"`` (one accumulator per row, step
+        ``lr * g / sqrt(sum of mean g^2)``) or ``"sgd"`` (``lr * g``, no state: a constant step keeps
+        adapting on a drifting stream where Adagrad's step only shrinks).
+    learning_rate
+        Step size of the fused update.
+    eps
+        Adagrad's denominator guard.
+    init_std
+        Standard deviation of the normal initialisation of each (re)assigned row.
+    seed
+        Seeds row initialisation and the sketch's hashes.
+    sketch_width, sketch_depth
+        Count-min sketch size: ``depth x width`` one-byte counters (default 4 x 2^20 = 4 MiB); see
+        `freshrec.embeddings.sketch.CountMinSketch` for its error.
+
+    >>> EmbeddingTableConfig(dim=8, capacity=100).admit_after
+    1
+    """
+
+    dim: int = 64
+    capacity: int = 1_000_000
+    admit_after: int = 1
+    ttl_seconds: float | None = None
+    eviction: Literal["lru", "lfu", "none"] = "lru"
+    optimizer: Literal["rowwise_adagrad", "sgd"] = "rowwise_adagrad"
+    learning_rate: float = 0.05
+    eps: float = 1e-8
+    init_std: float = 0.01
+    seed: int = 0
+    sketch_width: int = 1 << 20
+    sketch_depth: int = 4
+
+    def __post_init__(self) -> None:
+        if self.dim < 4 or self.dim % 4:
+            raise ConfigError(
+                f"dim must be a positive multiple of 4 (fbgemm kernels), got {self.dim}; e.g. 64"
+            )
+        if self.capacity < 1:
+            raise ConfigError(f"capacity must be >= 1, got {self.capacity}")
+        if not 1 <= self.admit_after <= MAX_COUNT:
+            raise ConfigError(f"admit_after must be in [1, {MAX_COUNT}], got {self.admit_after}")
+        if self.ttl_seconds is not None and not self.ttl_seconds > 0:
+            raise ConfigError(f"ttl_seconds must be > 0 or None, got {self.ttl_seconds}")
+        if self.eviction not in ("lru", "lfu", "none"):
+            raise ConfigError(f"eviction must be 'lru', 'lfu' or 'none', got {self.eviction!r}")
+        if self.optimizer not in ("rowwise_adagrad", "sgd"):
+            raise ConfigError(f"optimizer must be 'rowwise_adagrad' or 'sgd', got {self.optimizer!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.init_std < 0:
+            raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
