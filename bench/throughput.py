@@ -11,16 +11,20 @@ from the kernel. Figures go to BENCHMARKS.md (section "throughput").
 
 from __future__ import annotations
 
-import argparse
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as freshrec/__init__.py; must precede importing torch
+
+import argparse  # noqa: E402
 import resource
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from bench.report import machine_line, markdown_table, write_section  # noqa: E402
 from freshrec.models.mf import BPRMatrixFactorization, MFConfig  # noqa: E402
@@ -77,7 +81,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="freshrec runs; the median is reported")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     stream_config = SyntheticConfig(n_events=args.events, n_users=args.users, n_items=args.items, seed=7)
     rates, learn_rates = [], []

@@ -29,7 +29,9 @@ def test_rank_matches_a_stable_sort(scores, targets, excluded):
 
 def test_nan_scores_never_count_as_hits():
     scores = np.full((1, 5), np.nan, dtype=np.float32)
-    assert ranks_of_targets(scores, np.array([3]), np.empty(0, np.int64), np.empty(0, np.int64)).tolist() == [3]
+    assert ranks_of_targets(scores, np.array([3]), np.empty(0, np.int64), np.empty(0, np.int64)).tolist() == [
+        3
+    ]
 
 
 def test_metrics_blocks_windows_and_final_fraction():

@@ -17,7 +17,12 @@ def naive_histories(batches, length):
             rows_k.append([0] * pad + [k for k, _ in before])
             rows_t.append([np.nan] * pad + [tt for _, tt in before])
             past.setdefault(u, []).append((i, t))
-        out.append((np.array(rows_k, dtype=np.uint64).reshape(len(users), length), np.array(rows_t).reshape(len(users), length)))
+        out.append(
+            (
+                np.array(rows_k, dtype=np.uint64).reshape(len(users), length),
+                np.array(rows_t).reshape(len(users), length),
+            )
+        )
     return out
 
 
@@ -43,7 +48,9 @@ def test_matches_event_by_event_reference(events, batch_size, length):
 
 def test_query_reads_without_recording():
     history = UserHistory(HistoryConfig(length=2, capacity=8))
-    history.query_and_record(np.array([5, 5], dtype=np.uint64), np.array([1, 2], dtype=np.uint64), np.array([0.0, 1.0]))
+    history.query_and_record(
+        np.array([5, 5], dtype=np.uint64), np.array([1, 2], dtype=np.uint64), np.array([0.0, 1.0])
+    )
     users = np.array([5, 6], dtype=np.uint64)
     first = history.query(users, np.array([2.0, 2.0]))
     second = history.query(users, np.array([3.0, 3.0]))
@@ -54,13 +61,19 @@ def test_query_reads_without_recording():
 def test_forgotten_user_starts_empty_when_capacity_is_reached():
     history = UserHistory(HistoryConfig(length=2, capacity=2))
     for t, user in enumerate([1, 2, 3]):  # user 3 takes the slot of user 1, the least recently active
-        history.query_and_record(np.array([user], dtype=np.uint64), np.array([100 + user], dtype=np.uint64), np.array([float(t)]))
+        history.query_and_record(
+            np.array([user], dtype=np.uint64), np.array([100 + user], dtype=np.uint64), np.array([float(t)])
+        )
     assert len(history) == 2
-    query = history.query_and_record(np.array([1], dtype=np.uint64), np.array([7], dtype=np.uint64), np.array([9.0]))
+    query = history.query_and_record(
+        np.array([1], dtype=np.uint64), np.array([7], dtype=np.uint64), np.array([9.0])
+    )
     assert query.history_keys.tolist() == [[0, 0]]
 
 
 def test_zero_length_history_is_empty():
     history = UserHistory(HistoryConfig(length=0, capacity=4))
-    query = history.query_and_record(np.array([1], dtype=np.uint64), np.array([2], dtype=np.uint64), np.array([0.0]))
+    query = history.query_and_record(
+        np.array([1], dtype=np.uint64), np.array([2], dtype=np.uint64), np.array([0.0])
+    )
     assert query.history_keys.shape == (1, 0)

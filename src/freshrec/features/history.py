@@ -63,6 +63,8 @@ class UserHistory:
 
     def query(self, user_keys: np.ndarray, timestamps: np.ndarray) -> Query:
         """Histories as they stand now, without recording anything (serving and evaluation of requests)."""
+        if self.length == 0:
+            return Query.without_history(user_keys, timestamps)
         slots = self._users.lookup(user_keys)
         known = slots >= 0
         keys = np.zeros((len(user_keys), self.length), dtype=np.uint64)
