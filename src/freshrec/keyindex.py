@@ -44,6 +44,7 @@ from typing import Literal
 import numpy as np
 
 from freshrec.errors import CapacityError, ConfigError
+from freshrec.hashing import mix64
 
 Eviction = Literal["lru", "lfu", "none"]
 
@@ -53,12 +54,6 @@ _WINDOW = 8  # cells read per probe round after the first (one 64-byte cache lin
 _OFFSETS = np.arange(_WINDOW, dtype=np.int64)
 #: Rebuild the hash array when live + tombstone cells would exceed this fraction of it.
 MAX_USED_FRACTION = 0.625
-
-# Constants of the 64-bit finaliser of MurmurHash3 (fmix64): mixes every input bit into the high bits,
-# so sequential integer keys (tests, pre-encoded ids) spread as well as xxhash digests do.
-_MIX1 = np.uint64(0xFF51AFD7ED558CCD)
-_MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
-_S33 = np.uint64(33)
 
 
 @dataclass
@@ -81,24 +76,6 @@ class Assignment:
     new: np.ndarray
     evicted_keys: np.ndarray
     evicted_slots: np.ndarray
-
-
-def mix64(keys: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A 64-bit mix of each key (the MurmurHash3 finaliser of ``key + seed * golden ratio``); a new array.
-
-    Different seeds give independent-looking hash functions of the same keys (the count-min sketch uses one
-    per row).
-
-    >>> mix64(np.array([1, 2], dtype=np.uint64)).dtype
-    dtype('uint64')
-    """
-    x = keys + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) if seed else keys.copy()
-    x ^= x >> _S33
-    x *= _MIX1
-    x ^= x >> _S33
-    x *= _MIX2
-    x ^= x >> _S33
-    return x
 
 
 def as_keys(keys: np.ndarray | list[int], field: str = "keys") -> np.ndarray:
@@ -342,7 +319,8 @@ class KeyIndex:
 
     # ------------------------------------------------------------------ internals
     def _home(self, keys: np.ndarray) -> np.ndarray:
-        """Home cell of each key: the top bits (the best-mixed ones) of `mix64`."""
+        """Home cell of each key: the top bits (the best-mixed ones) of `mix64`, which spreads sequential
+        integer keys (tests, pre-encoded ids) as well as xxhash digests."""
         return (mix64(keys) >> self._shift).astype(np.int64)
 
     def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

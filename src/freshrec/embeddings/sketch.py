@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from freshrec.errors import ConfigError
-from freshrec.keyindex import mix64
+from freshrec.hashing import mix64
 
 #: Counters saturate here (one byte each): admission thresholds above it cannot be expressed.
 MAX_COUNT = 255

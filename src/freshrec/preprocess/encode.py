@@ -22,17 +22,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from freshrec.hashing import GOLDEN_GAMMA, MULTIPLIER_1, MULTIPLIER_2, mix64
 from freshrec.interactions import NO_KEY
 from freshrec.timeparse import T_INT, T_STR, classify_column, text_array
 
 __all__ = ["IdEncoder", "decode_int_keys", "encode_ids"]
 
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-# Modular inverses of _M1 and _M2 (mod 2^64), to undo the mixer.
-_M1_INV = np.uint64(pow(0xBF58476D1CE4E5B9, -1, 2**64))
-_M2_INV = np.uint64(pow(0x94D049BB133111EB, -1, 2**64))
+_GAMMA = np.uint64(GOLDEN_GAMMA)
+# Modular inverses of the mixer's multipliers (mod 2^64), to undo it.
+_M1_INV = np.uint64(pow(MULTIPLIER_1, -1, 2**64))
+_M2_INV = np.uint64(pow(MULTIPLIER_2, -1, 2**64))
 # Where key 0 goes. Exactly one int64 mixes to 0 (7046029254386353131) and exactly one mixes to this
 # constant; those two integers share a key, the only integer collision.
 _ZERO_KEY_REPLACEMENT = np.uint64(0x5851F42D4C957F2D)
@@ -135,12 +134,8 @@ class IdEncoder:
 
 
 def _mix_ints(x: np.ndarray) -> np.ndarray:
-    """splitmix64: add the golden-ratio step, then the finaliser. A bijection on 64-bit words."""
-    with np.errstate(over="ignore"):
-        z = x + _GAMMA
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        z ^= z >> np.uint64(31)
+    """splitmix64 (a bijection on 64-bit words), with key 0 moved off the reserved "no key"."""
+    z = mix64(x, seed=1)
     z[z == NO_KEY] = _ZERO_KEY_REPLACEMENT
     return z
 

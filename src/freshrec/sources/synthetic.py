@@ -22,6 +22,7 @@ import numpy as np
 
 from freshrec.errors import ConfigError
 from freshrec.events import KIND_CODES
+from freshrec.hashing import GOLDEN_GAMMA, mix64
 from freshrec.sources.base import RawBatch
 
 __all__ = ["SyntheticConfig", "SyntheticStream"]
@@ -478,21 +479,10 @@ class SyntheticStream:
         return RawBatch(columns, np.arange(offset, offset + n, dtype=np.int64), end_offset=offset + n)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (the same mixer `freshrec.preprocess.encode` uses; kept here so a source does
-    not import a later stage)."""
-    with np.errstate(over="ignore"):
-        z = x ^ (x >> np.uint64(30))
-        z = z * np.uint64(0xBF58476D1CE4E5B9)
-        z = z ^ (z >> np.uint64(27))
-        z = z * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 def _uniform(seed: int, salt: int, *keys: np.ndarray) -> np.ndarray:
     """A uniform [0, 1) value per combination of keys, fixed for (seed, salt): stateless randomness."""
     with np.errstate(over="ignore"):
-        h = _mix(np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % 2**64) + np.zeros(1, dtype=np.uint64))
+        h = mix64(np.uint64((seed * GOLDEN_GAMMA + salt) % 2**64) + np.zeros(1, dtype=np.uint64))
         for key in keys:
-            h = _mix(h ^ (np.asarray(key).astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+            h = mix64(h ^ (np.asarray(key).astype(np.int64).view(np.uint64) + np.uint64(GOLDEN_GAMMA)))
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
