@@ -22,6 +22,56 @@ class LearnStats:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class StateChanges:
+    """What changed in a model's published state since the previous `drain_changes` call.
+
+    A model's state is a flat dict of numeric arrays (`state_dict`). Arrays whose leading dimension is a
+    row (an embedding row, an item slot) change by rows; small or dense arrays are replaced whole.
+
+    Attributes
+    ----------
+    rows
+        name -> (row indices int64 [r], new values [r, ...]): apply as ``state[name][rows] = values``.
+    replaced
+        name -> the whole new array.
+    complete
+        False when the model could not keep track of every change (more than it bounds): the publisher
+        must then publish a full snapshot instead of a delta.
+    """
+
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    replaced: dict[str, np.ndarray] = field(default_factory=dict)
+    complete: bool = True
+
+    @property
+    def changed_rows(self) -> int:
+        return max((len(rows) for rows, _ in self.rows.values()), default=0)
+
+
+@runtime_checkable
+class PublishableModel(Protocol):
+    """A model whose state can be snapshotted, shipped as row deltas and applied in place by a server."""
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The full state as numeric arrays (copies; safetensors-compatible: never pickled objects)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the whole state with `state_dict` output of a model built with the same config."""
+        ...
+
+    def drain_changes(self) -> StateChanges:
+        """Rows and arrays changed since the previous call (the first call after construction or
+        `load_state_dict` reports changes since then)."""
+        ...
+
+    def apply_changes(self, changes: StateChanges) -> None:
+        """Apply another instance's `drain_changes` in place, so that afterwards this model's
+        `state_dict` equals the other's at the time it drained (cost proportional to the change)."""
+        ...
+
+
 @runtime_checkable
 class Recommender(Protocol):
     """Score items for queries, learn from a micro-batch, export item vectors for retrieval.
