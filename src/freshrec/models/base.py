@@ -16,9 +16,10 @@ from freshrec.interactions import Interactions, Query
 
 @dataclass
 class LearnStats:
-    """What one learning step reports: the mean loss (``nan`` for count-based models) and extra figures."""
+    """What one learning step reports: the mean loss (None for count-based models, which have none; a
+    gradient model whose loss turns non-finite has diverged) and extra figures."""
 
-    loss: float = float("nan")
+    loss: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 

@@ -184,7 +184,7 @@ class OnlineTrainer:
         totals.features_seconds += timing.features
         totals.scoring_seconds += timing.scoring
         totals.learning_seconds += timing.learning
-        if np.isfinite(self.last_stats.loss):
+        if self.last_stats.loss is not None and np.isfinite(self.last_stats.loss):
             totals.losses.append(self.last_stats.loss)
         return timing
 

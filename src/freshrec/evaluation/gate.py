@@ -1,0 +1,158 @@
+"""The publish gate: a candidate model reaches users only if it is not worse than the one they already get.
+
+Both the candidate (the trainer's model) and the serving version are scored on the most recent events the
+candidate has not trained on yet (the held-back window), with the same ranking and exclusions as the
+prequential evaluation. The candidate passes if its primary metric is within `tolerance` of the serving
+version's, and its last loss is finite. Every decision is kept (bounded) for `/versions` and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from freshrec.evaluation.prequential import ranks_of_targets
+from freshrec.interactions import Query
+from freshrec.models.base import Recommender
+
+
+@dataclass
+class GateConfig:
+    """When a candidate may replace the serving version.
+
+    Parameters
+    ----------
+    tolerance
+        Largest allowed drop of the primary metric (absolute: 0.01 = one point of HR@K).
+    k
+        Cut-off of the primary metric, HR@K on the held-back window.
+    min_window_events
+        Below this many held-back events the figures are noise: the candidate passes on a finite loss alone.
+    history
+        Decisions remembered for display.
+    """
+
+    tolerance: float = 0.01
+    k: int = 10
+    min_window_events: int = 64
+    history: int = 100
+
+
+@dataclass
+class GateDecision:
+    """One verdict of the gate, with the figures it was made on."""
+
+    published: bool
+    reason: str
+    candidate_hr: float
+    serving_hr: float
+    window_events: int
+    window_start: float
+    window_end: float
+    decided_at: float = field(default_factory=time.time)
+    version: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "published": self.published,
+            "reason": self.reason,
+            "candidate_hr": self.candidate_hr,
+            "serving_hr": self.serving_hr,
+            "window_events": self.window_events,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "decided_at": self.decided_at,
+            "version": self.version,
+        }
+
+
+def hit_rate(
+    model: Recommender,
+    query: Query,
+    item_keys: np.ndarray,
+    candidate_keys: np.ndarray,
+    excluded_rows: np.ndarray,
+    excluded_columns: np.ndarray,
+    k: int,
+) -> float:
+    """HR@k of `model` on held-back events: each event's item ranked among `candidate_keys`.
+
+    Events whose item is not among the candidates count as misses, as in the prequential evaluation.
+    """
+    if len(item_keys) == 0:
+        return 0.0
+    order = np.argsort(candidate_keys, kind="stable")
+    at = np.minimum(np.searchsorted(candidate_keys[order], item_keys), len(order) - 1)
+    targets = np.where(candidate_keys[order][at] == item_keys, order[at], -1)
+    scores = model.score(query, candidate_keys)
+    ranks = ranks_of_targets(scores, targets, excluded_rows, excluded_columns)
+    return float(np.mean((ranks >= 0) & (ranks < k)))
+
+
+class PublishGate:
+    """Decides, and remembers its decisions.
+
+    >>> gate = PublishGate(GateConfig(tolerance=0.01, min_window_events=10))
+    >>> gate.decide(candidate_hr=0.20, serving_hr=0.205, window_events=500, loss=0.3).published
+    True
+    >>> decision = gate.decide(candidate_hr=0.10, serving_hr=0.20, window_events=500, loss=0.3)
+    >>> decision.published, decision.reason
+    (False, 'HR@10 0.1000 is 0.1000 below serving 0.2000 (tolerance 0.0100)')
+    >>> gate.decide(0.3, 0.2, 500, loss=float("nan")).reason
+    'non-finite training loss: nan'
+    """
+
+    def __init__(self, config: GateConfig | None = None) -> None:
+        self.config = config or GateConfig()
+        self.decisions: deque[GateDecision] = deque(maxlen=self.config.history)
+        self.published = 0
+        self.held = 0
+
+    def decide(
+        self,
+        candidate_hr: float,
+        serving_hr: float,
+        window_events: int,
+        loss: float | None = None,
+        *,
+        window_start: float = float("nan"),
+        window_end: float = float("nan"),
+    ) -> GateDecision:
+        """The verdict for a candidate; `loss` is its last training loss (None for count-based models)."""
+        k, tolerance = self.config.k, self.config.tolerance
+        if loss is not None and not math.isfinite(loss):
+            passed, reason = False, f"non-finite training loss: {loss}"
+        elif window_events < self.config.min_window_events:
+            passed, reason = (
+                True,
+                f"window of {window_events} events is below {self.config.min_window_events}",
+            )
+        elif candidate_hr + tolerance < serving_hr:
+            drop = serving_hr - candidate_hr
+            passed = False
+            reason = (
+                f"HR@{k} {candidate_hr:.4f} is {drop:.4f} below serving {serving_hr:.4f} "
+                f"(tolerance {tolerance:.4f})"
+            )
+        else:
+            passed = True
+            reason = f"HR@{k} {candidate_hr:.4f} vs serving {serving_hr:.4f} (tolerance {tolerance:.4f})"
+        decision = GateDecision(
+            published=passed,
+            reason=reason,
+            candidate_hr=candidate_hr,
+            serving_hr=serving_hr,
+            window_events=window_events,
+            window_start=window_start,
+            window_end=window_end,
+        )
+        self.decisions.append(decision)
+        if passed:
+            self.published += 1
+        else:
+            self.held += 1
+        return decision
