@@ -239,3 +239,112 @@ def test_signed_hashes_are_reinterpreted() -> None:
     signed = np.array([-5, 7], dtype=np.int64)
     slots = index.assign(signed, 1.0).slots
     np.testing.assert_array_equal(index.lookup(signed.view(U)), slots)
+
+
+def check_free_stack(index: KeyIndex) -> None:
+    """The free stack holds exactly the free slots, once each, and `_free_pos` points into it."""
+    stack = index._free[: index._n_free]
+    free = np.flatnonzero(index.keys_of(np.arange(index.capacity)) == 0)
+    assert sorted(stack.tolist()) == free.tolist()
+    np.testing.assert_array_equal(index._free_pos[stack], np.arange(index._n_free))
+    taken = np.setdiff1d(np.arange(index.capacity), stack)
+    assert (index._free_pos[taken] == -1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    capacity=st.integers(1, 9),
+    eviction=st.sampled_from(["lru", "lfu"]),
+    sync_every=st.integers(1, 5),
+)
+def test_set_slots_replays_another_index_row_by_row(
+    seed: int, capacity: int, eviction: str, sync_every: int
+) -> None:
+    """A replica fed the rows that changed (set_slots) equals the source: state, lookups, free stack, and
+    it then evicts the same keys as an index loaded in full."""
+    rng = np.random.default_rng(seed)
+    source, replica = KeyIndex(capacity, eviction), KeyIndex(capacity, eviction)  # type: ignore[arg-type]
+    replica.min_pool = source.min_pool = 2  # small victim pools: the pool's invariant is exercised
+    universe = np.arange(1, 3 * capacity + 3, dtype=U)
+    previous = source.state_arrays()
+    for step in range(30):
+        op = rng.integers(0, 4)
+        if op <= 1:
+            keys = rng.choice(universe, int(rng.integers(1, capacity + 1)), replace=False)
+            source.assign(keys, float(step) + rng.uniform(-3, 0, len(keys)))  # late events too
+        elif op == 2:
+            source.remove(rng.choice(universe, 2))
+        else:
+            source.expire(float(step) - 4.0)
+        if step % sync_every == 0:
+            state = source.state_arrays(finite=True)
+            changed = np.flatnonzero(
+                (state["slot_keys"] != previous["slot_keys"])
+                | (source.last_seen != previous["last_seen"])
+                | (state["counts"] != previous["counts"])
+            )
+            replica.apply_state_rows(source.state_rows(changed, finite=True))
+            previous = source.state_arrays()
+            for name, array in source.state_arrays().items():
+                np.testing.assert_array_equal(replica.state_arrays()[name], array, err_msg=name)
+            np.testing.assert_array_equal(replica.lookup(universe), source.lookup(universe))
+            check_free_stack(replica)
+            assert len(replica) == len(source)
+    # Eviction from the replica picks the same victims as a fully loaded index.
+    loaded = KeyIndex(capacity, eviction)  # type: ignore[arg-type]
+    loaded.load_state_arrays(replica.state_arrays())
+    newcomers = np.arange(1000, 1000 + capacity, dtype=U)
+    a, b = replica.assign(newcomers, 100.0), loaded.assign(newcomers, 100.0)
+    assert sorted(a.evicted_keys.tolist()) == sorted(b.evicted_keys.tolist())
+    assert sorted(replica.keys_of(replica.live_slots()).tolist()) == sorted(newcomers.tolist())
+    check_free_stack(replica)
+
+
+def test_set_slots_moves_a_key_and_frees_its_old_slot() -> None:
+    index = KeyIndex(capacity=4)
+    index.assign(np.array([10, 20, 30], dtype=U), now=1.0)  # slots 0, 1, 2
+    index.set_slots(np.array([3]), np.array([10], dtype=U), np.array([7.0]), np.array([4]))
+    assert index.lookup(np.array([10, 20, 30], dtype=U)).tolist() == [3, 1, 2]
+    assert index.keys_of(np.array([0])).tolist() == [0] and index.counts[0] == 0
+    assert np.isneginf(index.last_seen[0]) and index.last_seen[3] == 7.0
+    check_free_stack(index)
+    # The freed slot is handed out next, and nothing is handed out twice.
+    assert index.assign(np.array([40], dtype=U), now=2.0).slots.tolist() == [0]
+    check_free_stack(index)
+
+
+def test_set_slots_stays_bounded_over_many_owner_changes() -> None:
+    """Owner changes leave tombstones; the hash array is rebuilt before it fills, so lookups stay exact."""
+    index = KeyIndex(capacity=64)
+    rng = np.random.default_rng(0)
+    for round_ in range(200):
+        slots = rng.choice(64, 16, replace=False)
+        keys = (np.arange(16) + 1 + 16 * round_).astype(U)
+        index.set_slots(slots, keys, np.full(16, float(round_)), np.ones(16, np.int64))
+        assert index.lookup(keys).tolist() == slots.tolist()
+    assert index.rehashes > 0 and index._used_cells <= index._max_used
+    check_free_stack(index)
+
+
+def test_set_slots_rejects_inconsistent_rows() -> None:
+    index = KeyIndex(capacity=4)
+    with pytest.raises(ConfigError, match="twice"):
+        index.set_slots(np.array([1, 1]), np.array([5, 6], dtype=U), np.zeros(2), np.ones(2, np.int64))
+    with pytest.raises(ConfigError, match="same non-zero key"):
+        index.set_slots(np.array([1, 2]), np.array([5, 5], dtype=U), np.zeros(2), np.ones(2, np.int64))
+    with pytest.raises(ConfigError, match="slots must lie"):
+        index.set_slots(np.array([4]), np.array([5], dtype=U), np.zeros(1), np.ones(1, np.int64))
+    with pytest.raises(ConfigError, match="travel together"):
+        index.apply_state_rows({"slot_keys": (np.array([0]), np.array([5], dtype=U))})
+
+
+def test_finite_state_arrays_round_trip_never_seen() -> None:
+    index = KeyIndex(capacity=3)
+    index.assign(np.array([7], dtype=U), now=5.0)
+    state = index.state_arrays(finite=True)
+    assert np.isfinite(state["last_seen"]).all()
+    assert np.isneginf(index.state_arrays()["last_seen"][1:]).all()  # the default is unchanged
+    copy = KeyIndex(capacity=3)
+    copy.load_state_arrays(state)
+    np.testing.assert_array_equal(copy.last_seen, index.last_seen)

@@ -54,6 +54,9 @@ _WINDOW = 8  # cells read per probe round after the first (one 64-byte cache lin
 _OFFSETS = np.arange(_WINDOW, dtype=np.int64)
 #: Rebuild the hash array when live + tombstone cells would exceed this fraction of it.
 MAX_USED_FRACTION = 0.625
+#: `last_seen` of a free slot in finite state arrays (``state_arrays(finite=True)``): the model store refuses
+#: non-finite floats, and a free slot's ``-inf`` must survive a round trip. Loaded back as ``-inf``.
+NEVER_SEEN = float(np.finfo(np.float64).min)
 
 
 @dataclass
@@ -151,6 +154,9 @@ class KeyIndex:
         # Free slots as a stack; popping from the end hands out 0, 1, 2, ... first on a fresh index.
         self._free = np.arange(self.capacity - 1, -1, -1, dtype=np.int64)
         self._n_free = self.capacity
+        # Position of each slot in `_free` (-1: not free), so `set_slots` can take arbitrary slots off the
+        # stack in O(changed slots) instead of searching a stack of up to `capacity` entries.
+        self._free_pos = np.arange(self.capacity - 1, -1, -1, dtype=np.int64)
         self._pool: _VictimPool | None = None
         #: Smallest victim pool; a pool also holds at least capacity / 16 keys so that rebuilds (O(capacity))
         #: happen at most once per capacity / 16 evictions.
@@ -289,13 +295,44 @@ class KeyIndex:
         return keys, slots
 
     # ------------------------------------------------------------------ state
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """The index as plain arrays (slot -> key, last_seen, counts): enough to rebuild it exactly."""
+    def state_arrays(self, finite: bool = False) -> dict[str, np.ndarray]:
+        """The index as plain arrays (slot -> key, last_seen, counts): enough to rebuild it exactly.
+
+        With ``finite=True`` the ``-inf`` of free slots' `last_seen` is written as `NEVER_SEEN`, so every
+        value is finite (what the model store accepts); `load_state_arrays` and `set_slots` read it back.
+        """
+        last_seen = self.last_seen.copy()
+        if finite:
+            last_seen[np.isneginf(last_seen)] = NEVER_SEEN
+        return {"slot_keys": self._slot_keys.copy(), "last_seen": last_seen, "counts": self.counts.copy()}
+
+    def state_rows(self, slots: np.ndarray, finite: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Rows `slots` of `state_arrays`, as name -> (slots, values), in O(len(slots)); `set_slots` (or
+        `apply_state_rows`) applies them to another index."""
+        slots = np.asarray(slots, dtype=np.int64)
+        last_seen = self.last_seen[slots]
+        if finite:
+            last_seen[np.isneginf(last_seen)] = NEVER_SEEN
         return {
-            "slot_keys": self._slot_keys.copy(),
-            "last_seen": self.last_seen.copy(),
-            "counts": self.counts.copy(),
+            "slot_keys": (slots, self._slot_keys[slots]),
+            "last_seen": (slots, last_seen),
+            "counts": (slots, self.counts[slots]),
         }
+
+    def apply_state_rows(self, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Apply `state_rows` output of another index (all three arrays, same slots) with `set_slots`."""
+        names = ("slot_keys", "last_seen", "counts")
+        missing = [name for name in names if name not in rows]
+        if missing:
+            raise ConfigError(
+                f"index rows lack {missing}; slot_keys, last_seen and counts travel together: pass "
+                "state_rows (or a model's drain_changes) output unmodified"
+            )
+        slots = np.asarray(rows["slot_keys"][0])
+        for name in names[1:]:
+            if not np.array_equal(rows[name][0], slots):
+                raise ConfigError(f"index rows of {name!r} name other slots than those of 'slot_keys'")
+        self.set_slots(slots, rows["slot_keys"][1], rows["last_seen"][1], rows["counts"][1])
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace the contents with `state_arrays` output of an index of the same capacity."""
@@ -309,13 +346,101 @@ class KeyIndex:
         if len(np.unique(slot_keys[live])) != len(live):
             raise ConfigError("slot_keys holds the same key in two slots; the state is corrupt")
         self._slot_keys = slot_keys.copy()
-        self.last_seen = np.asarray(arrays["last_seen"], dtype=np.float64).copy()
+        self.last_seen = _from_finite(np.asarray(arrays["last_seen"], dtype=np.float64).copy())
         self.counts = np.asarray(arrays["counts"], dtype=np.int64).copy()
         free = np.flatnonzero(slot_keys == 0)[::-1]
         self._free[: len(free)] = free
         self._n_free = len(free)
+        self._free_pos.fill(-1)
+        self._free_pos[free] = np.arange(len(free))
         self._pool = None
         self._rehash()
+
+    def set_slots(
+        self, slots: np.ndarray, keys: np.ndarray, last_seen: np.ndarray, counts: np.ndarray
+    ) -> None:
+        """Make each slot hold the given key with the given bookkeeping (key 0: the slot becomes free).
+
+        The in-place counterpart of `load_state_arrays` for a few slots: it applies rows of another
+        index's `state_arrays` (an incremental update) in O(len(slots)), however large the index. A key
+        that held another slot not in `slots` leaves it (that slot is freed), so no key is ever live
+        twice; the free stack and the eviction pool stay consistent, and slots whose key does not change
+        only get their bookkeeping rewritten (no hash-array churn).
+
+        Parameters
+        ----------
+        slots
+            int64 [n] distinct slots in ``[0, capacity)``.
+        keys
+            uint64 [n] the key each slot holds afterwards; the non-zero ones distinct.
+        last_seen, counts
+            float64 / int64 [n] their bookkeeping (ignored for key 0: a free slot has ``-inf`` and 0);
+            `NEVER_SEEN` reads as ``-inf``.
+
+        >>> index = KeyIndex(capacity=3)
+        >>> _ = index.assign(np.array([10, 20], dtype=np.uint64), now=1.0)   # slots 0 and 1
+        >>> index.set_slots(np.array([1, 2]), np.array([10, 30], dtype=np.uint64), np.array([5.0, 6.0]),
+        ...                 np.array([2, 1]))   # 20 leaves, 10 moves to slot 1 (freeing 0), 30 arrives
+        >>> index.lookup(np.array([10, 20, 30], dtype=np.uint64)).tolist(), len(index)
+        ([1, -1, 2], 2)
+        """
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        keys = as_keys(keys)
+        last_seen = _from_finite(np.array(last_seen, dtype=np.float64).reshape(-1))
+        counts = np.array(counts, dtype=np.int64).reshape(-1)
+        n = len(slots)
+        if not len(keys) == len(last_seen) == len(counts) == n:
+            raise ConfigError(
+                f"set_slots got {n} slots, {len(keys)} keys, {len(last_seen)} last_seen and "
+                f"{len(counts)} counts; pass one of each per slot"
+            )
+        if n == 0:
+            return
+        if slots.min() < 0 or slots.max() >= self.capacity:
+            raise ConfigError(
+                f"slots must lie in [0, {self.capacity}), got values in [{slots.min()}, {slots.max()}]; "
+                "apply changes of an index with the same capacity"
+            )
+        if len(np.unique(slots)) != n:
+            raise ConfigError("slots holds a slot twice; pass each slot once")
+        live = keys != 0
+        if len(np.unique(keys[live])) != int(live.sum()):
+            raise ConfigError("keys holds the same non-zero key for two slots; a key owns one slot")
+        last_seen[~live] = -np.inf
+        counts[~live] = 0
+
+        old = self._slot_keys[slots]
+        changed = old != keys
+        incoming_slots, incoming = slots[changed & live], keys[changed & live]
+        # Where the incoming keys live now, read before anything moves: a holder outside `slots` loses it.
+        _, holders = self._find(incoming)
+        holders = holders[holders >= 0]
+        outside = holders[~np.isin(holders, slots)]
+        leaving = np.concatenate([old[changed & (old != 0)], self._slot_keys[outside]])
+        if len(leaving):
+            cells, _ = self._find(leaving)
+            self._cell_keys[cells] = 0
+            self._cell_slots[cells] = _TOMBSTONE
+        self._slot_keys[outside] = 0
+        self.last_seen[outside] = -np.inf
+        self.counts[outside] = 0
+
+        was_free = self._free_pos[slots] >= 0
+        self._slot_keys[slots] = keys
+        self.last_seen[slots] = last_seen
+        self.counts[slots] = counts
+        if len(incoming):
+            if self._used_cells + len(incoming) > self._max_used:
+                self._rehash()  # inserts every live key, the incoming ones included
+            else:
+                self._insert(incoming, incoming_slots)
+        self._take_off_free_stack(slots[was_free & live])
+        pushed = np.concatenate([slots[~was_free & ~live], outside])
+        self._free[self._n_free : self._n_free + len(pushed)] = pushed
+        self._free_pos[pushed] = np.arange(self._n_free, self._n_free + len(pushed))
+        self._n_free += len(pushed)
+        # Bookkeeping may have moved down (a late event, a new key): keep the victim pool's invariant.
+        self._note_updates(slots[live])
 
     # ------------------------------------------------------------------ internals
     def _home(self, keys: np.ndarray) -> np.ndarray:
@@ -398,12 +523,31 @@ class KeyIndex:
         self.last_seen[slots] = -np.inf
         self.counts[slots] = 0
         self._free[self._n_free : self._n_free + len(slots)] = slots
+        self._free_pos[slots] = np.arange(self._n_free, self._n_free + len(slots))
         self._n_free += len(slots)
 
     def _pop_free(self, k: int) -> np.ndarray:
         slots = self._free[self._n_free - k : self._n_free][::-1].copy()
+        self._free_pos[slots] = -1
         self._n_free -= k
         return slots
+
+    def _take_off_free_stack(self, slots: np.ndarray) -> None:
+        """Remove distinct free `slots` from the free stack in O(len(slots)): the stack shrinks by that
+        many, and the survivors among its top entries move into the holes the others leave below."""
+        k = len(slots)
+        if k == 0:
+            return
+        positions = self._free_pos[slots]
+        top = self._n_free - k
+        holes = positions[positions < top]
+        leaves_top = np.zeros(k, dtype=bool)
+        leaves_top[positions[positions >= top] - top] = True
+        movers = self._free[top : self._n_free][~leaves_top]
+        self._free[holes] = movers
+        self._free_pos[movers] = holes
+        self._free_pos[slots] = -1
+        self._n_free = top
 
     def _rehash(self) -> None:
         """Rebuild the hash array from the live slots, dropping every tombstone."""
@@ -515,6 +659,12 @@ class _VictimPool:
             column[new_start : lo + last] = column[kept]
         self.start = new_start
         return victims
+
+
+def _from_finite(last_seen: np.ndarray) -> np.ndarray:
+    """`last_seen` with the `NEVER_SEEN` stand-in turned back into ``-inf`` (in place)."""
+    last_seen[last_seen == NEVER_SEEN] = -np.inf
+    return last_seen
 
 
 def _tuple_le(

@@ -242,3 +242,29 @@ def test_rejects_bad_rows_and_config() -> None:
         EmbeddingTableConfig(admit_after=0)
     with pytest.raises(ConfigError, match="ttl_seconds"):
         EmbeddingTableConfig(ttl_seconds=0.0)
+
+
+def test_state_changes_replay_expiry_admission_and_training_exactly() -> None:
+    """drain_state_changes / apply_state_changes: freed rows travel (slot key 0), the sketch only when it
+    changed, and the tracking is independent of drain_changes."""
+    settings_ = {"capacity": 3, "admit_after": 2, "ttl_seconds": 16.0}
+    table, replica = small_table(**settings_), small_table(**settings_)
+    replica.apply_state_changes(table.drain_state_changes())
+    for t, keys in enumerate([[1, 2], [1, 2, 3], [3], [4, 4, 5], [5], [6, 6], [7]]):
+        rows = table.rows_for_training(np.array(keys, dtype=U), 8.0 * t)
+        table.embed(rows).sum().backward()
+        table.drain_changes()  # the other drain does not steal state rows
+        changes = table.drain_state_changes()
+        replica.apply_state_changes(changes)
+        for name, array in table.state_dict().items():
+            np.testing.assert_array_equal(replica.state_dict()[name], array, err_msg=name)
+        np.testing.assert_array_equal(replica.rows_for_serving(UNIVERSE), table.rows_for_serving(UNIVERSE))
+    assert table.stats().expired > 0
+    # Key 1 expired at some point: its freed row was sent with slot key 0.
+    table.rows_for_training(np.array([8], dtype=U), 200.0)  # expires everything else
+    changes = table.drain_state_changes()
+    assert 0 in changes.rows["index.slot_keys"][1].tolist()
+    assert "sketch.counters" in changes.replaced
+    with torch.no_grad():
+        table.embed(table.rows_for_serving(np.array([8], dtype=U)))
+    assert table.drain_state_changes().changed_rows == 0  # nothing since: no rows, no sketch

@@ -200,7 +200,7 @@ def test_scores_are_finite_and_scoring_changes_nothing(
     events: list[tuple[int, int]], times: list[float], half_life: float | None
 ) -> None:
     model = CooccurrenceModel(
-        CooccurrenceConfig(capacity=16, max_neighbors=4, history_length=5, half_life_days=half_life)
+        CooccurrenceConfig(capacity=32, max_neighbors=4, history_length=5, half_life_days=half_life)
     )
     stream = Stream(model)
     users, items = [u for u, _ in events], [i for _, i in events]

@@ -23,7 +23,8 @@ import torch
 from freshrec.embeddings.config import EmbeddingTableConfig
 from freshrec.embeddings.sketch import CountMinSketch
 from freshrec.errors import ConfigError
-from freshrec.keyindex import KeyIndex, as_keys
+from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys
+from freshrec.model_state import StateChanges
 
 with warnings.catch_warnings():
     # fbgemm_gpu warns at import time about optional CUDA/triton pieces a CPU build does not have.
@@ -130,6 +131,10 @@ class DynamicEmbeddingTable:
         self._momentum = states[0][0] if states and states[0] else torch.zeros(0)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._dirty = np.zeros(self.num_rows, dtype=bool)
+        # Rows whose weights, optimizer state or index entry changed since the last `drain_state_changes`
+        # (tracked apart from `_dirty`, which `drain_changes` owns, so the two drains never steal rows).
+        self._state_dirty = np.zeros(self.num_rows, dtype=bool)
+        self._sketch_changed = False
         self._removed: list[np.ndarray] = []  # ids removed since the last drain, see _note_removed
         self._removed_size = 0
         self._removed_overflow = False
@@ -192,6 +197,7 @@ class DynamicEmbeddingTable:
                     keys[absent], return_inverse=True, return_counts=True
                 )
                 admit = self._sketch.add(unique, occurrences) >= self.config.admit_after
+                self._sketch_changed = True
                 eligible = ~absent
                 eligible[absent] = admit[inverse]
                 take = np.flatnonzero(eligible)
@@ -199,6 +205,7 @@ class DynamicEmbeddingTable:
         if len(taken_keys):
             assignment = self._index.assign(taken_keys, times[take])
             rows[take] = assignment.slots + 1
+            self._state_dirty[rows[take]] = True  # last_seen and counts of every key seen
             if len(assignment.evicted_keys):
                 self.evicted += len(assignment.evicted_keys)
                 self._note_removed(assignment.evicted_keys)
@@ -223,7 +230,9 @@ class DynamicEmbeddingTable:
         index = self._row_tensor(rows)
         n = len(index)
         if torch.is_grad_enabled():
-            self._dirty[index.numpy()] = True
+            touched = index.numpy()
+            self._dirty[touched] = True
+            self._state_dirty[touched] = True
         if len(self._offsets) <= n:
             self._offsets = torch.arange(2 * (n + 1), dtype=torch.int64)
         return self._tbe(index, self._offsets[: n + 1])
@@ -280,16 +289,17 @@ class DynamicEmbeddingTable:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Weights, optimizer state, the id -> row map and the counters as plain numpy arrays (copies).
 
-        Every value is a numeric array, so the dict can be written with ``safetensors.numpy.save_file``.
-        Row r of ``weights`` belongs to ``index.slot_keys[r - 1]`` (row 0: the cold row).
+        Every value is a finite numeric array (``-inf`` times are written as `freshrec.keyindex.NEVER_SEEN`),
+        so the dict can be written with ``safetensors.numpy.save_file`` and published to the model store.
+        Row r of ``weights`` and ``momentum`` belongs to ``index.slot_keys[r - 1]`` (row 0: the cold row).
         """
         state = {
             "weights": self._weights.detach().numpy().copy(),
             "momentum": self._momentum.detach().numpy().copy(),
-            "counters": np.array([self.admitted, self.evicted, self.expired], dtype=np.int64),
-            "clock": np.array([self._clock, self._next_expiry], dtype=np.float64),
+            "counters": self._counters(),
+            "clock": self._clock_array(),
         }
-        state.update({f"index.{name}": array for name, array in self._index.state_arrays().items()})
+        state.update({f"index.{name}": a for name, a in self._index.state_arrays(finite=True).items()})
         if self._sketch is not None:
             state.update({f"sketch.{name}": array for name, array in self._sketch.state_arrays().items()})
         return state
@@ -320,11 +330,74 @@ class DynamicEmbeddingTable:
             self._weights.copy_(torch.from_numpy(weights))
             self._momentum.copy_(torch.from_numpy(momentum))
         self.admitted, self.evicted, self.expired = (int(v) for v in state["counters"])
-        self._clock, self._next_expiry = (float(v) for v in state["clock"])
+        self._load_clock(state["clock"])
         self._dirty[:] = False
+        self._state_dirty[:] = False
+        self._sketch_changed = False
         self._removed, self._removed_size, self._removed_overflow = [], 0, False
 
+    def drain_state_changes(self) -> StateChanges:
+        """Rows of `state_dict` changed since the previous call, as `freshrec.models.base.StateChanges`.
+
+        Row-addressed: ``weights`` and ``momentum`` by row, ``index.slot_keys`` / ``index.last_seen`` /
+        ``index.counts`` by slot (row - 1) — every row trained, re-initialised, seen, evicted or expired
+        (a freed row has slot key 0). Replaced whole: ``counters``, ``clock``, and the admission sketch
+        when it changed (``sketch.*``, ``sketch_depth x sketch_width`` bytes: with ``admit_after > 1`` it
+        changes with nearly every batch). Never incomplete: the tracking is one flag per row. Independent
+        of `drain_changes`. Cost O(changed rows) plus one scan of the flags.
+        """
+        rows = np.flatnonzero(self._state_dirty)
+        self._state_dirty[rows] = False
+        index = torch.from_numpy(rows)
+        changes: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            "weights": (rows, self._weights.index_select(0, index).numpy())
+        }
+        if len(self._momentum):
+            changes["momentum"] = (rows, self._momentum.index_select(0, index).numpy())
+        slots = rows[rows != COLD_ROW] - 1
+        changes.update({f"index.{n}": pair for n, pair in self._index.state_rows(slots, finite=True).items()})
+        replaced = {"counters": self._counters(), "clock": self._clock_array()}
+        if self._sketch is not None and self._sketch_changed:
+            replaced.update({f"sketch.{n}": a for n, a in self._sketch.state_arrays().items()})
+            self._sketch_changed = False
+        return StateChanges(rows=changes, replaced=replaced)
+
+    def apply_state_changes(self, changes: StateChanges) -> None:
+        """Apply another table's `drain_state_changes` in place: weight and optimizer rows are written
+        under ``torch.no_grad`` and the index entries with `KeyIndex.set_slots`, in O(changed rows).
+        Applied changes are not reported by this table's own drains."""
+        index_rows = {n[6:]: pair for n, pair in changes.rows.items() if n.startswith("index.")}
+        if index_rows:
+            self._index.apply_state_rows(index_rows)
+        with torch.no_grad():
+            for name, tensor in (("weights", self._weights), ("momentum", self._momentum)):
+                if name in changes.rows:
+                    rows, values = changes.rows[name]
+                    index = self._row_tensor(rows)
+                    tensor.index_copy_(0, index, torch.from_numpy(np.asarray(values, dtype=np.float32)))
+        replaced = changes.replaced
+        if "counters" in replaced:
+            self.admitted, self.evicted, self.expired = (int(v) for v in replaced["counters"])
+        if "clock" in replaced:
+            self._load_clock(replaced["clock"])
+        if self._sketch is not None and "sketch.counters" in replaced:
+            self._sketch.load_state_arrays({n[7:]: a for n, a in replaced.items() if n.startswith("sketch.")})
+
     # ------------------------------------------------------------------ internals
+    def _counters(self) -> np.ndarray:
+        return np.array([self.admitted, self.evicted, self.expired], dtype=np.int64)
+
+    def _clock_array(self) -> np.ndarray:
+        """[clock, next expiry scan], ``-inf`` (not yet) written as `NEVER_SEEN` to stay finite."""
+        clock = np.array([self._clock, self._next_expiry], dtype=np.float64)
+        clock[np.isneginf(clock)] = NEVER_SEEN
+        return clock
+
+    def _load_clock(self, array: np.ndarray) -> None:
+        clock = np.array(array, dtype=np.float64).reshape(-1)
+        clock[clock == NEVER_SEEN] = -np.inf
+        self._clock, self._next_expiry = (float(v) for v in clock)
+
     def _note_removed(self, keys: np.ndarray) -> None:
         """Remember removed ids for the next drain, within O(capacity) memory however long it is delayed."""
         self._removed.append(keys)
@@ -346,10 +419,11 @@ class DynamicEmbeddingTable:
         ttl = self.config.ttl_seconds
         if ttl is None or self._clock < self._next_expiry:
             return
-        keys, _ = self._index.expire(self._clock - ttl)
+        keys, slots = self._index.expire(self._clock - ttl)
         if len(keys):
             self.expired += len(keys)
             self._note_removed(keys)
+            self._state_dirty[slots + 1] = True  # freed rows change too: the receiver frees them
         self._next_expiry = self._clock + ttl / 16
 
     def _reinit(self, rows: np.ndarray) -> None:
@@ -362,3 +436,4 @@ class DynamicEmbeddingTable:
             if len(self._momentum):
                 self._momentum.index_fill_(0, index, 0.0)
         self._dirty[rows] = True
+        self._state_dirty[rows] = True

@@ -21,7 +21,7 @@ import numpy as np
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
-from freshrec.models.base import LearnStats
+from freshrec.models.base import LearnStats, StateChanges
 from freshrec.models.popularity import DecayClock
 
 _SECONDS_PER_DAY = 86_400.0
@@ -131,6 +131,8 @@ class CooccurrenceModel:
         self._weights = np.zeros((capacity, width), dtype=np.float32)  # stored scale, see DecayClock
         self._counts = np.zeros(capacity, dtype=np.float64)  # stored scale
         self._recency = self.config.recency_decay ** np.arange(self.history_length, dtype=np.float64)
+        # Slots whose item, count or neighbour row changed since the last `drain_changes`.
+        self._dirty = np.zeros(capacity, dtype=bool)
 
     # ------------------------------------------------------------------ inspection
     def __len__(self) -> int:
@@ -248,6 +250,7 @@ class CooccurrenceModel:
             live = self._items.live_slots()
             self._weights[live] *= np.float32(rescale)
             self._counts[live] *= rescale
+            self._dirty[live] = True  # rare: once per `max_exponent` half-lives
         growth = self.clock.growth(times)
 
         assignment = self._items.assign(items, times)
@@ -257,6 +260,8 @@ class CooccurrenceModel:
         self._weights[fresh] = 0.0
         self._counts[fresh] = 0.0
         np.add.at(self._counts, assignment.slots, growth)
+        # Evicted items' slots are among the new items' slots: marking the batch's slots covers them.
+        self._dirty[assignment.slots] = True
 
         history = self._recent(batch.query.history_keys)
         length = history.shape[1]
@@ -288,6 +293,7 @@ class CooccurrenceModel:
         rows, neighbors, amounts = rows[order], neighbors[order], amounts[order]
         start = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (neighbors[1:] != neighbors[:-1])])
         rows, neighbors, amounts = rows[start], neighbors[start], np.add.reduceat(amounts, start)
+        self._dirty[rows] = True
 
         # [P, M] comparison; a key sits at most once in a row, and argmax finds it if it is there.
         position = (self._neighbor_keys[rows] == neighbors[:, None]).argmax(axis=1)
@@ -330,6 +336,63 @@ class CooccurrenceModel:
             empty, NO_KEY, np.take_along_axis(merged_keys, best, axis=1)
         )
         self._weights[target_rows] = np.where(empty, 0.0, kept_weights)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Item index, neighbour rows, stored weights and counts, decay origin: finite arrays (copies).
+
+        Slot-addressed: ``items.slot_keys``, ``items.last_seen``, ``items.counts``, ``neighbor_keys``,
+        ``weights``, ``counts``; replaced whole: ``clock``.
+        """
+        state = {f"items.{name}": a for name, a in self._items.state_arrays(finite=True).items()}
+        state["neighbor_keys"] = self._neighbor_keys.copy()
+        state["weights"] = self._weights.copy()
+        state["counts"] = self._counts.copy()
+        state["clock"] = self.clock.state_array()
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the whole state with `state_dict` output of a model with the same capacity and width."""
+        neighbor_keys = as_keys(state["neighbor_keys"], "neighbor_keys").reshape(
+            np.shape(state["neighbor_keys"])
+        )
+        if neighbor_keys.shape != self._neighbor_keys.shape:
+            raise ConfigError(
+                f"state neighbor_keys have shape {neighbor_keys.shape}, this model's are "
+                f"{self._neighbor_keys.shape} (capacity, max_neighbors); use the saved config"
+            )
+        self._items.load_state_arrays({n[6:]: a for n, a in state.items() if n.startswith("items.")})
+        self._neighbor_keys = neighbor_keys.copy()
+        self._weights = np.asarray(state["weights"], dtype=np.float32).copy()
+        self._counts = np.asarray(state["counts"], dtype=np.float64).copy()
+        self.clock.load_state_array(state["clock"])
+        self._dirty[:] = False
+
+    def drain_changes(self) -> StateChanges:
+        """The slots changed since the previous drain (rows of every slot-addressed array) and the clock."""
+        slots = np.flatnonzero(self._dirty)
+        self._dirty[slots] = False
+        rows = {f"items.{n}": pair for n, pair in self._items.state_rows(slots, finite=True).items()}
+        rows["neighbor_keys"] = (slots, self._neighbor_keys[slots])
+        rows["weights"] = (slots, self._weights[slots])
+        rows["counts"] = (slots, self._counts[slots])
+        return StateChanges(rows=rows, replaced={"clock": self.clock.state_array()})
+
+    def apply_changes(self, changes: StateChanges) -> None:
+        """Apply another instance's `drain_changes` in place, in O(changed slots x max_neighbors)."""
+        index_rows = {n[6:]: pair for n, pair in changes.rows.items() if n.startswith("items.")}
+        if index_rows:
+            self._items.apply_state_rows(index_rows)
+        for name, array in (
+            ("neighbor_keys", self._neighbor_keys),
+            ("weights", self._weights),
+            ("counts", self._counts),
+        ):
+            if name in changes.rows:
+                slots, values = changes.rows[name]
+                array[slots] = values
+        if "clock" in changes.replaced:
+            self.clock.load_state_array(changes.replaced["clock"])
 
     def item_vectors(self, item_keys: np.ndarray) -> np.ndarray | None:
         """None: co-occurrence has no factorisation; retrieval scores candidates with `score`."""

@@ -14,8 +14,8 @@ import numpy as np
 
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
-from freshrec.keyindex import KeyIndex, as_keys
-from freshrec.models.base import LearnStats
+from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys
+from freshrec.models.base import LearnStats, StateChanges
 
 _SECONDS_PER_DAY = 86_400.0
 
@@ -85,6 +85,15 @@ class DecayClock:
         # A query earlier than the origin (by more than a few half-lives) would overflow: clip it.
         return np.exp2(-np.maximum(self._exponent(timestamps), -60.0))
 
+    def state_array(self) -> np.ndarray:
+        """float64 [1]: the origin, `NEVER_SEEN` while there is none (state arrays stay finite)."""
+        return np.array([NEVER_SEEN if self.origin is None else self.origin], dtype=np.float64)
+
+    def load_state_array(self, array: np.ndarray) -> None:
+        """Restore the origin from `state_array` output."""
+        origin = float(np.asarray(array).reshape(-1)[0])
+        self.origin = None if origin == NEVER_SEEN else origin
+
 
 @dataclass
 class PopularityConfig:
@@ -128,6 +137,8 @@ class PopularityModel:
         self.clock = DecayClock(None if half_life is None else half_life * _SECONDS_PER_DAY)
         self._items = KeyIndex(self.config.capacity, eviction=self.config.eviction)
         self._counts = np.zeros(self.config.capacity, dtype=np.float64)  # stored scale, see DecayClock
+        # Slots whose item or count changed since the last `drain_changes` (one scatter per batch).
+        self._dirty = np.zeros(self.config.capacity, dtype=bool)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -155,11 +166,58 @@ class PopularityModel:
         if rescale is not None:
             live = self._items.live_slots()
             self._counts[live] *= rescale
+            self._dirty[live] = True  # rare: once per `max_exponent` half-lives
         assignment = self._items.assign(keys, times)
         # A slot handed to a new item (possibly taken from a forgotten one) starts from zero.
         self._counts[assignment.slots[assignment.new]] = 0.0
         np.add.at(self._counts, assignment.slots, self.clock.growth(times))
+        # Evicted items' slots are among the new items' slots: marking the batch's slots covers them.
+        self._dirty[assignment.slots] = True
         return LearnStats(extra={"items": float(len(self._items))})
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Item index, stored counts and the decay clock's origin as finite numeric arrays (copies).
+
+        Slot-addressed: ``items.slot_keys``, ``items.last_seen``, ``items.counts``, ``counts``; replaced
+        whole: ``clock`` ([origin], `NEVER_SEEN` before the first event).
+        """
+        state = {f"items.{name}": a for name, a in self._items.state_arrays(finite=True).items()}
+        state["counts"] = self._counts.copy()
+        state["clock"] = self.clock.state_array()
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the whole state with `state_dict` output of a model with the same capacity."""
+        counts = np.asarray(state["counts"], dtype=np.float64)
+        if counts.shape != self._counts.shape:
+            raise ConfigError(
+                f"state counts have shape {counts.shape}, this model has capacity={self.config.capacity}; "
+                "build the model with the capacity it was saved with"
+            )
+        self._items.load_state_arrays({n[6:]: a for n, a in state.items() if n.startswith("items.")})
+        self._counts = counts.copy()
+        self.clock.load_state_array(state["clock"])
+        self._dirty[:] = False
+
+    def drain_changes(self) -> StateChanges:
+        """The slots changed since the previous drain (rows of every slot-addressed array) and the clock."""
+        slots = np.flatnonzero(self._dirty)
+        self._dirty[slots] = False
+        rows = {f"items.{n}": pair for n, pair in self._items.state_rows(slots, finite=True).items()}
+        rows["counts"] = (slots, self._counts[slots])
+        return StateChanges(rows=rows, replaced={"clock": self.clock.state_array()})
+
+    def apply_changes(self, changes: StateChanges) -> None:
+        """Apply another instance's `drain_changes` in place, in O(changed slots)."""
+        index_rows = {n[6:]: pair for n, pair in changes.rows.items() if n.startswith("items.")}
+        if index_rows:
+            self._items.apply_state_rows(index_rows)
+        if "counts" in changes.rows:
+            slots, values = changes.rows["counts"]
+            self._counts[slots] = values
+        if "clock" in changes.replaced:
+            self.clock.load_state_array(changes.replaced["clock"])
 
     def item_vectors(self, item_keys: np.ndarray) -> np.ndarray | None:
         """None: popularity has no factorisation."""
