@@ -49,7 +49,7 @@ def test_a_batch_is_scored_before_it_is_learned():
     assert summary.events == 6
     assert summary.hr == pytest.approx(3 / 6)
     assert trainer.totals.events == 6 and trainer.totals.batches == 2
-    assert trainer.totals.losses == [0.5, 0.5]
+    assert list(trainer.totals.losses) == [0.5, 0.5]
 
 
 def test_learned_batches_carry_pre_event_histories_and_negatives():

@@ -9,10 +9,13 @@ learned from that event or a later one.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from freshrec.errors import ConfigError
 from freshrec.evaluation.catalogue import Catalogue
 from freshrec.evaluation.prequential import PrequentialEvaluator, ranks_of_targets
 from freshrec.events import EventBatch
@@ -21,6 +24,9 @@ from freshrec.features.seen import SeenConfig, SeenItems
 from freshrec.interactions import Interactions, Query
 from freshrec.models.base import LearnStats, Recommender
 from freshrec.preprocess.encode import encode_ids
+
+if TYPE_CHECKING:
+    from freshrec.publishing.publisher import ModelPublisher
 
 
 @dataclass
@@ -105,7 +111,8 @@ class TrainerTotals:
     features_seconds: float = 0.0
     scoring_seconds: float = 0.0
     learning_seconds: float = 0.0
-    losses: list[float] = field(default_factory=list)
+    #: The most recent finite losses (bounded: the stream is endless).
+    losses: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
     @property
     def learning_events_per_second(self) -> float:
@@ -126,9 +133,14 @@ class OnlineTrainer:
     0.6
     """
 
-    def __init__(self, model: Recommender, config: TrainerConfig | None = None) -> None:
+    def __init__(
+        self, model: Recommender, config: TrainerConfig | None = None, publisher: ModelPublisher | None = None
+    ) -> None:
         self.model = model
         self.config = config or TrainerConfig()
+        if publisher is not None and not self.config.evaluate:
+            raise ConfigError("a publisher needs evaluate=True: its gate scores the held-back batch")
+        self.publisher = publisher
         self.history = UserHistory(HistoryConfig(model.history_length, self.config.user_capacity))
         self.seen = SeenItems(SeenConfig(capacity=self.config.user_capacity))
         self.catalogue = Catalogue()
@@ -170,11 +182,24 @@ class OnlineTrainer:
         query = self.history.query_and_record(user_keys, item_keys, timestamps)
         features_done = time.perf_counter()
         if self.config.evaluate:
-            self._evaluate(query, item_keys, timestamps, values)
+            candidates, excluded_rows, excluded_columns = self._evaluate(query, item_keys, timestamps, values)
+            if self.publisher is not None and self.publisher.due():
+                # The batch is held back from the candidate until the gate has scored it.
+                self.publisher.try_publish(
+                    query,
+                    item_keys,
+                    candidates,
+                    excluded_rows,
+                    excluded_columns,
+                    loss=self.last_stats.loss,
+                    events_trained=self.totals.events,
+                )
         scored = time.perf_counter()
         negatives = self.sampler.sample(n, self.config.negatives, fallback=item_keys)
         self.last_stats = self.model.learn(Interactions(query, item_keys, values, kinds, negatives))
         self.sampler.add(item_keys)
+        if self.publisher is not None:
+            self.publisher.note_trained(n)
         learned = time.perf_counter()
 
         timing = BatchTiming(n, features_done - started, scored - features_done, learned - scored)
@@ -190,8 +215,10 @@ class OnlineTrainer:
 
     def _evaluate(
         self, query: Query, item_keys: np.ndarray, timestamps: np.ndarray, values: np.ndarray
-    ) -> None:
-        """Rank every event's item among the items seen before it, excluding what its user already saw."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rank every event's item among the items seen before it, excluding what its user already saw.
+
+        Returns the candidates and the excluded (row, column) cells, which the publish gate reuses."""
         n = len(item_keys)
         before = len(self.catalogue)
         first_seen_at = self.catalogue.add(item_keys)  # batch positions where new items first appear
@@ -209,9 +236,8 @@ class OnlineTrainer:
         # The event that introduces an item cannot rank it: it was not "seen so far".
         if len(first_seen_at):
             targets[first_seen_at] = -1
-        ranks = ranks_of_targets(
-            scores, targets, np.concatenate(excluded_rows), np.concatenate(excluded_columns)
-        )
+        excluded = np.concatenate(excluded_rows), np.concatenate(excluded_columns)
+        ranks = ranks_of_targets(scores, targets, *excluded)
 
         predicted = None
         predict_ratings = getattr(self.model, "predict_ratings", None)
@@ -219,3 +245,4 @@ class OnlineTrainer:
             predicted = predict_ratings(query, item_keys)
         self.evaluator.add(ranks, predicted, values if predicted is not None else None)
         self.seen.record(query.user_keys, item_keys, timestamps)
+        return candidates, *excluded

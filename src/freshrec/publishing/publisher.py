@@ -1,0 +1,150 @@
+"""The trainer side of publishing: when to publish, through the gate, as a delta or a snapshot.
+
+The publisher keeps a *shadow* of the serving version in the trainer process (a second model instance that
+receives exactly the changes published), so the gate can score the serving version without a round trip.
+Changes are drained from the candidate only when a version is published: a held candidate keeps
+accumulating them, and the next published delta carries everything since the last published one.
+
+Never publishes a state with a non-finite value (the store refuses it too) and never blocks on the server.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, hit_rate
+from freshrec.interactions import Query
+from freshrec.models.base import PublishableModel, Recommender
+from freshrec.publishing.store import DeltaBaseError, ModelStore
+
+
+@dataclass
+class PublisherConfig:
+    """How often versions are published.
+
+    Parameters
+    ----------
+    interval_ms
+        Publish at most this often (event batches are checked as they come).
+    every_events
+        Also publish after this many trained events, whichever comes first (None: time only).
+    snapshot_every
+        A full snapshot after this many deltas (bounds the work of a server starting from the store).
+    gate
+        The publish gate's settings.
+    """
+
+    interval_ms: int = 1000
+    every_events: int | None = None
+    snapshot_every: int = 100
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+class ModelPublisher:
+    """Publishes a model's versions to a `ModelStore` through a `PublishGate`."""
+
+    def __init__(
+        self,
+        model: Recommender,
+        store: ModelStore,
+        config: PublisherConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        if not isinstance(model, PublishableModel):
+            raise TypeError(f"model {model.name!r} cannot be published: it lacks state_dict/drain_changes")
+        self.model = model
+        self.store = store
+        self.config = config or PublisherConfig()
+        self.gate = PublishGate(self.config.gate)
+        self.metadata = dict(metadata or {})
+        self._clock = clock
+        # The shadow starts as the candidate's twin; the first version is a snapshot of both.
+        self.shadow: Recommender = copy.deepcopy(model)
+        self._deltas_since_snapshot = 0
+        self._version = 0
+        self._last_publish = -float("inf")
+        self._events_since_publish = 0
+        self.last_decision: GateDecision | None = None
+        self.model.drain_changes()  # changes before the first snapshot are in the snapshot
+        self._publish_snapshot(events_trained=0)
+
+    @property
+    def version(self) -> int:
+        """The last version this publisher wrote."""
+        return self._version
+
+    def note_trained(self, events: int) -> None:
+        self._events_since_publish += events
+
+    def due(self) -> bool:
+        """Whether a publish should be attempted now."""
+        if self._events_since_publish == 0:
+            return False
+        every = self.config.every_events
+        if every is not None and self._events_since_publish >= every:
+            return True
+        return (self._clock() - self._last_publish) * 1000.0 >= self.config.interval_ms
+
+    def try_publish(
+        self,
+        query: Query,
+        item_keys: np.ndarray,
+        candidate_keys: np.ndarray,
+        excluded_rows: np.ndarray,
+        excluded_columns: np.ndarray,
+        loss: float | None,
+        events_trained: int,
+    ) -> GateDecision:
+        """Score candidate and shadow on the held-back events (not yet learned), then publish or hold."""
+        k = self.config.gate.k
+        candidate = hit_rate(self.model, query, item_keys, candidate_keys, excluded_rows, excluded_columns, k)
+        serving = hit_rate(self.shadow, query, item_keys, candidate_keys, excluded_rows, excluded_columns, k)
+        times = query.timestamps
+        decision = self.gate.decide(
+            candidate,
+            serving,
+            len(item_keys),
+            loss,
+            window_start=float(times.min()) if len(times) else float("nan"),
+            window_end=float(times.max()) if len(times) else float("nan"),
+        )
+        self.last_decision = decision
+        self._last_publish = self._clock()  # a held candidate waits a full interval before the next try
+        if decision.published:
+            decision.version = self._publish_changes(events_trained, decision)
+            self._events_since_publish = 0
+        return decision
+
+    def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
+        changes = self.model.drain_changes()
+        metadata = {**self.metadata, "events_trained": events_trained, "gate": decision.as_dict()}
+        if changes.complete and self._deltas_since_snapshot < self.config.snapshot_every:
+            try:
+                version = self.store.publish_delta(
+                    changes.rows, changes.replaced, metadata=metadata, base=self._version
+                )
+            except DeltaBaseError:
+                # Someone rolled the store back: what serves is no longer our last version, so a delta
+                # would not apply. Publish everything.
+                return self._publish_snapshot(events_trained, metadata)
+            self.shadow.apply_changes(changes)
+            self._deltas_since_snapshot += 1
+            self._version = version
+            return version
+        return self._publish_snapshot(events_trained, metadata)
+
+    def _publish_snapshot(self, events_trained: int, metadata: dict[str, Any] | None = None) -> int:
+        metadata = metadata or {**self.metadata, "events_trained": events_trained}
+        state = self.model.state_dict()
+        version = self.store.publish_snapshot(state, metadata=metadata)
+        self.shadow.load_state_dict(state)
+        self._deltas_since_snapshot = 0
+        self._last_publish = self._clock()
+        self._version = version
+        return version

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from freshrec.evaluation.gate import GateConfig
+from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+from freshrec.preprocess.validate import EventValidator
+from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
+from freshrec.publishing.store import ModelStore, StoreConfig
+from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+from freshrec.training.online import OnlineTrainer, TrainerConfig
+
+
+class Ticks:
+    """A clock that advances one second per reading: every due() check is a publish opportunity."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def events(n: int, seed: int = 1):
+    stream = SyntheticStream(SyntheticConfig(n_events=n, n_users=300, n_items=400, seed=seed))
+    validator = EventValidator()
+    for raw in stream.batches(2048):
+        yield validator.validate(raw).events
+
+
+def small_model() -> CooccurrenceModel:
+    return CooccurrenceModel(CooccurrenceConfig(capacity=2048, max_neighbors=16))
+
+
+def test_published_versions_reproduce_the_candidate(tmp_path):
+    model = small_model()
+    with ModelStore(StoreConfig(tmp_path / "store", keep_versions=5)) as store:
+        publisher = ModelPublisher(
+            model,
+            store,
+            PublisherConfig(interval_ms=500, snapshot_every=3, gate=GateConfig(tolerance=1.0)),
+            metadata={"model": model.name},
+            clock=Ticks(),
+        )
+        trainer = OnlineTrainer(model, TrainerConfig(batch_size=128), publisher=publisher)
+        for batch in events(6000):
+            trainer.process(batch)
+        assert publisher.gate.published >= 10 and publisher.gate.held == 0
+        kinds = {info.kind for info in store.versions()}
+        assert kinds == {"snapshot", "delta"} and len(store.versions()) <= 5 + 3
+        version = publisher.version
+        assert store.current_version() == version
+        decision = publisher.gate.decisions[-1]
+        assert decision.published and decision.version == version and 0 < decision.window_events <= 128
+
+    # A server starting from the store sees exactly the state that was published last.
+    state, loaded = ModelStore.open(tmp_path / "store").load()
+    assert loaded.version == version
+    served = small_model()
+    served.load_state_dict(state)
+    shadow_state = publisher.shadow.state_dict()
+    assert state.keys() == shadow_state.keys()
+    for name in state:
+        np.testing.assert_array_equal(state[name], shadow_state[name], err_msg=name)
+
+
+def test_a_regressing_candidate_is_held_and_its_changes_kept_for_later(tmp_path):
+    model = small_model()
+    with ModelStore(StoreConfig(tmp_path / "store")) as store:
+        # A negative tolerance demands strict improvement: most candidates are held.
+        publisher = ModelPublisher(
+            model,
+            store,
+            PublisherConfig(interval_ms=500, gate=GateConfig(tolerance=-0.5, min_window_events=1)),
+            clock=Ticks(),
+        )
+        trainer = OnlineTrainer(model, TrainerConfig(batch_size=128), publisher=publisher)
+        for batch in events(3000):
+            trainer.process(batch)
+        assert publisher.gate.held > 0 and publisher.gate.published == 0
+        assert store.current_version() == 1  # only the initial snapshot
+        held = publisher.gate.decisions[-1]
+        assert not held.published and "below serving" in held.reason
+        # Loosen the gate: the next version carries every change since version 1.
+        publisher.gate.config.tolerance = 1.0
+        for batch in events(500, seed=2):
+            trainer.process(batch)
+        assert store.current_version() >= 2
+        state, _ = store.load()
+    candidate = model.state_dict()
+    # The candidate has learned the batch after the publish; compare with the shadow instead.
+    for name, array in publisher.shadow.state_dict().items():
+        np.testing.assert_array_equal(state[name], array, err_msg=name)
+    assert set(candidate) == set(state)
+
+
+def test_a_publisher_needs_evaluation(tmp_path):
+    model = small_model()
+    with ModelStore(StoreConfig(tmp_path / "store")) as store:
+        publisher = ModelPublisher(model, store)
+        with pytest.raises(Exception, match="evaluate=True"):
+            OnlineTrainer(model, TrainerConfig(evaluate=False), publisher=publisher)
