@@ -143,6 +143,7 @@ def main() -> int:
             'no top-K evaluation. "Whole pipeline" counts generation, validation, dedupe, id encoding, '
             "dynamic "
             'table admission and the fused update; "learning" counts feature updates and the update only. '
+            "Both sides run with 1 torch thread (the trainer's default, `TrainerConfig.torch_threads`). "
             "Target: ≥ 150,000 events/s.",
             "",
             markdown_table(
