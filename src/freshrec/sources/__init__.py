@@ -1,4 +1,4 @@
-"""Where events come from: file replay, the synthetic generator, dataset loaders.
+"""Where events come from: file replay, the synthetic generator, dataset loaders, the embedded event log.
 
 Every source follows `Source`: raw batches (columns not yet validated) with the offset to resume after
 each one, and `commit(offset)` once a batch is safe. Sources split records into fields; judging values
@@ -6,6 +6,7 @@ is `freshrec.preprocess.validate`'s job.
 """
 
 from freshrec.sources.base import EVENT_COLUMNS, RawBatch, Rejection, Source
+from freshrec.sources.eventlog import EventLog, EventLogConfig, EventLogReader
 from freshrec.sources.files import ColumnMapping, FileReplaySource, parse_column_mapping
 from freshrec.sources.movielens import MovieLensSource, load_movielens_100k, load_movielens_100k_items
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
@@ -13,6 +14,9 @@ from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
 __all__ = [
     "EVENT_COLUMNS",
     "ColumnMapping",
+    "EventLog",
+    "EventLogConfig",
+    "EventLogReader",
     "FileReplaySource",
     "MovieLensSource",
     "RawBatch",

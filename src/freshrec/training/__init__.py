@@ -1,1 +1,1 @@
-"""freshrec.training"""
+"""The online loop (score each micro-batch, then learn it) and the replay pipeline around it."""
