@@ -71,6 +71,9 @@ class ModelPublisher:
         self._last_publish = -float("inf")
         self._events_since_publish = 0
         self.last_decision: GateDecision | None = None
+        self._anchor: _Window | None = None
+        self._anchor_best = float("nan")
+        self._anchor_events = 0
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         self._publish_snapshot(events_trained=0)
 
@@ -102,9 +105,15 @@ class ModelPublisher:
         events_trained: int,
     ) -> GateDecision:
         """Score candidate and shadow on the held-back events (not yet learned), then publish or hold."""
+        window = _Window(query, item_keys, candidate_keys.copy(), excluded_rows, excluded_columns)
         k = self.config.gate.k
-        candidate = hit_rate(self.model, query, item_keys, candidate_keys, excluded_rows, excluded_columns, k)
-        serving = hit_rate(self.shadow, query, item_keys, candidate_keys, excluded_rows, excluded_columns, k)
+        candidate = window.hit_rate(self.model, k)
+        serving = window.hit_rate(self.shadow, k)
+        anchor_candidate = anchor_best = float("nan")
+        if self._anchor is not None:
+            anchor_candidate = self._anchor.hit_rate(self.model, k)
+            self._anchor_best = max(self._anchor_best, self._anchor.hit_rate(self.shadow, k))
+            anchor_best = self._anchor_best
         times = query.timestamps
         decision = self.gate.decide(
             candidate,
@@ -113,13 +122,26 @@ class ModelPublisher:
             loss,
             window_start=float(times.min()) if len(times) else float("nan"),
             window_end=float(times.max()) if len(times) else float("nan"),
+            anchor_candidate_hr=anchor_candidate,
+            anchor_best_hr=anchor_best,
         )
         self.last_decision = decision
         self._last_publish = self._clock()  # a held candidate waits a full interval before the next try
         if decision.published:
             decision.version = self._publish_changes(events_trained, decision)
             self._events_since_publish = 0
+            self._maybe_move_anchor(window, candidate, events_trained)
         return decision
+
+    def _maybe_move_anchor(self, window: _Window, published_hr: float, events_trained: int) -> None:
+        """Make the window just published on the anchor if it is predictable and the anchor is old."""
+        gate = self.config.gate
+        if len(window.item_keys) < gate.min_window_events:
+            return
+        recent = self._anchor is not None and events_trained - self._anchor_events < gate.anchor_refresh_events
+        if recent or (self._anchor is not None and published_hr < gate.anchor_min_ratio * self._anchor_best):
+            return
+        self._anchor, self._anchor_best, self._anchor_events = window, published_hr, events_trained
 
     def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
         changes = self.model.drain_changes()
@@ -148,3 +170,25 @@ class ModelPublisher:
         self._last_publish = self._clock()
         self._version = version
         return version
+
+
+@dataclass
+class _Window:
+    """A held-back micro-batch as the gate scores it: queries, targets, candidates and exclusions."""
+
+    query: Query
+    item_keys: np.ndarray
+    candidate_keys: np.ndarray
+    excluded_rows: np.ndarray
+    excluded_columns: np.ndarray
+
+    def hit_rate(self, model: Recommender, k: int) -> float:
+        return hit_rate(
+            model,
+            self.query,
+            self.item_keys,
+            self.candidate_keys,
+            self.excluded_rows,
+            self.excluded_columns,
+            k,
+        )
