@@ -154,5 +154,24 @@ def replay_command(
         console.print(f"metrics written to {metrics_json}")
 
 
+@app.command("serve")
+def serve_command(
+    store: Annotated[Path, typer.Option(help="Model store the trainer publishes to.")] = Path("runs/store"),
+    log: Annotated[Path, typer.Option(help="Event log: POST /events appends here.")] = Path("runs/log"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve recommendations over HTTP from the latest published version, following new ones."""
+    import uvicorn
+
+    from freshrec.serving.app import create_app
+    from freshrec.serving.runtime import ServingConfig
+
+    console.print(f"[bold]freshrec serve[/] http://{host}:{port}  store={store} log={log}")
+    uvicorn.run(
+        create_app(ServingConfig(store_dir=store, log_dir=log)), host=host, port=port, log_level="warning"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

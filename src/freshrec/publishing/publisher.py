@@ -138,7 +138,8 @@ class ModelPublisher:
         gate = self.config.gate
         if len(window.item_keys) < gate.min_window_events:
             return
-        recent = self._anchor is not None and events_trained - self._anchor_events < gate.anchor_refresh_events
+        age = events_trained - self._anchor_events
+        recent = self._anchor is not None and age < gate.anchor_refresh_events
         if recent or (self._anchor is not None and published_hr < gate.anchor_min_ratio * self._anchor_best):
             return
         self._anchor, self._anchor_best, self._anchor_events = window, published_hr, events_trained

@@ -1,0 +1,151 @@
+"""The HTTP API: thin routes over `ServingRuntime` (recommend, ingest, health, readiness, metrics, versions).
+
+Every recommendation carries the model version it was computed with. Ingest answers 202 only after the
+accepted events are durable in the event log; a bad event is reported with its index, field and reason
+and never costs the good events around it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from freshrec.serving.runtime import ServingConfig, ServingRuntime
+
+#: Largest accepted request body for `POST /events`.
+MAX_BODY_BYTES = 1 << 20
+
+
+def create_app(config: ServingConfig, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI application; the runtime starts with the app and stops with it."""
+    runtime = ServingRuntime(config)
+    registry = CollectorRegistry()
+    latency = Histogram(
+        "freshrec_request_seconds",
+        "Request latency",
+        ["route"],
+        registry=registry,
+        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    )
+    accepted = Counter("freshrec_events_accepted_total", "Events accepted by POST /events", registry=registry)
+    rejected = Counter("freshrec_events_rejected_total", "Events rejected by POST /events", registry=registry)
+    Gauge("freshrec_model_version", "Model version served", registry=registry).set_function(
+        lambda: runtime.version
+    )
+    Gauge("freshrec_version_lag_seconds", "Age of the served version", registry=registry).set_function(
+        lambda: time.time() - runtime.version_created if runtime.ready else float("nan")
+    )
+    Gauge("freshrec_catalogue_items", "Items that can be recommended", registry=registry).set_function(
+        lambda: len(runtime.catalogue)
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        runtime.start()
+        yield
+        runtime.close()
+
+    app = FastAPI(title="freshrec", lifespan=lifespan)
+    app.state.runtime = runtime
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        ready = runtime.ready
+        return JSONResponse(
+            {"ready": ready, "model_version": runtime.version}, status_code=200 if ready else 503
+        )
+
+    @app.get("/recommend")
+    def recommend(
+        user_id: str = Query(..., min_length=1, max_length=256),
+        k: int = Query(10, ge=1, le=1000),
+        exclude_seen: bool = True,
+    ) -> dict[str, object]:
+        started = time.perf_counter()
+        if not runtime.ready:
+            raise HTTPException(status_code=503, detail="no model version is loaded yet")
+        result = runtime.recommend(user_id, k, exclude_seen)
+        latency.labels("recommend").observe(time.perf_counter() - started)
+        return {
+            "user_id": user_id,
+            "model_version": result.model_version,
+            "items": [
+                {"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)
+            ],
+        }
+
+    @app.post("/events", status_code=202)
+    async def events(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            raise HTTPException(status_code=413, detail=f"body of {len(body)} bytes exceeds {max_body_bytes}")
+        records = _parse_records(body)
+        result = runtime.ingest(records)
+        accepted.inc(result.accepted)
+        rejected.inc(len(result.rejections))
+        latency.labels("events").observe(time.perf_counter() - started)
+        return JSONResponse(
+            {
+                "accepted": result.accepted,
+                "rejected": [
+                    {"index": r.position, "field": r.field, "reason": r.reason} for r in result.rejections
+                ],
+            },
+            status_code=202,
+        )
+
+    @app.get("/versions")
+    def versions() -> dict[str, object]:
+        return {
+            "serving": runtime.version,
+            "current": runtime.store.current_version(),
+            "versions": [info.as_json() for info in runtime.store.versions()],
+        }
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _parse_records(body: bytes) -> list[object]:
+    """One JSON object, a JSON array, or JSON lines; malformed JSON is a 400 naming the position."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        parsed = json.loads(text)
+        return parsed if isinstance(parsed, list) else [parsed]
+    except json.JSONDecodeError as error:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) <= 1:
+            raise HTTPException(
+                status_code=400,
+                detail=f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}",
+            ) from None
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise HTTPException(
+                    status_code=400,
+                    detail=f"malformed JSON at line {number} column {error.colno}: {error.msg}",
+                ) from None
+        return records
