@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -171,6 +172,52 @@ def serve_command(
     uvicorn.run(
         create_app(ServingConfig(store_dir=store, log_dir=log)), host=host, port=port, log_level="warning"
     )
+
+
+@app.command("train")
+def train_command(
+    log: Annotated[Path, typer.Option(help="Event log to follow (written by `freshrec serve`).")] = Path(
+        "runs/log"
+    ),
+    store: Annotated[Path, typer.Option(help="Model store to publish to.")] = Path("runs/store"),
+    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = BEST_MODEL,
+    batch_size: Annotated[int, typer.Option(min=1, help="Events per micro-batch (B).")] = 256,
+    publish_ms: Annotated[int, typer.Option(min=0, help="Publish at most this often.")] = 1000,
+    tolerance: Annotated[float, typer.Option(help="Largest HR@10 drop the publish gate allows.")] = 0.01,
+) -> None:
+    """Learn from the event log as it grows and publish gated versions, until SIGINT / SIGTERM."""
+    import signal
+    import threading
+
+    from freshrec.evaluation.gate import GateConfig
+    from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
+    from freshrec.publishing.store import ModelStore, StoreConfig
+    from freshrec.sources.eventlog import EventLogReader
+
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    deadline = time.monotonic() + 60
+    while not log.is_dir() and not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the server creates the log
+    try:
+        with ModelStore(StoreConfig(store)) as model_store:
+            recommender = create_model(model)
+            publisher = ModelPublisher(
+                recommender,
+                model_store,
+                PublisherConfig(interval_ms=publish_ms, gate=GateConfig(tolerance=tolerance)),
+                metadata={"model": model},
+            )
+            trainer = OnlineTrainer(recommender, TrainerConfig(batch_size=batch_size), publisher=publisher)
+            reader = EventLogReader(log, start_offset="earliest")
+            console.print(
+                f"[bold]freshrec train[/] model={model} log={log} store={store} version={publisher.version}"
+            )
+            replay(reader, trainer, batches=reader.batches(4096, follow=True, stop=stop))
+    except FreshrecError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

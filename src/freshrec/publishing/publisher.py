@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.errors import FreshrecError
 from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, hit_rate
 from freshrec.interactions import Query
 from freshrec.models.base import PublishableModel, Recommender
@@ -75,7 +76,25 @@ class ModelPublisher:
         self._anchor_best = float("nan")
         self._anchor_events = 0
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
-        self._publish_snapshot(events_trained=0)
+        if not self._adopt_serving_version():
+            self._publish_snapshot(events_trained=0)
+
+    def _adopt_serving_version(self) -> bool:
+        """After a restart, compare against what is being served instead of replacing it with a fresh
+        model: the shadow loads the store's current version, and the first version published (through
+        the gate) is a full snapshot. False if the store is empty or holds another kind of model."""
+        if self.store.current_version() == 0:
+            return False
+        state, loaded = self.store.load()
+        if loaded.metadata.get("model") != self.metadata.get("model"):
+            return False
+        try:
+            self.shadow.load_state_dict(state)
+        except (FreshrecError, KeyError, ValueError):
+            return False
+        self._version = loaded.version
+        self._deltas_since_snapshot = self.config.snapshot_every  # our drains do not extend that version
+        return True
 
     @property
     def version(self) -> int:

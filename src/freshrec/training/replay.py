@@ -7,7 +7,7 @@ the dead-letter file with its reason, and the counts always reconcile (read = ac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from freshrec.evaluation.prequential import RankingMetrics
 from freshrec.preprocess.dedupe import Deduplicator
 from freshrec.preprocess.validate import DeadLetterWriter, EventValidator
-from freshrec.sources.base import Source
+from freshrec.sources.base import RawBatch, Source
 from freshrec.training.online import OnlineTrainer
 
 
@@ -89,6 +89,7 @@ def replay(
     window_events: int = 10_000,
     on_progress: Callable[[ReplayProgress], None] | None = None,
     config: dict[str, Any] | None = None,
+    batches: Iterable[RawBatch] | None = None,
 ) -> ReplayReport:
     """Run `source` to its end through validation, dedupe and the trainer.
 
@@ -100,13 +101,16 @@ def replay(
         Records read from the source at a time (the trainer cuts them into its own micro-batches).
     window_events
         Size of the sliding windows reported in `ReplayReport.windows`.
+    batches
+        The source's batches when they must be read another way than `source.batches(read_size)` (a log
+        followed until a stop signal).
     """
     validator = validator or EventValidator()
     deduplicator = deduplicator or Deduplicator()
     read = accepted = rejected = duplicates = 0
     started = time.perf_counter()
     with DeadLetterWriter(dead_letter) as dead_letters:
-        for raw in source.batches(read_size):
+        for raw in batches if batches is not None else source.batches(read_size):
             result = validator.validate(raw)
             rejections = result.rejections  # includes the records the source could not parse
             dead_letters.write(rejections, source=source.name)
