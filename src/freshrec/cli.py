@@ -190,6 +190,8 @@ def train_command(
     import threading
 
     from freshrec.evaluation.gate import GateConfig
+    from freshrec.preprocess.dedupe import Deduplicator
+    from freshrec.preprocess.validate import EventValidator
     from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
     from freshrec.publishing.store import ModelStore, StoreConfig
     from freshrec.sources.eventlog import EventLogReader
@@ -214,10 +216,111 @@ def train_command(
             console.print(
                 f"[bold]freshrec train[/] model={model} log={log} store={store} version={publisher.version}"
             )
-            replay(reader, trainer, batches=reader.batches(4096, follow=True, stop=stop))
+            validator, deduplicator = EventValidator(), Deduplicator()
+            while not stop.is_set():
+                idle = True
+                for raw in reader.batches(4096):  # what the log holds now
+                    idle = False
+                    events, _ = deduplicator.filter(validator.validate(raw).events)
+                    trainer.process(events)
+                if idle:
+                    # Publish the last events learned without waiting for new ones.
+                    publisher.try_publish_idle(trainer.last_stats.loss, trainer.totals.events)
+                    stop.wait(0.002)
     except FreshrecError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(code=2) from None
+
+
+@app.command("demo")
+def demo_command(
+    source: Annotated[str, typer.Option(help=f"Stream to feed: {', '.join(SOURCES)}.")] = "synthetic",
+    events_per_second: Annotated[float, typer.Option(min=1, help="Rate events are posted at.")] = 500.0,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the server.")] = 8000,
+    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = BEST_MODEL,
+    directory: Annotated[Path, typer.Option(help="Where the log and the store live (emptied).")] = Path(
+        "runs/demo"
+    ),
+    max_events: Annotated[int | None, typer.Option(min=1, help="Stop feeding after this many.")] = None,
+    movielens_path: Annotated[Path | None, typer.Option(help="MovieLens-100K file, folder or wheel.")] = None,
+) -> None:
+    """The live loop on one machine: start the server and the trainer, feed them a stream over HTTP, and
+    show events posted and the model version served. Ctrl-C stops everything."""
+    import shutil
+    import subprocess
+    import urllib.request
+
+    from freshrec.preprocess.validate import EventValidator
+
+    stream, _ = _open_source(source, None, None, movielens_path, max_events or 10_000_000)
+    for part in ("log", "store"):
+        shutil.rmtree(directory / part, ignore_errors=True)
+    base = f"http://127.0.0.1:{port}"
+    dirs = ["--store", str(directory / "store"), "--log", str(directory / "log")]
+    cli = [sys.executable, "-m", "freshrec.cli"]
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "processes.log", "w") as process_log:
+        children = [
+            subprocess.Popen(
+                [*cli, "serve", *dirs, "--port", str(port)], stdout=process_log, stderr=process_log
+            ),
+            subprocess.Popen(
+                [*cli, "train", *dirs, "--model", model], stdout=process_log, stderr=process_log
+            ),
+        ]
+
+        def get(path: str) -> dict:
+            with urllib.request.urlopen(base + path, timeout=5) as response:
+                return json.loads(response.read())
+
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    get("/healthz")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                        raise typer.Exit(code=2) from None
+                    time.sleep(0.1)
+            console.print(f"[bold]freshrec demo[/] model={model} source={stream.name}")
+            console.print(f"  recommendations  {base}/recommend?user_id=USER&k=10")
+            console.print(f"  ingest           POST {base}/events")
+            console.print(f"  versions         {base}/versions     metrics {base}/metrics")
+            console.print(f"  process output   {directory / 'processes.log'}     Ctrl-C stops everything")
+            validator, posted, started = EventValidator(), 0, time.monotonic()
+            chunk = max(1, int(events_per_second / 10))
+            for raw in stream.batches(chunk):
+                events = validator.validate(raw).events.to_events()
+                body = json.dumps([event.__dict__ for event in events]).encode()
+                request = urllib.request.Request(
+                    base + "/events", data=body, headers={"content-type": "application/json"}
+                )
+                with urllib.request.urlopen(request, timeout=10):
+                    pass
+                posted += len(events)
+                pause = started + posted / events_per_second - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                if posted % (chunk * 20) < chunk:
+                    versions = get("/versions")
+                    console.print(
+                        f"posted {posted:,} events  serving version {versions['serving']}  "
+                        f"({posted / (time.monotonic() - started):,.0f} events/s)"
+                    )
+                if max_events is not None and posted >= max_events:
+                    break
+            console.print(f"fed {posted:,} events; serving version {get('/versions')['serving']}")
+        except KeyboardInterrupt:
+            console.print("stopping")
+        finally:
+            for child in children:
+                child.terminate()
+            for child in children:
+                try:
+                    child.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.kill()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from freshrec.evaluation.gate import GateConfig
 from freshrec.events import Event, EventBatch
-from freshrec.models.popularity import PopularityConfig, PopularityModel
+from freshrec.models.registry import create_model
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
 from freshrec.serving.app import create_app
@@ -28,7 +28,7 @@ def wait_for(condition, timeout=5.0):
 @pytest.fixture
 def served(tmp_path):
     """A store with version 1 of a popularity model trained on item "hit" being popular, and a client."""
-    model = PopularityModel(PopularityConfig())
+    model = create_model("popularity")  # the server builds the published model by its registry name
     store = ModelStore(StoreConfig(tmp_path / "store"))
     publisher = ModelPublisher(
         model,

@@ -15,25 +15,31 @@ BEST_MODEL = "cooccurrence"
 def _popularity() -> Recommender:
     from freshrec.models.popularity import PopularityConfig, PopularityModel
 
-    return PopularityModel(PopularityConfig())
+    return PopularityModel(PopularityConfig(capacity=REGISTRY_CAPACITY))
 
 
 def _popularity_decayed() -> Recommender:
     from freshrec.models.popularity import PopularityConfig, PopularityModel
 
-    return PopularityModel(PopularityConfig(half_life_days=7.0))
+    return PopularityModel(PopularityConfig(half_life_days=7.0, capacity=REGISTRY_CAPACITY))
+
+
+#: Rows the registry's models reserve. Published snapshots are dense over this capacity (a co-occurrence
+#: item row is ~1.2 kB), so it is sized for a live demo's start-up and publish times, not for 10^6 items:
+#: build the model with its own config for larger catalogues.
+REGISTRY_CAPACITY = 100_000
 
 
 def _cooccurrence() -> Recommender:
     from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 
-    return CooccurrenceModel(CooccurrenceConfig())
+    return CooccurrenceModel(CooccurrenceConfig(capacity=REGISTRY_CAPACITY))
 
 
 def _bpr_mf() -> Recommender:
     from freshrec.models.mf import BPRMatrixFactorization, MFConfig
 
-    return BPRMatrixFactorization(MFConfig())
+    return BPRMatrixFactorization(MFConfig(user_capacity=REGISTRY_CAPACITY, item_capacity=REGISTRY_CAPACITY))
 
 
 MODEL_FACTORIES: dict[str, Callable[[], Recommender]] = {

@@ -128,11 +128,7 @@ class ModelPublisher:
         k = self.config.gate.k
         candidate = window.hit_rate(self.model, k)
         serving = window.hit_rate(self.shadow, k)
-        anchor_candidate = anchor_best = float("nan")
-        if self._anchor is not None:
-            anchor_candidate = self._anchor.hit_rate(self.model, k)
-            self._anchor_best = max(self._anchor_best, self._anchor.hit_rate(self.shadow, k))
-            anchor_best = self._anchor_best
+        anchor_candidate, anchor_best = self._score_anchor()
         times = query.timestamps
         decision = self.gate.decide(
             candidate,
@@ -151,6 +147,36 @@ class ModelPublisher:
             self._events_since_publish = 0
             self._maybe_move_anchor(window, candidate, events_trained)
         return decision
+
+    def try_publish_idle(self, loss: float | None, events_trained: int) -> GateDecision | None:
+        """When no new events arrive, publish what was learned last if due, so the newest events reach
+        users without waiting for more. A candidate held on its last window stays held until it passes on
+        a fresh one; otherwise only the anchor and the loss are checked (there is no new window)."""
+        if not self.due() or (self.last_decision is not None and not self.last_decision.published):
+            return None
+        anchor_candidate, anchor_best = self._score_anchor()
+        decision = self.gate.decide(
+            float("nan"),
+            float("nan"),
+            0,
+            loss,
+            anchor_candidate_hr=anchor_candidate,
+            anchor_best_hr=anchor_best,
+        )
+        self.last_decision = decision
+        self._last_publish = self._clock()
+        if decision.published:
+            decision.version = self._publish_changes(events_trained, decision)
+            self._events_since_publish = 0
+        return decision
+
+    def _score_anchor(self) -> tuple[float, float]:
+        """The candidate's HR on the anchor window, and the best any served version reached there."""
+        if self._anchor is None:
+            return float("nan"), float("nan")
+        k = self.config.gate.k
+        self._anchor_best = max(self._anchor_best, self._anchor.hit_rate(self.shadow, k))
+        return self._anchor.hit_rate(self.model, k), self._anchor_best
 
     def _maybe_move_anchor(self, window: _Window, published_hr: float, events_trained: int) -> None:
         """Make the window just published on the anchor if it is predictable and the anchor is old."""
