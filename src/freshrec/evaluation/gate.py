@@ -5,12 +5,9 @@ candidate has not trained on yet (the held-back window), with the same ranking a
 prequential evaluation. The candidate passes if its primary metric is within `tolerance` of the serving
 version's, and its last loss is finite. Every decision is kept (bounded) for `/versions` and `/metrics`.
 
-The newest window alone cannot see noise: when the newest events are unpredictable, every model scores
-about zero on them and any candidate passes. So the gate also scores the candidate on an *anchor*: an
-earlier held-back window that the served model predicted well, and holds a candidate more than `tolerance`
-below the best HR any served version reached on it. A window becomes the anchor only if the version
-published on it predicted it at least `anchor_min_ratio` as well as the anchor it replaces, so a noisy
-window never does, and the served quality on clean events stays within `tolerance` of its best.
+Known limit: on the newest window alone, noise is invisible (when events turn unpredictable every model
+scores about zero on them, and any candidate passes); a reference window that survives natural drift but
+not noise is the open design question.
 """
 
 from __future__ import annotations
@@ -41,19 +38,12 @@ class GateConfig:
         Below this many held-back events the figures are noise: the candidate passes on a finite loss alone.
     history
         Decisions remembered for display.
-    anchor_min_ratio
-        A newly published window replaces the anchor only if HR on it is at least this fraction of the
-        anchor's best (an unpredictable, noisy window never becomes the anchor).
-    anchor_refresh_events
-        Trained events between anchor replacements (the anchor must outlive a burst of noise).
     """
 
     tolerance: float = 0.01
     k: int = 10
     min_window_events: int = 64
     history: int = 100
-    anchor_min_ratio: float = 0.5
-    anchor_refresh_events: int = 20_000
 
 
 @dataclass
@@ -67,8 +57,6 @@ class GateDecision:
     window_events: int
     window_start: float
     window_end: float
-    anchor_candidate_hr: float = float("nan")
-    anchor_best_hr: float = float("nan")
     decided_at: float = field(default_factory=time.time)
     version: int | None = None
 
@@ -81,8 +69,6 @@ class GateDecision:
             "window_events": self.window_events,
             "window_start": self.window_start,
             "window_end": self.window_end,
-            "anchor_candidate_hr": self.anchor_candidate_hr,
-            "anchor_best_hr": self.anchor_best_hr,
             "decided_at": self.decided_at,
             "version": self.version,
         }
@@ -139,21 +125,11 @@ class PublishGate:
         *,
         window_start: float = float("nan"),
         window_end: float = float("nan"),
-        anchor_candidate_hr: float = float("nan"),
-        anchor_best_hr: float = float("nan"),
     ) -> GateDecision:
-        """The verdict for a candidate; `loss` is its last training loss (None for count-based models);
-        `anchor_*` are its HR on the anchor window and the best a served version reached there (NaN: none)."""
+        """The verdict for a candidate; `loss` is its last training loss (None for count-based models)."""
         k, tolerance = self.config.k, self.config.tolerance
         if loss is not None and not math.isfinite(loss):
             passed, reason = False, f"non-finite training loss: {loss}"
-        elif anchor_candidate_hr + tolerance < anchor_best_hr:
-            passed = False
-            reason = (
-                f"HR@{k} on the anchor window {anchor_candidate_hr:.4f} is "
-                f"{anchor_best_hr - anchor_candidate_hr:.4f} below the best served {anchor_best_hr:.4f} "
-                f"(tolerance {tolerance:.4f})"
-            )
         elif window_events < self.config.min_window_events:
             passed, reason = (
                 True,
@@ -177,8 +153,6 @@ class PublishGate:
             window_events=window_events,
             window_start=window_start,
             window_end=window_end,
-            anchor_candidate_hr=anchor_candidate_hr,
-            anchor_best_hr=anchor_best_hr,
         )
         self.decisions.append(decision)
         if passed:

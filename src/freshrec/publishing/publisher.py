@@ -72,9 +72,6 @@ class ModelPublisher:
         self._last_publish = -float("inf")
         self._events_since_publish = 0
         self.last_decision: GateDecision | None = None
-        self._anchor: _Window | None = None
-        self._anchor_best = float("nan")
-        self._anchor_events = 0
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         if not self._adopt_serving_version():
             self._publish_snapshot(events_trained=0)
@@ -128,7 +125,6 @@ class ModelPublisher:
         k = self.config.gate.k
         candidate = window.hit_rate(self.model, k)
         serving = window.hit_rate(self.shadow, k)
-        anchor_candidate, anchor_best = self._score_anchor()
         times = query.timestamps
         decision = self.gate.decide(
             candidate,
@@ -137,57 +133,27 @@ class ModelPublisher:
             loss,
             window_start=float(times.min()) if len(times) else float("nan"),
             window_end=float(times.max()) if len(times) else float("nan"),
-            anchor_candidate_hr=anchor_candidate,
-            anchor_best_hr=anchor_best,
         )
         self.last_decision = decision
         self._last_publish = self._clock()  # a held candidate waits a full interval before the next try
         if decision.published:
             decision.version = self._publish_changes(events_trained, decision)
             self._events_since_publish = 0
-            self._maybe_move_anchor(window, candidate, events_trained)
         return decision
 
     def try_publish_idle(self, loss: float | None, events_trained: int) -> GateDecision | None:
         """When no new events arrive, publish what was learned last if due, so the newest events reach
         users without waiting for more. A candidate held on its last window stays held until it passes on
-        a fresh one; otherwise only the anchor and the loss are checked (there is no new window)."""
+        a fresh one; otherwise only the loss is checked (there is no new window to score)."""
         if not self.due() or (self.last_decision is not None and not self.last_decision.published):
             return None
-        anchor_candidate, anchor_best = self._score_anchor()
-        decision = self.gate.decide(
-            float("nan"),
-            float("nan"),
-            0,
-            loss,
-            anchor_candidate_hr=anchor_candidate,
-            anchor_best_hr=anchor_best,
-        )
+        decision = self.gate.decide(float("nan"), float("nan"), 0, loss)
         self.last_decision = decision
         self._last_publish = self._clock()
         if decision.published:
             decision.version = self._publish_changes(events_trained, decision)
             self._events_since_publish = 0
         return decision
-
-    def _score_anchor(self) -> tuple[float, float]:
-        """The candidate's HR on the anchor window, and the best any served version reached there."""
-        if self._anchor is None:
-            return float("nan"), float("nan")
-        k = self.config.gate.k
-        self._anchor_best = max(self._anchor_best, self._anchor.hit_rate(self.shadow, k))
-        return self._anchor.hit_rate(self.model, k), self._anchor_best
-
-    def _maybe_move_anchor(self, window: _Window, published_hr: float, events_trained: int) -> None:
-        """Make the window just published on the anchor if it is predictable and the anchor is old."""
-        gate = self.config.gate
-        if len(window.item_keys) < gate.min_window_events:
-            return
-        age = events_trained - self._anchor_events
-        recent = self._anchor is not None and age < gate.anchor_refresh_events
-        if recent or (self._anchor is not None and published_hr < gate.anchor_min_ratio * self._anchor_best):
-            return
-        self._anchor, self._anchor_best, self._anchor_events = window, published_hr, events_trained
 
     def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
         changes = self.model.drain_changes()

@@ -104,6 +104,7 @@ def create_app(config: ServingConfig, max_body_bytes: int = MAX_BODY_BYTES) -> F
         return JSONResponse(
             {
                 "accepted": result.accepted,
+                "offsets": [result.first_offset, result.last_offset],
                 "rejected": [
                     {"index": r.position, "field": r.field, "reason": r.reason} for r in result.rejections
                 ],

@@ -67,6 +67,7 @@ class IngestResult:
     accepted: int
     rejections: list[Rejection]
     first_offset: int | None
+    last_offset: int | None
 
 
 class ServingRuntime:
@@ -139,11 +140,11 @@ class ServingRuntime:
     def ingest(self, records: list[object]) -> IngestResult:
         """Validate, append the accepted events durably, answer per rejected event."""
         result = self.validator.validate_records(records)
-        first = None
+        first = last = None
         if len(result.events):
             first, last = self.log.append(result.events)
             self.log.wait_durable(last)
-        return IngestResult(len(result.events), list(result.rejections), first)
+        return IngestResult(len(result.events), list(result.rejections), first, last)
 
     # ------------------------------------------------------------------ followers
     def _load_full(self) -> None:
