@@ -92,9 +92,36 @@ def hit_rate(
     order = np.argsort(candidate_keys, kind="stable")
     at = np.minimum(np.searchsorted(candidate_keys[order], item_keys), len(order) - 1)
     targets = np.where(candidate_keys[order][at] == item_keys, order[at], -1)
-    scores = model.score(query, candidate_keys)
-    ranks = ranks_of_targets(scores, targets, excluded_rows, excluded_columns)
-    return float(np.mean((ranks >= 0) & (ranks < k)))
+    ranks = ranks_of_targets(model.score(query, candidate_keys), targets, excluded_rows, excluded_columns)
+    return hit_rate_of_ranks(ranks, k)
+
+
+def hit_rate_of_ranks(ranks: np.ndarray, k: int) -> float:
+    """The fraction of ranks in [0, k): -1 (not rankable) is a miss."""
+    return float(np.mean((ranks >= 0) & (ranks < k))) if len(ranks) else 0.0
+
+
+@dataclass
+class ScoredBatch:
+    """A held-back micro-batch as the prequential evaluation ranked it with the candidate model.
+
+    The gate reads the candidate's HR from `ranks` and scores only the serving version again, with the
+    same candidates, targets and exclusions, so both are judged alike and the candidate is scored once.
+    """
+
+    candidate_keys: np.ndarray
+    target_columns: np.ndarray
+    ranks: np.ndarray
+    excluded_rows: np.ndarray
+    excluded_columns: np.ndarray
+
+    def rescore(self, model: Recommender, query: Query, k: int) -> float:
+        """HR@k of another `model` on the same batch."""
+        if len(self.target_columns) == 0:
+            return 0.0
+        scores = model.score(query, self.candidate_keys)
+        ranks = ranks_of_targets(scores, self.target_columns, self.excluded_rows, self.excluded_columns)
+        return hit_rate_of_ranks(ranks, k)
 
 
 class PublishGate:

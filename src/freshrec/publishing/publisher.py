@@ -15,10 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from freshrec.errors import FreshrecError
-from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, hit_rate
+from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, ScoredBatch, hit_rate_of_ranks
 from freshrec.interactions import Query
 from freshrec.models.base import PublishableModel, Recommender
 from freshrec.publishing.store import DeltaBaseError, ModelStore
@@ -116,23 +114,20 @@ class ModelPublisher:
     def try_publish(
         self,
         query: Query,
-        item_keys: np.ndarray,
-        candidate_keys: np.ndarray,
-        excluded_rows: np.ndarray,
-        excluded_columns: np.ndarray,
+        scored: ScoredBatch,
         loss: float | None,
         events_trained: int,
     ) -> GateDecision:
-        """Score candidate and shadow on the held-back events (not yet learned), then publish or hold."""
-        window = _Window(query, item_keys, candidate_keys.copy(), excluded_rows, excluded_columns)
+        """Judge the candidate on the held-back events (not yet learned), as the prequential evaluation
+        ranked them, against the shadow scored on the same events; then publish or hold."""
         k = self.config.gate.k
-        candidate = window.hit_rate(self.model, k)
-        serving = window.hit_rate(self.shadow, k)
+        candidate = hit_rate_of_ranks(scored.ranks, k)
+        serving = scored.rescore(self.shadow, query, k)
         times = query.timestamps
         decision = self.gate.decide(
             candidate,
             serving,
-            len(item_keys),
+            len(scored.ranks),
             loss,
             window_start=float(times.min()) if len(times) else float("nan"),
             window_end=float(times.max()) if len(times) else float("nan"),
@@ -185,25 +180,3 @@ class ModelPublisher:
         self._last_publish = self._clock()
         self._version = version
         return version
-
-
-@dataclass
-class _Window:
-    """A held-back micro-batch as the gate scores it: queries, targets, candidates and exclusions."""
-
-    query: Query
-    item_keys: np.ndarray
-    candidate_keys: np.ndarray
-    excluded_rows: np.ndarray
-    excluded_columns: np.ndarray
-
-    def hit_rate(self, model: Recommender, k: int) -> float:
-        return hit_rate(
-            model,
-            self.query,
-            self.item_keys,
-            self.candidate_keys,
-            self.excluded_rows,
-            self.excluded_columns,
-            k,
-        )

@@ -17,6 +17,7 @@ import numpy as np
 
 from freshrec.errors import ConfigError
 from freshrec.evaluation.catalogue import Catalogue
+from freshrec.evaluation.gate import ScoredBatch
 from freshrec.evaluation.prequential import PrequentialEvaluator, ranks_of_targets
 from freshrec.events import EventBatch
 from freshrec.features.history import HistoryConfig, UserHistory
@@ -192,17 +193,11 @@ class OnlineTrainer:
         query = self.history.query_and_record(user_keys, item_keys, timestamps)
         features_done = time.perf_counter()
         if self.config.evaluate:
-            candidates, excluded_rows, excluded_columns = self._evaluate(query, item_keys, timestamps, values)
+            scored = self._evaluate(query, item_keys, timestamps, values)
             if self.publisher is not None and self.publisher.due():
-                # The batch is held back from the candidate until the gate has scored it.
+                # The batch is held back from the candidate until the gate has judged it.
                 self.publisher.try_publish(
-                    query,
-                    item_keys,
-                    candidates,
-                    excluded_rows,
-                    excluded_columns,
-                    loss=self.last_stats.loss,
-                    events_trained=self.totals.events,
+                    query, scored, loss=self.last_stats.loss, events_trained=self.totals.events
                 )
         scored = time.perf_counter()
         negatives = self.sampler.sample(n, self.config.negatives, fallback=item_keys)
@@ -225,10 +220,10 @@ class OnlineTrainer:
 
     def _evaluate(
         self, query: Query, item_keys: np.ndarray, timestamps: np.ndarray, values: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> ScoredBatch:
         """Rank every event's item among the items seen before it, excluding what its user already saw.
 
-        Returns the candidates and the excluded (row, column) cells, which the publish gate reuses."""
+        Returns the ranking, which the publish gate reuses instead of scoring the candidate again."""
         n = len(item_keys)
         before = len(self.catalogue)
         first_seen_at = self.catalogue.add(item_keys)  # batch positions where new items first appear
@@ -255,4 +250,4 @@ class OnlineTrainer:
             predicted = predict_ratings(query, item_keys)
         self.evaluator.add(ranks, predicted, values if predicted is not None else None)
         self.seen.record(query.user_keys, item_keys, timestamps)
-        return candidates, *excluded
+        return ScoredBatch(candidates, targets, ranks, *excluded)
