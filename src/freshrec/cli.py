@@ -224,12 +224,34 @@ def train_command(
                     events, _ = deduplicator.filter(validator.validate(raw).events)
                     trainer.process(events)
                 if idle:
+                    publisher.serve_rollback_request()
                     # Publish the last events learned without waiting for new ones.
                     publisher.try_publish_idle(trainer.last_stats.loss, trainer.totals.events)
                     stop.wait(0.002)
     except FreshrecError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(code=2) from None
+
+
+@app.command("rollback")
+def rollback_command(
+    to: Annotated[int, typer.Option(min=1, help="The kept version to serve again.")],
+    store: Annotated[Path, typer.Option(help="The model store.")] = Path("runs/store"),
+    reason: Annotated[str, typer.Option(help="Recorded in the store's history.")] = "",
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for a running trainer.")] = 10.0,
+) -> None:
+    """Serve a kept version again. With a trainer running, it rolls back and continues learning from that
+    version; without one, the store is rolled back directly. Servers follow within their poll interval."""
+    from freshrec.publishing.rollback import rollback
+    from freshrec.publishing.store import ModelStore
+
+    try:
+        outcome = rollback(store, to, reason, timeout)
+    except FreshrecError as error:
+        kept = ", ".join(str(v.version) for v in ModelStore.open(store).versions()) or "none"
+        console.print(f"[red]error:[/] {error}  (kept versions: {kept})")
+        raise typer.Exit(code=2) from None
+    console.print(f"rolled back from version {outcome.previous} to {outcome.version} (via the {outcome.via})")
 
 
 @app.command("demo")

@@ -19,6 +19,7 @@ from freshrec.errors import FreshrecError
 from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, ScoredBatch, hit_rate_of_ranks
 from freshrec.interactions import Query
 from freshrec.models.base import PublishableModel, Recommender
+from freshrec.publishing.rollback import answer_rollback, pending_rollback
 from freshrec.publishing.store import DeltaBaseError, ModelStore
 
 
@@ -39,12 +40,16 @@ class PublisherConfig:
         put freshness at p50 3.3 s, one every 1,000 at p50 134 ms (bench/freshness.py).
     gate
         The publish gate's settings.
+    rollback_poll_ms
+        How often the trainer looks for a rollback request (`freshrec rollback`, ``POST /admin/rollback``):
+        a file stat, so cheap enough to bound the wait of whoever asked to a few batches.
     """
 
     interval_ms: int = 1000
     every_events: int | None = None
     snapshot_every: int = 1_000
     gate: GateConfig = field(default_factory=GateConfig)
+    rollback_poll_ms: int = 50
 
 
 class ModelPublisher:
@@ -72,6 +77,7 @@ class ModelPublisher:
         self._version = 0
         self._last_publish = -float("inf")
         self._events_since_publish = 0
+        self._next_rollback_poll = 0.0
         self.last_decision: GateDecision | None = None
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         if not self._adopt_serving_version():
@@ -152,6 +158,28 @@ class ModelPublisher:
             decision.version = self._publish_changes(events_trained, decision)
             self._events_since_publish = 0
         return decision
+
+    def serve_rollback_request(self) -> int | None:
+        """Answer a pending rollback request (at most every `rollback_poll_ms`): roll the store back and
+        reset the candidate and the shadow to that version, so that learning continues from the parameters
+        the operator chose instead of republishing the ones rolled back. Returns the version rolled back to,
+        or None. The trainer's feature state (histories, seen items) is left live: it is not a parameter."""
+        now = time.monotonic()
+        if now < self._next_rollback_poll:
+            return None
+        self._next_rollback_poll = now + self.config.rollback_poll_ms / 1000.0
+        request = pending_rollback(self.store.directory)
+        if request is None or not answer_rollback(self.store, request):
+            return None
+        state, _ = self.store.load(request.to)
+        self.model.load_state_dict(state)
+        self.model.drain_changes()  # the store already holds everything the model now is
+        self.shadow.load_state_dict(state)
+        self._version = request.to
+        # A delta must follow the newest version, which a rollback never is: the next publish is a snapshot.
+        self._deltas_since_snapshot = self.config.snapshot_every
+        self.last_decision = None
+        return request.to
 
     def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
         changes = self.model.drain_changes()

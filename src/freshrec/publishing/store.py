@@ -468,21 +468,27 @@ class ModelStore:
             schema[name] = (str(checked.dtype), tuple(checked.shape))
         return self._publish("delta", tensors, schema, base, _json_metadata(metadata), manifest)
 
-    def rollback(self, to: int, reason: str = "") -> None:
+    def rollback(self, to: int, reason: str = "", request_id: str | None = None) -> None:
         """Make the kept version `to` current (recorded in the manifest history); the next publish must
-        then be a snapshot. Raises `VersionNotFoundError` listing the kept versions if `to` is not kept."""
+        then be a snapshot. Raises `VersionNotFoundError` listing the kept versions if `to` is not kept.
+
+        `request_id` names the `publishing.rollback` request this answers: the history records it (as a
+        ``rollback`` or, when `to` is not kept, a ``rollback-refused`` event) so that the asking process,
+        which cannot write the store, learns the outcome."""
         manifest = self._writer_manifest("rollback")
-        _kept(manifest, to, self.directory)
-        event = {
-            "time": time.time(),
-            "action": "rollback",
-            "from": manifest.current,
-            "to": to,
-            "reason": reason,
-        }
-        updated = dataclasses.replace(
-            manifest, current=to, history=[*manifest.history, event][-HISTORY_LIMIT:]
-        )
+        event: dict[str, Any] = {"time": time.time(), "from": manifest.current, "to": to, "reason": reason}
+        if request_id is not None:
+            event["request"] = request_id
+        try:
+            _kept(manifest, to, self.directory)
+        except VersionNotFoundError as error:
+            if request_id is not None:
+                self._record(manifest, {**event, "action": "rollback-refused", "error": str(error)})
+            raise
+        self._record(dataclasses.replace(manifest, current=to), {**event, "action": "rollback"})
+
+    def _record(self, manifest: _Manifest, event: dict[str, Any]) -> None:
+        updated = dataclasses.replace(manifest, history=[*manifest.history, event][-HISTORY_LIMIT:])
         self._write_atomically(MANIFEST, updated.to_bytes())
         self._manifest = updated
 

@@ -190,6 +190,8 @@ class OnlineTrainer:
         """One micro-batch: features, evaluation (if enabled), one learning step."""
         n = len(user_keys)
         started = time.perf_counter()
+        if self.publisher is not None:
+            self.publisher.serve_rollback_request()
         query = self.history.query_and_record(user_keys, item_keys, timestamps)
         features_done = time.perf_counter()
         if self.config.evaluate:
