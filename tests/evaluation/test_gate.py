@@ -49,3 +49,33 @@ def test_hit_rate_ranks_held_back_events_among_candidates():
     assert hit_rate(
         model, window, keys(10, 11, 99), candidates, np.empty(0, np.int64), np.empty(0, np.int64), k=2
     ) == (pytest.approx(2 / 3))
+
+
+def warmed_gate(level: float, windows: int = 10) -> PublishGate:
+    gate = PublishGate(GateConfig(tolerance=0.01, min_window_events=64))
+    for _ in range(windows):
+        assert gate.decide(level, level, 500, loss=0.3).published
+    assert gate.level == pytest.approx(level)
+    return gate
+
+
+def test_a_collapsed_window_holds_a_candidate_that_learned_nothing():
+    gate = warmed_gate(0.30)
+    held = gate.decide(candidate_hr=0.02, serving_hr=0.01, window_events=500, loss=0.3)
+    assert not held.published and "collapsed" in held.reason
+    assert gate.level == pytest.approx(0.30)  # held windows do not drag the level down
+
+
+def test_a_learnable_shift_passes_on_a_clear_gain():
+    gate = warmed_gate(0.30)
+    # Behaviour changed for real: the serving version collapses, the candidate has learned the new regime.
+    assert gate.decide(candidate_hr=0.18, serving_hr=0.05, window_events=500, loss=0.3).published
+
+
+def test_gradual_drift_and_small_windows_do_not_trip_the_check():
+    gate = warmed_gate(0.30)
+    for level in np.linspace(0.30, 0.10, 40):  # the level follows a slow decline
+        assert gate.decide(level, level, 500, loss=0.3).published
+    assert gate.level > 0.15  # it lags the decline by about `level_windows` windows
+    # Under half the level, but on 80 events that is not significant: no alarm on a small, unlucky window.
+    assert gate.decide(0.08, 0.08, 80, loss=0.3).published

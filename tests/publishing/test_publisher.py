@@ -100,3 +100,27 @@ def test_a_publisher_needs_evaluation(tmp_path):
         publisher = ModelPublisher(model, store)
         with pytest.raises(Exception, match="evaluate=True"):
             OnlineTrainer(model, TrainerConfig(evaluate=False), publisher=publisher)
+
+
+def test_small_batches_add_up_to_a_judged_window_and_every_decision_reaches_the_status_file(tmp_path):
+    model = small_model()
+    with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+        clock = Ticks()
+        publisher = ModelPublisher(
+            model,
+            store,
+            PublisherConfig(interval_ms=8_000, gate=GateConfig(tolerance=-0.5, min_window_events=64)),
+            clock=clock,
+        )
+        # Batches of 16: one publish attempt per 8 clock ticks, i.e. windows of about 4 batches.
+        trainer = OnlineTrainer(model, TrainerConfig(batch_size=16), publisher=publisher)
+        for batch in events(2000):
+            trainer.process(batch)
+        decisions = list(publisher.gate.decisions)
+        assert decisions and all(d.window_events >= 48 for d in decisions)
+        # A window of several batches is judged (here: held by the strict gate), not waved through.
+        assert publisher.gate.held > 0 and any(d.window_events >= 64 and not d.published for d in decisions)
+        status = ModelStore.open(tmp_path / "store").read_status()["gate"]
+        assert status["held"] == publisher.gate.held and status["published"] == publisher.gate.published
+        last = status["decisions"][-1]
+        assert last["reason"] == decisions[-1].reason and last["window_events"] == decisions[-1].window_events

@@ -15,12 +15,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from freshrec.errors import FreshrecError
 from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, ScoredBatch, hit_rate_of_ranks
 from freshrec.interactions import Query
 from freshrec.models.base import PublishableModel, Recommender
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
 from freshrec.publishing.store import DeltaBaseError, ModelStore
+
+#: Gate decisions kept in the store's status file for servers to show.
+STATUS_DECISIONS = 20
 
 
 @dataclass
@@ -78,6 +83,7 @@ class ModelPublisher:
         self._last_publish = -float("inf")
         self._events_since_publish = 0
         self._next_rollback_poll = 0.0
+        self._window = _Window()
         self.last_decision: GateDecision | None = None
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         if not self._adopt_serving_version():
@@ -117,33 +123,53 @@ class ModelPublisher:
             return True
         return (self._clock() - self._last_publish) * 1000.0 >= self.config.interval_ms
 
-    def try_publish(
+    def consider(
         self,
         query: Query,
         scored: ScoredBatch,
         loss: float | None,
         events_trained: int,
-    ) -> GateDecision:
-        """Judge the candidate on the held-back events (not yet learned), as the prequential evaluation
-        ranked them, against the shadow scored on the same events; then publish or hold."""
+    ) -> GateDecision | None:
+        """Add a batch the candidate has ranked but not yet learned to the held-back window (the serving
+        version's shadow ranks it too), and when a publish is due, judge the window and publish or hold.
+
+        The window gathers every batch since the last decision, so that small live batches add up to a
+        window the gate can judge (it passes windows under `GateConfig.min_window_events` on the loss alone).
+        """
         k = self.config.gate.k
-        candidate = hit_rate_of_ranks(scored.ranks, k)
-        serving = scored.rescore(self.shadow, query, k)
-        times = query.timestamps
+        self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, query, k), query)
+        if not self.due():
+            return None
+        window, self._window = self._window, _Window()
         decision = self.gate.decide(
-            candidate,
-            serving,
-            len(scored.ranks),
+            window.candidate_hr,
+            window.serving_hr,
+            window.events,
             loss,
-            window_start=float(times.min()) if len(times) else float("nan"),
-            window_end=float(times.max()) if len(times) else float("nan"),
+            window_start=window.start,
+            window_end=window.end,
         )
         self.last_decision = decision
         self._last_publish = self._clock()  # a held candidate waits a full interval before the next try
         if decision.published:
             decision.version = self._publish_changes(events_trained, decision)
             self._events_since_publish = 0
+        self._write_status()
         return decision
+
+    def status(self) -> dict[str, Any]:
+        """The gate's counters, level and recent decisions (what `GET /versions` and `/metrics` show)."""
+        recent = list(self.gate.decisions)[-STATUS_DECISIONS:]
+        return {
+            "version": self._version,
+            "published": self.gate.published,
+            "held": self.gate.held,
+            "level": self.gate.level if np.isfinite(self.gate.level) else None,
+            "decisions": [decision.as_dict() for decision in recent],
+        }
+
+    def _write_status(self) -> None:
+        self.store.write_status({"gate": self.status()})
 
     def try_publish_idle(self, loss: float | None, events_trained: int) -> GateDecision | None:
         """When no new events arrive, publish what was learned last if due, so the newest events reach
@@ -175,6 +201,7 @@ class ModelPublisher:
         self.model.load_state_dict(state)
         self.model.drain_changes()  # the store already holds everything the model now is
         self.shadow.load_state_dict(state)
+        self._window = _Window()  # scored by the shadow that was just replaced
         self._version = request.to
         # A delta must follow the newest version, which a rollback never is: the next publish is a snapshot.
         self._deltas_since_snapshot = self.config.snapshot_every
@@ -208,3 +235,33 @@ class ModelPublisher:
         self._last_publish = self._clock()
         self._version = version
         return version
+
+
+class _Window:
+    """The held-back events since the last decision: hit counts of both models and the time span."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self._candidate_hits = 0.0
+        self._serving_hits = 0.0
+        self.start = float("nan")
+        self.end = float("nan")
+
+    def add(self, candidate_hr: float, serving_hr: float, query: Query) -> None:
+        n = len(query)
+        if n == 0:
+            return
+        self._candidate_hits += candidate_hr * n
+        self._serving_hits += serving_hr * n
+        self.events += n
+        times = query.timestamps
+        self.start = float(np.nanmin([self.start, times.min()]))
+        self.end = float(np.nanmax([self.end, times.max()]))
+
+    @property
+    def candidate_hr(self) -> float:
+        return self._candidate_hits / self.events if self.events else float("nan")
+
+    @property
+    def serving_hr(self) -> float:
+        return self._serving_hits / self.events if self.events else float("nan")

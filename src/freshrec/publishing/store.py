@@ -39,6 +39,8 @@ from freshrec.errors import ConfigError, FreshrecError
 
 MANIFEST = "manifest.json"
 LOCK_FILE = "writer.lock"
+#: The writer's latest state for operators (the publish gate's decisions): replaced, never appended.
+STATUS = "status.json"
 FORMAT = 1
 #: Rollbacks remembered in the manifest (it is rewritten on every publish, so it must stay small).
 HISTORY_LIMIT = 200
@@ -491,6 +493,21 @@ class ModelStore:
         updated = dataclasses.replace(manifest, history=[*manifest.history, event][-HISTORY_LIMIT:])
         self._write_atomically(MANIFEST, updated.to_bytes())
         self._manifest = updated
+
+    def write_status(self, document: dict[str, Any]) -> None:
+        """Replace the status file with `document` (JSON). Atomic but not fsynced: it describes the writer
+        (e.g. held gate decisions, which never become versions) and losing it on a crash loses nothing."""
+        self._writer_manifest("write_status")
+        temporary = self.directory / f".{STATUS}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps(_json_metadata(document)))
+        os.replace(temporary, self.directory / STATUS)
+
+    def read_status(self) -> dict[str, Any]:
+        """The last `write_status` document ({} if none)."""
+        try:
+            return json.loads((self.directory / STATUS).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}
 
     # ------------------------------------------------------------------ internals
     def _publish(

@@ -196,9 +196,9 @@ class OnlineTrainer:
         features_done = time.perf_counter()
         if self.config.evaluate:
             scored = self._evaluate(query, item_keys, timestamps, values)
-            if self.publisher is not None and self.publisher.due():
-                # The batch is held back from the candidate until the gate has judged it.
-                self.publisher.try_publish(
+            if self.publisher is not None:
+                # The batch joins the gate's held-back window before the candidate learns it.
+                self.publisher.consider(
                     query, scored, loss=self.last_stats.loss, events_trained=self.totals.events
                 )
         scored = time.perf_counter()
