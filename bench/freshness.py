@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +24,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import machine_line, markdown_table, write_section  # noqa: E402
+from freshrec.live import LiveLoop, LiveLoopConfig  # noqa: E402
 from freshrec.preprocess.validate import EventValidator  # noqa: E402
 from freshrec.publishing.publisher import PublisherConfig  # noqa: E402
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream  # noqa: E402
-
-
-def call(url: str, body: bytes | None = None) -> dict:
-    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -65,60 +50,35 @@ def main() -> int:
     bodies = [json.dumps(records[i : i + chunk]).encode() for i in range(0, len(records), chunk)]
 
     work = Path(tempfile.mkdtemp(prefix="freshrec-freshness-"))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    dirs = ["--store", str(work / "store"), "--log", str(work / "log")]
-    cli = [sys.executable, "-m", "freshrec.cli"]
-    with open(work / "processes.log", "w") as logs:
-        children = [
-            subprocess.Popen([*cli, "serve", *dirs, "--port", str(port)], stdout=logs, stderr=logs),
-            subprocess.Popen(
-                [*cli, "train", *dirs, "--model", args.model, "--publish-ms", str(args.publish_ms)],
-                stdout=logs,
-                stderr=logs,
-            ),
-        ]
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if call(base + "/readyz")["ready"]:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.1)
-            acks: list[tuple[float, int]] = []  # (time of the 202, last offset of the chunk)
-            seen: list[tuple[float, int]] = []  # (time of a /recommend answer, its model version)
-            done = threading.Event()
+    config = LiveLoopConfig(work, model=args.model, publish_ms=args.publish_ms)
+    with LiveLoop(config) as loop:
+        loop.wait_until(lambda: loop.get("/readyz")["ready"], 60, "a model loaded")
+        acks: list[tuple[float, int]] = []  # (time of the 202, last offset of the chunk)
+        seen: list[tuple[float, int]] = []  # (time of a /recommend answer, its model version)
+        done = threading.Event()
 
-            def poll() -> None:
-                while not done.is_set():
-                    answer = call(base + "/recommend?user_id=probe&k=10")
-                    seen.append((time.monotonic(), answer["model_version"]))
-                    time.sleep(0.01)
+        def poll() -> None:
+            while not done.is_set():
+                answer = loop.get("/recommend?user_id=probe&k=10")
+                seen.append((time.monotonic(), answer["model_version"]))
+                time.sleep(0.01)
 
-            poller = threading.Thread(target=poll, daemon=True)
-            poller.start()
-            started = time.monotonic()
-            for n, body in enumerate(bodies):
-                answer = call(base + "/events", body)
-                acks.append((time.monotonic(), answer["offsets"][1]))
-                pause = started + (n + 1) * chunk_every - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-            posting_seconds = time.monotonic() - started
-            time.sleep(3.0)  # let the last events be published
-            done.set()
-            poller.join()
-            versions = {
-                v["version"]: v["metadata"].get("events_trained", 0)
-                for v in call(base + "/versions")["versions"]
-            }
-        finally:
-            for child in children:
-                child.send_signal(signal.SIGTERM)
-            for child in children:
-                child.wait(timeout=30)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        started = time.monotonic()
+        for n, body in enumerate(bodies):
+            answer = loop.post_events(body)
+            acks.append((time.monotonic(), answer["offsets"][1]))
+            pause = started + (n + 1) * chunk_every - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+        posting_seconds = time.monotonic() - started
+        time.sleep(3.0)  # let the last events be published
+        done.set()
+        poller.join()
+        versions = {
+            v["version"]: v["metadata"].get("events_trained", 0) for v in loop.get("/versions")["versions"]
+        }
 
     seen_times = np.array([t for t, _ in seen])
     trained = np.array([versions.get(v, -1) for _, v in seen])

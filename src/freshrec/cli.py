@@ -269,80 +269,55 @@ def demo_command(
     """The live loop on one machine: start the server and the trainer, feed them a stream over HTTP, and
     show events posted and the model version served. Ctrl-C stops everything."""
     import shutil
-    import subprocess
-    import urllib.request
 
+    from freshrec.live import LiveLoop, LiveLoopConfig
     from freshrec.preprocess.validate import EventValidator
 
     stream, _ = _open_source(source, None, None, movielens_path, max_events or 10_000_000)
     for part in ("log", "store"):
         shutil.rmtree(directory / part, ignore_errors=True)
-    base = f"http://127.0.0.1:{port}"
-    dirs = ["--store", str(directory / "store"), "--log", str(directory / "log")]
-    cli = [sys.executable, "-m", "freshrec.cli"]
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "processes.log", "w") as process_log:
-        children = [
-            subprocess.Popen(
-                [*cli, "serve", *dirs, "--port", str(port)], stdout=process_log, stderr=process_log
-            ),
-            subprocess.Popen(
-                [*cli, "train", *dirs, "--model", model], stdout=process_log, stderr=process_log
-            ),
-        ]
-
-        def get(path: str) -> dict:
-            with urllib.request.urlopen(base + path, timeout=5) as response:
-                return json.loads(response.read())
-
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    get("/healthz")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or any(c.poll() is not None for c in children):
-                        raise typer.Exit(code=2) from None
-                    time.sleep(0.1)
-            console.print(f"[bold]freshrec demo[/] model={model} source={stream.name}")
-            console.print(f"  recommendations  {base}/recommend?user_id=USER&k=10")
-            console.print(f"  ingest           POST {base}/events")
-            console.print(f"  versions         {base}/versions     metrics {base}/metrics")
-            console.print(f"  process output   {directory / 'processes.log'}     Ctrl-C stops everything")
-            validator, posted, started = EventValidator(), 0, time.monotonic()
-            chunk = max(1, int(events_per_second / 10))
-            for raw in stream.batches(chunk):
-                events = validator.validate(raw).events.to_events()
-                body = json.dumps([event.__dict__ for event in events]).encode()
-                request = urllib.request.Request(
-                    base + "/events", data=body, headers={"content-type": "application/json"}
+    (directory / "processes.log").unlink(missing_ok=True)
+    loop = LiveLoop(LiveLoopConfig(directory, port=port, model=model))
+    try:
+        loop.start()
+        base = loop.base_url
+        console.print(f"[bold]freshrec demo[/] model={model} source={stream.name}")
+        console.print(f"  recommendations  {base}/recommend?user_id=USER&k=10")
+        console.print(f"  ingest           POST {base}/events")
+        console.print(f"  versions         {base}/versions     metrics {base}/metrics")
+        console.print(f"  process output   {loop.process_log}     Ctrl-C stops everything")
+        validator, posted, started = EventValidator(), 0, time.monotonic()
+        chunk = max(1, int(events_per_second / 10))
+        for raw in stream.batches(chunk):
+            events = validator.validate(raw).events.to_events()
+            loop.post_events([event.__dict__ for event in events])
+            posted += len(events)
+            pause = started + posted / events_per_second - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            if posted % (chunk * 20) < chunk:
+                console.print(
+                    f"posted {posted:,} events  serving version {loop.get('/versions')['serving']}  "
+                    f"({posted / (time.monotonic() - started):,.0f} events/s)"
                 )
-                with urllib.request.urlopen(request, timeout=10):
-                    pass
-                posted += len(events)
-                pause = started + posted / events_per_second - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                if posted % (chunk * 20) < chunk:
-                    versions = get("/versions")
-                    console.print(
-                        f"posted {posted:,} events  serving version {versions['serving']}  "
-                        f"({posted / (time.monotonic() - started):,.0f} events/s)"
-                    )
-                if max_events is not None and posted >= max_events:
-                    break
-            console.print(f"fed {posted:,} events; serving version {get('/versions')['serving']}")
-        except KeyboardInterrupt:
-            console.print("stopping")
-        finally:
-            for child in children:
-                child.terminate()
-            for child in children:
-                try:
-                    child.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            if max_events is not None and posted >= max_events:
+                break
+        console.print(f"fed {posted:,} events; waiting for a version trained on all of them")
+
+        def served_with_everything() -> bool:
+            versions = loop.get("/versions")
+            trained = {v["version"]: v["metadata"].get("events_trained", 0) for v in versions["versions"]}
+            return trained.get(versions["serving"], 0) >= posted
+
+        loop.wait_until(served_with_everything, 60, "a served version trained on every event fed")
+        console.print(f"serving version {loop.get('/versions')['serving']}, trained on all {posted:,} events")
+    except KeyboardInterrupt:
+        console.print("stopping")
+    except FreshrecError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
+    finally:
+        loop.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,89 +1,32 @@
 """The live loop with real processes: `freshrec serve` takes events over HTTP into the event log,
 `freshrec train` learns from the log and publishes gated versions, the server follows them."""
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 
 import numpy as np
 import pytest
 
+from freshrec.live import LiveLoop, LiveLoopConfig
+from freshrec.publishing.store import ModelStore
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
 
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(url: str, body: object | None = None, timeout: float = 10.0) -> tuple[int, dict]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def live(tmp_path):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cli = [sys.executable, "-m", "freshrec.cli"]
-    dirs = ["--store", str(tmp_path / "store"), "--log", str(tmp_path / "log")]
-    with open(tmp_path / "processes.log", "w") as logs:
-        server = subprocess.Popen([*cli, "serve", *dirs, "--port", str(port)], stdout=logs, stderr=logs)
-        trainer = subprocess.Popen(
-            [*cli, "train", *dirs, "--model", "cooccurrence", "--publish-ms", "200", "--batch-size", "256"],
-            stdout=logs,
-            stderr=logs,
-        )
-        try:
-            assert wait_for(lambda: call(f"{base}/healthz")[0] == 200, 60), (
-                tmp_path / "processes.log"
-            ).read_text()
-            yield base
-        finally:
-            for process in (trainer, server):
-                process.send_signal(signal.SIGTERM)
-            for process in (trainer, server):
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.kill(process.pid, signal.SIGKILL)
+    config = LiveLoopConfig(tmp_path, model="cooccurrence", publish_ms=200, batch_size=256)
+    with LiveLoop(config) as loop:
+        yield loop
 
 
-def test_a_new_users_interest_shows_in_recommendations_within_seconds(live):
-    stream = SyntheticStream(
-        SyntheticConfig(n_events=20_000, n_users=500, n_items=300, n_clusters=5, seed=11)
-    )
+def post_stream(loop: LiveLoop, stream: SyntheticStream, id_prefix: str = "") -> int:
+    """Post a stream in chunks of 1,000; event ids get `id_prefix` (the trainer drops repeated ids)."""
     posted = 0
     for raw in stream.batches(1000):
         events = [
-            {"event_id": int(e), "timestamp": float(t), "user_id": int(u), "item_id": int(i)}
+            {"event_id": f"{id_prefix}{e}", "timestamp": float(t), "user_id": int(u), "item_id": int(i)}
             for e, t, u, i in zip(
                 raw.columns["event_id"],
                 raw.columns["timestamp"],
@@ -92,11 +35,18 @@ def test_a_new_users_interest_shows_in_recommendations_within_seconds(live):
                 strict=True,
             )
         ]
-        status, body = call(f"{live}/events", events)
-        assert status == 202 and body["accepted"] == len(events)
+        assert loop.post_events(events)["accepted"] == len(events)
         posted += len(events)
-    assert wait_for(lambda: call(f"{live}/readyz")[0] == 200, 60)
-    assert wait_for(lambda: call(f"{live}/versions")[1]["serving"] > 2, 60)
+    return posted
+
+
+def test_a_new_users_interest_shows_in_recommendations_within_seconds(live):
+    stream = SyntheticStream(
+        SyntheticConfig(n_events=20_000, n_users=500, n_items=300, n_clusters=5, seed=11)
+    )
+    post_stream(live, stream)
+    live.wait_until(lambda: live.get("/readyz")["ready"], 60, "a model loaded")
+    live.wait_until(lambda: live.get("/versions")["serving"] > 2, 60, "version 3 served")
 
     # A new user acts on five items of one interest cluster.
     cluster = 2
@@ -106,16 +56,47 @@ def test_a_new_users_interest_shows_in_recommendations_within_seconds(live):
         {"event_id": f"n{n}", "timestamp": now + n, "user_id": "newcomer", "item_id": item}
         for n, item in enumerate(items)
     ]
-    assert call(f"{live}/events", newcomer)[1]["accepted"] == 5
+    assert live.post_events(newcomer)["accepted"] == 5
     posted_at = time.monotonic()
 
     def cluster_dominates() -> bool:
-        status, body = call(f"{live}/recommend?user_id=newcomer&k=10")
-        ids = [item["item_id"] for item in body.get("items", [])]
+        ids = [item["item_id"] for item in live.get("/recommend?user_id=newcomer&k=10")["items"]]
         clusters = Counter(stream.cluster_of_item(np.array(ids, dtype=np.int64)).tolist()) if ids else {}
-        return (
-            status == 200 and len(ids) == 10 and clusters.get(cluster, 0) >= 6 and not set(ids) & set(items)
-        )
+        return len(ids) == 10 and clusters.get(cluster, 0) >= 6 and not set(ids) & set(items)
 
-    assert wait_for(cluster_dominates, 10), call(f"{live}/recommend?user_id=newcomer&k=10")
+    live.wait_until(cluster_dominates, 10, "the newcomer's cluster in their top 10")
     assert time.monotonic() - posted_at < 10
+
+
+def test_a_killed_server_restarts_from_the_store_and_never_applies_a_cut_file(live):
+    stream = SyntheticStream(SyntheticConfig(n_events=5_000, n_users=200, n_items=200, seed=3))
+    post_stream(live, stream)
+    live.wait_until(lambda: live.get("/versions")["serving"] >= 3, 60, "version 3 served")
+    live.kill_server()  # SIGKILL: nothing of the server's clean-up runs
+
+    # While it is down, leave what a writer killed mid-write would: a temporary file cut short, and a
+    # version file the manifest does not name (cut mid-write under its final name by a faulty copy).
+    store_dir = live.directory / "store"
+    latest = ModelStore.open(store_dir).versions()[-1]
+    data = (store_dir / latest.file).read_bytes()
+    cut = data[: len(data) // 2]
+    (store_dir / f".v{latest.version + 1:010d}.delta.safetensors.999.tmp").write_bytes(cut)
+    (store_dir / f"v{latest.version + 1000:010d}.delta.safetensors").write_bytes(cut)
+
+    live.start_server()
+    live.wait_until(lambda: live.get("/readyz")["ready"], 30, "the restarted server ready")
+    current = ModelStore.open(store_dir).current_version()
+    answer = live.get("/recommend?user_id=42&k=5")
+    assert answer["model_version"] >= current >= latest.version and len(answer["items"]) == 5
+
+    # The server keeps following the trainer after the restart, and the event log kept every event.
+    more = SyntheticStream(SyntheticConfig(n_events=2_000, n_users=200, n_items=200, seed=4))
+    assert post_stream(live, more, id_prefix="after-") == 2_000
+
+    def serving_everything() -> bool:
+        versions = live.get("/versions")
+        trained = {v["version"]: v["metadata"].get("events_trained", 0) for v in versions["versions"]}
+        return trained.get(versions["serving"], 0) >= 7_000
+
+    live.wait_until(serving_everything, 30, "a version trained on all 7,000 events served")
+    assert all(info.version < latest.version + 1000 for info in ModelStore.open(store_dir).versions())
