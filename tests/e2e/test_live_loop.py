@@ -100,3 +100,9 @@ def test_a_killed_server_restarts_from_the_store_and_never_applies_a_cut_file(li
 
     live.wait_until(serving_everything, 30, "a version trained on all 7,000 events served")
     assert all(info.version < latest.version + 1000 for info in ModelStore.open(store_dir).versions())
+
+    # An operator rolls back over HTTP: the running trainer does it and resets its model; the server follows.
+    target = ModelStore.open(store_dir).versions()[-3].version
+    status, answer = live.request("/admin/rollback", {"to": target, "reason": "e2e"})
+    assert status == 200 and answer["via"] == "trainer" and answer["version"] == target, answer
+    live.wait_until(lambda: live.get("/versions")["serving"] == target, 10, f"version {target} served")

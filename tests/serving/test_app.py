@@ -127,3 +127,58 @@ def test_recommendations_follow_new_versions_and_exclude_seen_items(served):
     assert f"freshrec_model_version {float(runtime.version)}" in metrics
     assert "freshrec_events_accepted_total 12.0" in metrics
     assert np.isfinite([item["score"] for item in answer["items"]]).all()
+
+
+def test_admin_routes_refuse_a_remote_client_without_a_token(served):
+    client, _, _ = served  # the test client is not on the loopback interface and no token is set
+    answer = client.post("/admin/rollback", json={"to": 1})
+    assert answer.status_code == 403 and "loopback" in answer.json()["detail"]
+
+
+def test_admin_rollback_goes_through_the_trainer_and_the_server_follows(tmp_path):
+    import threading
+
+    model = create_model("popularity")
+    store = ModelStore(StoreConfig(tmp_path / "store", fsync=False))
+    publisher = ModelPublisher(
+        model,
+        store,
+        PublisherConfig(interval_ms=0, rollback_poll_ms=0, gate=GateConfig(tolerance=1.0)),
+        metadata={"model": "popularity"},
+    )
+    trainer = OnlineTrainer(model, TrainerConfig(batch_size=2), publisher=publisher)
+    trainer.process(EventBatch.from_events(Event(f"e{n}", n, f"u{n % 3}", f"i{n % 4}") for n in range(8)))
+    newest = store.current_version()
+    assert newest >= 3
+    config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)
+    stop = threading.Event()
+
+    def trainer_loop() -> None:  # the trainer's idle loop: answers rollback requests between batches
+        while not stop.is_set():
+            publisher.serve_rollback_request()
+            time.sleep(0.01)
+
+    answering = threading.Thread(target=trainer_loop)
+    answering.start()
+    try:
+        with TestClient(create_app(config, admin_token="s3cret")) as client:
+            assert wait_for(lambda: client.get("/versions").json()["serving"] == newest)
+            headers = {"authorization": "Bearer s3cret"}
+            assert client.post("/admin/rollback", json={"to": 1}).status_code == 403  # no token
+            answer = client.post("/admin/rollback", json={"to": 1, "reason": "test"}, headers=headers)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"version": 1, "previous": newest, "via": "trainer"}
+            assert wait_for(lambda: client.get("/versions").json()["serving"] == 1)
+            assert client.get("/recommend?user_id=u1&k=2").json()["model_version"] == 1
+            missing = client.post("/admin/rollback", json={"to": 999}, headers=headers)
+            assert missing.status_code == 404 and "kept" in missing.json()["detail"]
+            assert client.post("/admin/rollback", json={"to": 0}, headers=headers).status_code == 422
+
+            gate = client.get("/versions").json()["gate"]
+            assert gate["published"] == publisher.gate.published >= 3 and gate["held"] == 0
+            metrics = client.get("/metrics").text
+            assert f"freshrec_gate_published {float(publisher.gate.published)}" in metrics
+    finally:
+        stop.set()
+        answering.join()
+        store.close()

@@ -1,4 +1,5 @@
-"""The HTTP API: thin routes over `ServingRuntime` (recommend, ingest, health, readiness, metrics, versions).
+"""The HTTP API: thin routes over `ServingRuntime` (recommend, ingest, health, readiness, metrics, versions,
+admin rollback).
 
 Every recommendation carries the model version it was computed with. Ingest answers 202 only after the
 accepted events are durable in the event log; a bad event is reported with its index, field and reason
@@ -8,8 +9,11 @@ and never costs the good events around it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,16 +25,37 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel, Field
 
+from freshrec.publishing.rollback import RollbackTimeoutError, rollback
+from freshrec.publishing.store import STATUS, VersionNotFoundError
 from freshrec.serving.runtime import ServingConfig, ServingRuntime
 
 #: Largest accepted request body for `POST /events`.
 MAX_BODY_BYTES = 1 << 20
+#: Clients allowed to call /admin routes when no admin token is configured.
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def create_app(config: ServingConfig, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI application; the runtime starts with the app and stops with it."""
+class RollbackBody(BaseModel):
+    """``POST /admin/rollback``: which kept version to serve again, and why (recorded in the store)."""
+
+    to: int = Field(ge=1)
+    reason: str = Field("", max_length=500)
+    timeout: float = Field(10.0, gt=0, le=60)
+
+
+def create_app(
+    config: ServingConfig, max_body_bytes: int = MAX_BODY_BYTES, admin_token: str | None = None
+) -> FastAPI:
+    """The FastAPI application; the runtime starts with the app and stops with it.
+
+    `admin_token` (default: the ``FRESHREC_ADMIN_TOKEN`` environment variable): /admin routes then need
+    ``Authorization: Bearer <token>``; without one they answer only clients on the loopback interface.
+    """
     runtime = ServingRuntime(config)
+    admin_token = admin_token if admin_token is not None else os.environ.get("FRESHREC_ADMIN_TOKEN")
+    gate_status = _GateStatus(Path(config.store_dir))
     registry = CollectorRegistry()
     latency = Histogram(
         "freshrec_request_seconds",
@@ -50,6 +75,13 @@ def create_app(config: ServingConfig, max_body_bytes: int = MAX_BODY_BYTES) -> F
     Gauge("freshrec_catalogue_items", "Items that can be recommended", registry=registry).set_function(
         lambda: len(runtime.catalogue)
     )
+
+    for name, help_text, field in (
+        ("freshrec_gate_published", "Candidates the trainer's gate published", "published"),
+        ("freshrec_gate_held", "Candidates the trainer's gate held back", "held"),
+        ("freshrec_gate_level", "Running HR@K of published windows", "level"),
+    ):
+        Gauge(name, help_text, registry=registry).set_function(lambda f=field: gate_status.figure(f))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -118,7 +150,28 @@ def create_app(config: ServingConfig, max_body_bytes: int = MAX_BODY_BYTES) -> F
             "serving": runtime.version,
             "current": runtime.store.current_version(),
             "versions": [info.as_json() for info in runtime.store.versions()],
+            "gate": gate_status.read(),
         }
+
+    @app.post("/admin/rollback")
+    def admin_rollback(body: RollbackBody, request: Request) -> dict[str, object]:
+        """Serve a kept version again (through the running trainer if there is one, which then continues
+        learning from that version); this server follows within its store poll interval."""
+        if admin_token is not None:
+            if request.headers.get("authorization") != f"Bearer {admin_token}":
+                raise HTTPException(status_code=403, detail="admin routes need Authorization: Bearer <token>")
+        elif request.client is None or request.client.host not in LOOPBACK:
+            raise HTTPException(
+                status_code=403,
+                detail="admin routes answer loopback clients only unless an admin token is set",
+            )
+        try:
+            outcome = rollback(config.store_dir, body.to, body.reason, timeout=body.timeout)
+        except VersionNotFoundError as error:
+            raise HTTPException(status_code=404, detail=str(error)) from None
+        except RollbackTimeoutError as error:
+            raise HTTPException(status_code=504, detail=str(error)) from None
+        return {"version": outcome.version, "previous": outcome.previous, "via": outcome.via}
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -150,3 +203,30 @@ def _parse_records(body: bytes) -> list[object]:
                     detail=f"malformed JSON at line {number} column {error.colno}: {error.msg}",
                 ) from None
         return records
+
+
+class _GateStatus:
+    """The trainer's gate figures from the store's status file, re-read only when the file changed."""
+
+    def __init__(self, store_dir: Path) -> None:
+        self._path = store_dir / STATUS
+        self._signature: tuple[int, int] | None = None
+        self._gate: dict[str, Any] | None = None
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            return None
+        signature = (stat.st_mtime_ns, stat.st_size)
+        if signature != self._signature:
+            try:
+                self._gate = json.loads(self._path.read_bytes()).get("gate")
+                self._signature = signature
+            except (OSError, ValueError):
+                return self._gate  # replaced while reading: keep the previous figures
+        return self._gate
+
+    def figure(self, name: str) -> float:
+        value = (self.read() or {}).get(name)
+        return float(value) if isinstance(value, int | float) else float("nan")
