@@ -470,3 +470,36 @@ def test_random_snapshot_delta_rollback_sequences_match_an_in_memory_model(ops: 
         names = {i.file for i in reader.versions()}
         assert {p.name for p in Path(folder).glob("*.safetensors")} == names
         store.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    live=st.integers(0, 5000),
+    capacity=st.integers(1, 6000),
+    width=st.integers(1, 3),
+    fill=st.sampled_from([0.0, -0.0, -1e30, 7.5]),
+)
+def test_snapshots_store_free_trailing_rows_once_and_load_them_exactly(live, capacity, width, fill) -> None:
+    live = min(live, capacity)
+    rng = np.random.default_rng(live)
+    weights = np.full((capacity, width), fill, dtype=np.float32)
+    weights[:live] = rng.normal(size=(live, width))
+    keys = np.zeros(capacity, dtype=np.uint64)
+    keys[:live] = np.arange(1, live + 1)
+    state = {"weights": weights, "keys": keys, "clock": np.array([3.0])}
+    with tempfile.TemporaryDirectory() as folder:
+        with ModelStore(StoreConfig(folder, fsync=False)) as store:
+            version = store.publish_snapshot(state)
+            delta_rows = np.array([capacity - 1])  # a row past the trimmed part
+            store.publish_delta({"keys": (delta_rows, np.array([99], dtype=np.uint64))}, {}, base=version)
+        info = ModelStore.open(folder).versions()[0]
+        loaded, _ = ModelStore.open(folder).load(version)
+        latest, _ = ModelStore.open(folder).load()
+    for name, array in state.items():
+        assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape
+        assert loaded[name].tobytes() == array.tobytes(), name  # bit for bit, -0.0 included
+    assert (
+        latest["keys"][capacity - 1] == 99 and latest["keys"][: capacity - 1].tobytes() == keys[:-1].tobytes()
+    )
+    if capacity - live > 2048:
+        assert info.size < (live + 1100) * (width * 4 + 8) + 4096  # the free rows were not written out

@@ -40,9 +40,9 @@ class PublisherConfig:
         Also publish after this many trained events, whichever comes first (None: time only).
     snapshot_every
         A full snapshot after this many deltas (bounds the work of a server starting from the store).
-        Snapshots are dense over the model's capacity (120 MB for a 100k-item co-occurrence model) and
-        make the server reload everything, a stall of seconds: at 10 versions/s, one every 100 versions
-        put freshness at p50 3.3 s, one every 1,000 at p50 134 ms (bench/freshness.py).
+        A snapshot makes every server reload the whole model, a stall of up to seconds for a large one: at
+        10 versions/s, one every 100 versions put freshness at p50 3.3 s, one every 1,000 at p50 134 ms
+        (bench/freshness.py, before snapshots left out their free rows).
     gate
         The publish gate's settings.
     rollback_poll_ms

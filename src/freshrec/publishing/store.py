@@ -46,6 +46,10 @@ FORMAT = 1
 HISTORY_LIMIT = 200
 _VERSION_FILE = re.compile(r"^v(\d{10})\.(snapshot|delta)\.safetensors$")
 _DELTA_PREFIXES = ("rows/", "values/", "replaced/")
+#: A snapshot tensor stored without its trailing free rows comes with ``fill/<name>``: the row they all were.
+_FILL_PREFIX = "fill/"
+_TRIM_MIN_ROWS = 1024
+_TRIM_BLOCK_ROWS = 4096
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what safetensors stores and serving can use
 
 VersionKind = Literal["snapshot", "delta"]
@@ -413,8 +417,18 @@ class ModelStore:
         Raises `NonFiniteValueError` (naming the tensor) if any float holds NaN or infinity.
         """
         manifest = self._writer_manifest("publish_snapshot")
-        tensors = {name: _checked_array(name, array) for name, array in state.items()}
-        schema = {name: (str(a.dtype), tuple(a.shape)) for name, a in tensors.items()}
+        tensors: State = {}
+        schema = {}
+        for name, array in state.items():
+            if name.startswith(_FILL_PREFIX):
+                raise StoreError(
+                    f"state tensor {name!r}: names starting with {_FILL_PREFIX!r} are the store's"
+                )
+            checked = _checked_array(name, array)
+            schema[name] = (str(checked.dtype), tuple(checked.shape))
+            tensors[name], fill = _trim_trailing_rows(checked)
+            if fill is not None:
+                tensors[_FILL_PREFIX + name] = fill
         return self._publish("snapshot", tensors, schema, None, _json_metadata(metadata), manifest)
 
     def publish_delta(
@@ -636,7 +650,16 @@ class ModelStore:
             ) from error
 
     def _read_snapshot(self, info: VersionInfo) -> tuple[State, int]:
-        return self._read_verified(info), info.size
+        state = self._read_verified(info)
+        for key in [key for key in state if key.startswith(_FILL_PREFIX)]:
+            name, fill = key[len(_FILL_PREFIX) :], state.pop(key)
+            dtype, shape = info.tensors[name]
+            full = np.empty(shape, dtype=dtype)
+            kept = len(state[name])
+            full[:kept] = state[name]
+            full[kept:] = fill
+            state[name] = full
+        return state, info.size
 
     def _read_delta(self, info: VersionInfo) -> tuple[Delta, int]:
         tensors = self._read_verified(info)
@@ -676,6 +699,31 @@ def _safetensors_chunks(tensors: State, metadata: dict[str, str]) -> list[memory
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
     return [memoryview(struct.pack("<Q", len(encoded)) + encoded), *views]
+
+
+def _trim_trailing_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """`array` without its trailing run of rows equal to its last row, and that row (None: nothing to trim).
+
+    Model state is slot-addressed over a capacity that is mostly free early on (a 100k-row co-occurrence
+    model is 120 MB dense with a few thousand live rows), and free slots are handed out lowest first, so
+    the free rows sit at the end, all alike. Rows are compared as bytes: the round trip is exact.
+    """
+    if array.ndim == 0 or len(array) < _TRIM_MIN_ROWS:
+        return array, None
+    rows = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
+    last = rows[-1]
+    end = len(rows)
+    # Scan back in blocks: a full table costs one block, not a pass over everything.
+    while end > 0:
+        start = max(0, end - _TRIM_BLOCK_ROWS)
+        differs = np.flatnonzero((rows[start:end] != last).any(axis=1))
+        if len(differs):
+            end = start + int(differs[-1]) + 1
+            break
+        end = start
+    if len(array) - end < _TRIM_MIN_ROWS:
+        return array, None
+    return array[:end], array[-1:]
 
 
 def _chain(manifest: _Manifest, version: int, directory: Path) -> list[VersionInfo]:
