@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from freshrec.errors import FreshrecError
-from freshrec.models.registry import BEST_MODEL, MODEL_FACTORIES, create_model
+from freshrec.models.registry import BEST_MODEL, MODEL_FACTORIES, create_model, model_spec
 from freshrec.sources.base import Source
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 from freshrec.training.replay import ReplayProgress, ReplayReport, replay
@@ -209,7 +209,7 @@ def train_command(
                 recommender,
                 model_store,
                 PublisherConfig(interval_ms=publish_ms, gate=GateConfig(tolerance=tolerance)),
-                metadata={"model": model},
+                metadata=model_spec(model, recommender),  # the server rebuilds the model from it
             )
             trainer = OnlineTrainer(recommender, TrainerConfig(batch_size=batch_size), publisher=publisher)
             reader = EventLogReader(log, start_offset="earliest")
