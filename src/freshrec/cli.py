@@ -213,16 +213,26 @@ def train_command(
             )
             trainer = OnlineTrainer(recommender, TrainerConfig(batch_size=batch_size), publisher=publisher)
             reader = EventLogReader(log, start_offset="earliest")
+            resume = publisher.resume_offset
             console.print(
                 f"[bold]freshrec train[/] model={model} log={log} store={store} version={publisher.version}"
+                + (f", resuming learning at log offset {resume:,}" if resume else "")
             )
             validator, deduplicator = EventValidator(), Deduplicator()
+            batch_start = 0
             while not stop.is_set():
                 idle = True
                 for raw in reader.batches(4096):  # what the log holds now
                     idle = False
                     events, _ = deduplicator.filter(validator.validate(raw).events)
-                    trainer.process(events)
+                    if raw.end_offset <= resume:
+                        trainer.observe(events)  # learned before the restart: rebuild features only
+                    else:
+                        # Everything before this batch is in any version published while it is learned
+                        # (a restart re-learns at most this batch's first events twice, never skips one).
+                        publisher.metadata["log_offset"] = batch_start
+                        trainer.process(events)
+                    batch_start = raw.end_offset
                 if idle:
                     publisher.serve_rollback_request()
                     # Publish the last events learned without waiting for new ones.

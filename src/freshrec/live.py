@@ -91,22 +91,24 @@ class LiveLoop:
         self._output = open(self.process_log, "a")  # noqa: SIM115 (closed in stop())
         try:
             self.start_server()
-            self.trainer = self._spawn(
-                self._command(
-                    "train",
-                    "--model",
-                    self.config.model,
-                    "--publish-ms",
-                    str(self.config.publish_ms),
-                    "--batch-size",
-                    str(self.config.batch_size),
-                    *self.config.train_args,
-                )
-            )
+            self.start_trainer()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start_trainer(self) -> None:
+        """Start `freshrec train` (again, after `kill_trainer`: it resumes from the served version)."""
+        options = ["--model", self.config.model, "--publish-ms", str(self.config.publish_ms)]
+        options += ["--batch-size", str(self.config.batch_size), *self.config.train_args]
+        self.trainer = self._spawn(self._command("train", *options))
+
+    def kill_trainer(self, how: signal.Signals = signal.SIGKILL) -> None:
+        """Stop the trainer abruptly, as a crash would."""
+        if self.trainer is not None:
+            self.trainer.send_signal(how)
+            self.trainer.wait(timeout=20)
+            self.trainer = None
 
     def start_server(self) -> None:
         """Start `freshrec serve` (again, after `kill_server`) and wait for its ``/healthz``."""

@@ -124,3 +124,43 @@ def test_small_batches_add_up_to_a_judged_window_and_every_decision_reaches_the_
         assert status["held"] == publisher.gate.held and status["published"] == publisher.gate.published
         last = status["decisions"][-1]
         assert last["reason"] == decisions[-1].reason and last["window_events"] == decisions[-1].window_events
+
+
+def test_a_restarted_trainer_continues_from_the_served_version(tmp_path):
+    first = small_model()
+    with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+        publisher = ModelPublisher(
+            first,
+            store,
+            PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
+            metadata={"model": first.name},
+        )
+        trainer = OnlineTrainer(first, TrainerConfig(batch_size=256), publisher=publisher)
+        batches = list(events(3000))
+        publisher.metadata["log_offset"] = 2048  # what `freshrec train` records from the event log
+        for batch in batches:
+            trainer.process(batch)
+        served_version = store.current_version()
+        served, _ = store.load()
+        trained = store.versions()[-1].metadata["events_trained"]
+
+    # A new process: a fresh model, the same store. It must not start over (or replace what is served).
+    second = small_model()
+    with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+        publisher = ModelPublisher(
+            second,
+            store,
+            PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
+            metadata={"model": second.name},
+        )
+        assert store.current_version() == served_version and publisher.resume_offset == 2048
+        for name, array in second.state_dict().items():
+            np.testing.assert_array_equal(array, served[name], err_msg=name)
+        trainer = OnlineTrainer(second, TrainerConfig(batch_size=256), publisher=publisher)
+        trainer.observe(batches[0])  # features only: the model does not move
+        assert second.drain_changes().changed_rows == 0
+        trainer.process(next(events(600, seed=9)))
+        after = [info for info in store.versions() if info.version > served_version]
+        assert after[0].kind == "snapshot"  # its deltas would not extend the adopted version's chain
+        # The last publish came before the last micro-batch (256 + 256 + 88) was learned.
+        assert after[-1].metadata["events_trained"] == trained + 512

@@ -84,15 +84,20 @@ class ModelPublisher:
         self._events_since_publish = 0
         self._next_rollback_poll = 0.0
         self._window = _Window()
+        #: Event-log offset the adopted version had learned everything before (0: start from scratch).
+        self.resume_offset = 0
+        # Events the adopted version had learned: `events_trained` in metadata counts the whole lineage.
+        self._events_trained_before = 0
         self.last_decision: GateDecision | None = None
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         if not self._adopt_serving_version():
             self._publish_snapshot(events_trained=0)
 
     def _adopt_serving_version(self) -> bool:
-        """After a restart, compare against what is being served instead of replacing it with a fresh
-        model: the shadow loads the store's current version, and the first version published (through
-        the gate) is a full snapshot. False if the store is empty or holds another kind of model."""
+        """After a restart, continue from what is being served instead of replacing it with a fresh model:
+        the candidate and the shadow load the store's current version, `resume_offset` says where in the
+        event log that version's learning ended, and the first version published (through the gate) is a
+        full snapshot. False if the store is empty or holds another kind or shape of model."""
         if self.store.current_version() == 0:
             return False
         state, loaded = self.store.load()
@@ -100,8 +105,12 @@ class ModelPublisher:
             return False
         try:
             self.shadow.load_state_dict(state)
+            self.model.load_state_dict(state)
         except (FreshrecError, KeyError, ValueError):
-            return False
+            return False  # the snapshot published next reloads the shadow from the candidate
+        self.model.drain_changes()
+        self.resume_offset = int(loaded.metadata.get("log_offset", 0))
+        self._events_trained_before = int(loaded.metadata.get("events_trained", 0))
         self._version = loaded.version
         self._deltas_since_snapshot = self.config.snapshot_every  # our drains do not extend that version
         return True
@@ -210,6 +219,7 @@ class ModelPublisher:
 
     def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
         changes = self.model.drain_changes()
+        events_trained += self._events_trained_before
         metadata = {**self.metadata, "events_trained": events_trained, "gate": decision.as_dict()}
         if changes.complete and self._deltas_since_snapshot < self.config.snapshot_every:
             try:

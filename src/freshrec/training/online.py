@@ -179,6 +179,17 @@ class OnlineTrainer:
             )
         return timings
 
+    def observe(self, events: EventBatch) -> None:
+        """Advance feature state (histories, seen items, catalogue, negative sampler) through `events`
+        without scoring or learning: how a restarted trainer catches up on events its model already
+        learned before the crash."""
+        user_keys = encode_ids(events.user_id)
+        item_keys = encode_ids(events.item_id)
+        self.history.query_and_record(user_keys, item_keys, events.timestamp)
+        self.seen.record(user_keys, item_keys, events.timestamp)
+        self.catalogue.add(item_keys)
+        self.sampler.add(item_keys)
+
     def step(
         self,
         user_keys: np.ndarray,
