@@ -46,11 +46,19 @@ def _bpr_mf(overrides: Overrides) -> Recommender:
     return BPRMatrixFactorization(configured(defaults, overrides))
 
 
+def _rating_mf(overrides: Overrides) -> Recommender:
+    from freshrec.models.rating import RatingConfig, RatingModel
+
+    defaults = RatingConfig(user_capacity=REGISTRY_CAPACITY, item_capacity=REGISTRY_CAPACITY)
+    return RatingModel(configured(defaults, overrides))
+
+
 MODEL_FACTORIES: dict[str, Callable[[Overrides], Recommender]] = {
     "popularity": _popularity,
     "popularity-decayed": lambda overrides: _popularity(overrides, half_life_days=7.0),
     "cooccurrence": _cooccurrence,
     "bpr-mf": _bpr_mf,
+    "rating-mf": _rating_mf,
 }
 
 
