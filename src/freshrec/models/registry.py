@@ -53,12 +53,20 @@ def _rating_mf(overrides: Overrides) -> Recommender:
     return RatingModel(configured(defaults, overrides))
 
 
+def _two_tower(overrides: Overrides) -> Recommender:
+    from freshrec.models.twotower import TwoTowerConfig, TwoTowerModel
+
+    defaults = TwoTowerConfig(user_capacity=REGISTRY_CAPACITY, item_capacity=REGISTRY_CAPACITY)
+    return TwoTowerModel(configured(defaults, overrides))
+
+
 MODEL_FACTORIES: dict[str, Callable[[Overrides], Recommender]] = {
     "popularity": _popularity,
     "popularity-decayed": lambda overrides: _popularity(overrides, half_life_days=7.0),
     "cooccurrence": _cooccurrence,
     "bpr-mf": _bpr_mf,
     "rating-mf": _rating_mf,
+    "two-tower": _two_tower,
 }
 
 
