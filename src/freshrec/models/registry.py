@@ -60,6 +60,21 @@ def _two_tower(overrides: Overrides) -> Recommender:
     return TwoTowerModel(configured(defaults, overrides))
 
 
+def _sasrec(overrides: Overrides) -> Recommender:
+    from freshrec.models.sasrec import SASRecConfig, SASRecModel
+
+    return SASRecModel(configured(SASRecConfig(item_capacity=REGISTRY_CAPACITY), overrides))
+
+
+def _blend(overrides: Overrides) -> Recommender:
+    """SASRec, co-occurrence and decayed popularity, each with its registry defaults; `overrides` set the
+    blend's own config."""
+    from freshrec.models.blend import BlendConfig, BlendedModel
+
+    components = [create_model("sasrec"), create_model("cooccurrence"), create_model("popularity-decayed")]
+    return BlendedModel(components, configured(BlendConfig(), overrides))
+
+
 MODEL_FACTORIES: dict[str, Callable[[Overrides], Recommender]] = {
     "popularity": _popularity,
     "popularity-decayed": lambda overrides: _popularity(overrides, half_life_days=7.0),
@@ -67,6 +82,8 @@ MODEL_FACTORIES: dict[str, Callable[[Overrides], Recommender]] = {
     "bpr-mf": _bpr_mf,
     "rating-mf": _rating_mf,
     "two-tower": _two_tower,
+    "sasrec": _sasrec,
+    "blend": _blend,
 }
 
 

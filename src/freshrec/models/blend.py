@@ -1,0 +1,373 @@
+"""A blend of recommenders whose weights are learned online: each component's scores are normalised per
+query row, and a small softmax layer (one weight per component and history-length bucket) is trained each
+micro-batch on the batch's positives against its negatives, scored before anything learns from the batch.
+
+The blend never tunes its weights to an evaluation stream: they move only by the gradient of the same
+test-then-train loss every model follows. It owns no item parameters of its own; each component keeps its
+own state and learns from every batch as it would alone. Never a Python loop per event.
+
+Normalisation
+-------------
+Component scores live on unrelated scales (softmax logits, co-occurrence weights, counts), and those scales
+move per user (a long history sums more co-occurrences) and over time (counts grow). So each row's scores
+are standardised by the mean and standard deviation, for that row, of the component's scores of a
+*reference set*: the most recent positives of the stream (a popularity-weighted sample of what is live).
+The reference set is the same kind of set when the blend is trained and when it scores, whatever the
+candidates are (a few hundred sampled items in training, the whole catalogue in evaluation), so the
+learned weights mean the same in both. Components whose scores are already logits of a softmax
+(`BlendConfig.raw_components`) are only centred, not scaled: their spread is their confidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from freshrec.errors import ConfigError
+from freshrec.interactions import NO_KEY, Interactions, Query
+from freshrec.keyindex import as_keys
+from freshrec.models.base import LearnStats, PublishableModel, Recommender, StateChanges
+
+_MASKED = -1e9
+
+
+@dataclass
+class BlendConfig:
+    """Settings of `BlendedModel`.
+
+    Parameters
+    ----------
+    history_buckets
+        Upper-exclusive bounds of the history-length buckets; each bucket has its own weight per
+        component (a user with no history needs popularity, one with a long session needs its
+        sequence). The default buckets are 0, 1, 2-4, 5-9, 10-19, 20+ items.
+    reference_size
+        Recent positives the per-row normalisation is computed over (one extra column per component score).
+    occurrence_window
+        Recent positives kept to estimate each candidate's sampling probability q for the logQ correction
+        (the trainer's negatives and the in-batch positives follow recent popularity).
+    learning_rate
+        Adagrad step of the blend weights. The best components change as they learn (the sequence model
+        starts from nothing), so the step must be large enough to follow them: on MovieLens-100K 0.2 gave
+        HR@10 0.2019 where 0.05 gave 0.1995.
+    initial_weight
+        Starting weight of every component in every bucket: an unweighted sum of normalised scores.
+    compress
+        Apply ``sign(z) log(1 + |z|)`` to the standardised scores, so that one component's z of 40 cannot
+        drown the others. Off: on MovieLens-100K it changed nothing (HR@10 0.1961 on, 0.1964 off).
+    log_components
+        Names of components whose scores are non-negative weights (counts, co-occurrence sums): they enter
+        as ``log(score + log_floor * mean reference score of the row)`` before standardisation. Such scores
+        act like unnormalised probabilities; adding their logs to the other components' logits multiplies
+        the evidence (a product of experts) instead of letting a few huge raw values decide. None by
+        default: on MovieLens-100K, logs of co-occurrence and popularity lowered HR@10 (0.1948 against
+        0.2019).
+    log_floor
+        Share of the row's mean reference score added before the log: it bounds how far below the
+        reference an item the component knows nothing about can fall.
+    raw_components
+        Names of components whose scores are already log-probabilities up to a per-row constant (a
+        softmax-trained model's logits): they enter minus their row's reference mean but unscaled, so the
+        blend keeps the component's own confidence (a peaked row stays peaked).
+    logq_correction
+        Subtract log q(c) from each training logit, so the sampled softmax estimates the full one (without
+        it the blend learns to weigh popularity down: popular negatives are over-represented).
+    mask_history_in_loss
+        Leave a row's own history items out of its training softmax (they are never recommended).
+
+    >>> BlendConfig().history_buckets
+    (1, 2, 5, 10, 20)
+    """
+
+    history_buckets: tuple[int, ...] = (1, 2, 5, 10, 20)
+    reference_size: int = 256
+    occurrence_window: int = 4096
+    learning_rate: float = 0.2
+    initial_weight: float = 1.0
+    compress: bool = False
+    log_components: tuple[str, ...] = ()
+    log_floor: float = 0.01
+    raw_components: tuple[str, ...] = ("sasrec",)
+    logq_correction: bool = True
+    mask_history_in_loss: bool = True
+
+    def __post_init__(self) -> None:
+        bounds = list(self.history_buckets)
+        if any(b < 1 for b in bounds) or bounds != sorted(set(bounds)):
+            raise ConfigError(
+                f"BlendConfig.history_buckets must be strictly increasing positive integers, got {bounds}"
+            )
+        if not 1 <= self.reference_size <= self.occurrence_window:
+            raise ConfigError(
+                f"BlendConfig.reference_size must be in [1, occurrence_window={self.occurrence_window}], "
+                f"got {self.reference_size}"
+            )
+        if not self.learning_rate > 0:
+            raise ConfigError(f"BlendConfig.learning_rate must be > 0, got {self.learning_rate}")
+
+
+class BlendedModel:
+    """Scores ``sum_k w[k, bucket(history length)] * norm(score_k)`` over component models, with the
+    weights learned online by sampled softmax (logQ-corrected) on each batch before the components learn.
+
+    Parameters
+    ----------
+    components
+        The models to blend, each a `Recommender` and `PublishableModel` with a distinct ``name``.
+    config
+        Blend settings.
+
+    >>> from freshrec.models.popularity import PopularityConfig, PopularityModel
+    >>> from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+    >>> popularity = PopularityModel(PopularityConfig(capacity=16))
+    >>> blend = BlendedModel([popularity, CooccurrenceModel(CooccurrenceConfig(capacity=16))])
+    >>> blend.history_length, blend.weights.shape
+    (20, (6, 2))
+    >>> query = Query(np.array([1], np.uint64), np.array([0.0]), np.zeros((1, 20), np.uint64),
+    ...               np.full((1, 20), np.nan))
+    >>> batch = Interactions(query, np.array([5], np.uint64), np.full(1, np.nan), np.zeros(1, np.int8),
+    ...                      np.array([[6, 7]], np.uint64))
+    >>> _ = blend.learn(batch)
+    >>> blend.score(query, np.array([5, 6], np.uint64)).shape
+    (1, 2)
+    """
+
+    name = "blend"
+
+    def __init__(self, components: Sequence[Recommender], config: BlendConfig | None = None) -> None:
+        self.config = config = config or BlendConfig()
+        self.components = list(components)
+        names = [c.name for c in self.components]
+        if not names or len(set(names)) != len(names) or "blend" in names:
+            raise ConfigError(
+                f"BlendedModel components must be one or more models with distinct names other than "
+                f"'blend' (the prefix of the blend's own state), got {names}"
+            )
+        for component in self.components:
+            if not isinstance(component, PublishableModel):
+                raise ConfigError(f"BlendedModel component {component.name!r} is not a PublishableModel")
+        self.history_length = max(c.history_length for c in self.components)
+        buckets = len(config.history_buckets) + 1
+        self.weights = np.full((buckets, len(self.components)), config.initial_weight, dtype=np.float64)
+        self._accumulator = np.zeros_like(self.weights)  # Adagrad's sum of squared gradients
+        # Ring of recent positives: [0] next write position, [1] filled entries.
+        self._occurrences = np.zeros(config.occurrence_window, dtype=np.uint64)
+        self._ring = np.zeros(2, dtype=np.int64)
+        self._bounds = np.asarray(config.history_buckets, dtype=np.int64)
+        self._changed = True  # the first drain reports the initial weights
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:
+        """float32 [B, C]: the blended normalised component scores (finite whenever the components' are).
+
+        `candidate_keys` is uint64 [C] or [B, C]."""
+        features = self.features(query, candidate_keys)  # [B, C, K]
+        weights = self.weights[self.history_bucket(query)]  # [B, K]
+        return np.einsum("bck,bk->bc", features, weights.astype(np.float32)).astype(np.float32)
+
+    def features(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:
+        """float32 [B, C, K]: each component's score of each candidate, normalised per row over the
+        reference set (see the module docstring)."""
+        candidates = as_keys(np.asarray(candidate_keys), "candidate_keys").reshape(np.shape(candidate_keys))
+        reference = self._reference()
+        n, count = len(query), candidates.shape[-1]
+        if n == 0 or count == 0:
+            return np.zeros((n, count, len(self.components)), dtype=np.float32)
+        # Each distinct key is scored once (the reference repeats popular items and may overlap the
+        # candidates), as one shared candidate list, then spread back to its columns: per-row candidate
+        # lists [B, C] work with components that only take a shared list.
+        keys, inverse = np.unique(np.concatenate([candidates.reshape(-1), reference]), return_inverse=True)
+        rows = np.arange(n)[:, None]
+        if candidates.ndim == 1:
+            columns = np.broadcast_to(inverse, (n, len(inverse)))
+        else:
+            cells = candidates.size
+            columns = np.concatenate(
+                [inverse[:cells].reshape(n, count), np.broadcast_to(inverse[cells:], (n, len(reference)))],
+                axis=1,
+            )
+        out = np.empty((n, count, len(self.components)), dtype=np.float32)
+        for k, component in enumerate(self.components):
+            distinct = component.score(self._component_query(query, component), keys)
+            scores = np.asarray(distinct, np.float64)[rows, columns]  # [B, C + R]
+            if component.name in self.config.log_components:
+                ref = scores[:, count:] if len(reference) else scores[:, :count]
+                floor = self.config.log_floor * np.maximum(ref.mean(axis=1, keepdims=True), 0.0) + 1e-30
+                scores = np.log(np.maximum(scores, 0.0) + floor)
+            ref = scores[:, count:] if len(reference) else scores[:, :count]
+            mean = ref.mean(axis=1, keepdims=True)
+            std = ref.std(axis=1, keepdims=True)
+            # A component that scores every reference item alike (up to float32 rounding of its scores)
+            # says nothing about this row: its features are 0 there.
+            flat = std <= 1e-5 * np.abs(ref).max(axis=1, keepdims=True) + 1e-30
+            if component.name in self.config.raw_components:
+                out[:, :, k] = scores[:, :count] - mean
+                continue
+            z = (scores[:, :count] - mean) / np.where(flat, np.inf, std)
+            out[:, :, k] = np.sign(z) * np.log1p(np.abs(z)) if self.config.compress else z
+        return out
+
+    def history_bucket(self, query: Query) -> np.ndarray:
+        """int64 [B]: the history-length bucket of each row (0: no history)."""
+        lengths = (np.asarray(query.history_keys) != NO_KEY).sum(axis=1)
+        return np.searchsorted(self._bounds, lengths, side="right")
+
+    def item_vectors(self, item_keys: np.ndarray) -> np.ndarray | None:
+        """None: a per-row normalised blend has no single inner-product form; retrieval uses `score`."""
+        return None
+
+    def _reference(self) -> np.ndarray:
+        """The most recent `reference_size` positives (fewer before the stream has filled them)."""
+        filled, position = int(self._ring[1]), int(self._ring[0])
+        size = min(self.config.reference_size, filled)
+        window = len(self._occurrences)
+        return self._occurrences[(position - size + np.arange(size)) % window]
+
+    @staticmethod
+    def _component_query(query: Query, component: Recommender) -> Query:
+        length = component.history_length
+        if length == query.history_length:
+            return query
+        if length == 0:
+            return Query.without_history(query.user_keys, query.timestamps)
+        return Query(
+            query.user_keys,
+            query.timestamps,
+            query.history_keys[:, -length:],
+            query.history_times[:, -length:],
+        )
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, batch: Interactions) -> LearnStats:
+        """One Adagrad step of the blend weights on the batch (components not yet updated by it), then
+        every component's own `learn`. `LearnStats.loss` is the blend's sampled-softmax loss."""
+        n = len(batch)
+        if n == 0:
+            return LearnStats()
+        loss = self._learn_weights(batch)
+        extra: dict[str, float] = {}
+        for component in self.components:
+            stats = component.learn(batch)
+            if stats.loss is not None:
+                extra[f"{component.name}.loss"] = stats.loss
+        self._remember(as_keys(batch.item_keys, "item_keys"))
+        self._changed = True
+        return LearnStats(loss=loss, extra=extra)
+
+    def _learn_weights(self, batch: Interactions) -> float:
+        positives = as_keys(batch.item_keys, "item_keys")
+        negatives = as_keys(batch.negative_keys, "negative_keys").reshape(-1)
+        candidates = np.unique(np.concatenate([positives, negatives]))
+        features = torch.from_numpy(self.features(batch.query, candidates))  # [B, C, K]
+        buckets = self.history_bucket(batch.query)
+        weights = torch.from_numpy(self.weights.astype(np.float32)).requires_grad_(True)
+        logits = torch.einsum("bck,bk->bc", features, weights[torch.from_numpy(buckets)])
+        if self.config.logq_correction:
+            logits = logits - torch.from_numpy(self._log_sampling_probability(candidates))
+        if self.config.mask_history_in_loss:
+            logits = logits.masked_fill(torch.from_numpy(self._history_mask(batch, candidates)), _MASKED)
+        targets = torch.from_numpy(np.searchsorted(candidates, positives))
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        loss.backward()
+        assert weights.grad is not None
+        grad = weights.grad.numpy().astype(np.float64)
+        self._accumulator += grad * grad
+        self.weights -= self.config.learning_rate * grad / (np.sqrt(self._accumulator) + 1e-8)
+        return float(loss.detach())
+
+    def _log_sampling_probability(self, candidates: np.ndarray) -> np.ndarray:
+        """float32 log(1 + occurrences among the recent positives) of each candidate: log q up to a
+        constant (which the softmax ignores); the 1 keeps new items finite."""
+        filled = int(self._ring[1])
+        recent = np.sort(self._occurrences[:filled])
+        counts = np.searchsorted(recent, candidates, side="right") - np.searchsorted(recent, candidates)
+        return np.log1p(counts).astype(np.float32)
+
+    @staticmethod
+    def _history_mask(batch: Interactions, candidates: np.ndarray) -> np.ndarray:
+        history = as_keys(np.asarray(batch.query.history_keys), "history_keys").reshape(len(batch), -1)
+        columns = np.minimum(np.searchsorted(candidates, history), len(candidates) - 1)
+        hit = (history != NO_KEY) & (candidates[columns] == history)
+        hit &= history != as_keys(batch.item_keys)[:, None]
+        mask = np.zeros((len(batch), len(candidates)), dtype=bool)
+        event, position = np.nonzero(hit)
+        mask[event, columns[event, position]] = True
+        return mask
+
+    def _remember(self, positives: np.ndarray) -> None:
+        window = len(self._occurrences)
+        positives = positives[-window:]
+        position = int(self._ring[0])
+        self._occurrences[(position + np.arange(len(positives))) % window] = positives
+        self._ring[0] = (position + len(positives)) % window
+        self._ring[1] = min(window, int(self._ring[1]) + len(positives))
+
+    # ------------------------------------------------------------------ state
+    def _own_state(self) -> dict[str, np.ndarray]:
+        return {
+            "blend.weights": self.weights.copy(),
+            "blend.accumulator": self._accumulator.copy(),
+            "blend.occurrences": self._occurrences.copy(),
+            "blend.ring": self._ring.copy(),
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Each component's `state_dict` with its name as prefix (``sasrec.items.weights``...) and the
+        blend's weights, Adagrad state and recent positives (``blend.*``)."""
+        state = self._own_state()
+        for component in self.components:
+            state.update({f"{component.name}.{k}": v for k, v in component.state_dict().items()})  # type: ignore[attr-defined]
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore `state_dict` output of a blend of the same components and config."""
+        for component in self.components:
+            prefix = f"{component.name}."
+            component.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})  # type: ignore[attr-defined]
+        self._load_own(state)
+        self._changed = False
+
+    def _load_own(self, state: dict[str, np.ndarray]) -> None:
+        weights = np.asarray(state["blend.weights"], dtype=np.float64)
+        if weights.shape != self.weights.shape:
+            raise ConfigError(
+                f"state 'blend.weights' has shape {weights.shape}, this blend's is {self.weights.shape}; "
+                "build it with the components and history_buckets it was saved with"
+            )
+        self.weights = weights.copy()
+        self._accumulator = np.asarray(state["blend.accumulator"], dtype=np.float64).copy()
+        self._occurrences = np.asarray(state["blend.occurrences"], dtype=np.uint64).copy()
+        self._ring = np.asarray(state["blend.ring"], dtype=np.int64).copy()
+
+    def drain_changes(self) -> StateChanges:
+        """Every component's `drain_changes` with its prefix, and the blend's own arrays replaced whole
+        (a few kB) when a batch was learned since the previous call."""
+        changes = StateChanges()
+        for component in self.components:
+            side = component.drain_changes()  # type: ignore[attr-defined]
+            prefix = f"{component.name}."
+            changes.rows.update({prefix + name: pair for name, pair in side.rows.items()})
+            changes.replaced.update({prefix + name: array for name, array in side.replaced.items()})
+            changes.complete = changes.complete and side.complete
+        if self._changed:
+            changes.replaced.update(self._own_state())
+            self._changed = False
+        return changes
+
+    def apply_changes(self, changes: StateChanges) -> None:
+        """Apply another instance's `drain_changes` in place, component by component."""
+        for component in self.components:
+            prefix = f"{component.name}."
+            n = len(prefix)
+            component.apply_changes(  # type: ignore[attr-defined]
+                StateChanges(
+                    rows={k[n:]: v for k, v in changes.rows.items() if k.startswith(prefix)},
+                    replaced={k[n:]: v for k, v in changes.replaced.items() if k.startswith(prefix)},
+                    complete=changes.complete,
+                )
+            )
+        if "blend.weights" in changes.replaced:
+            self._load_own(changes.replaced)

@@ -1,0 +1,143 @@
+"""BlendedModel: weights move toward the useful component on a constructed stream, scores are a per-row
+normalised blend, and a replica fed only deltas equals the trainer (components and weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from freshrec.errors import ConfigError
+from freshrec.interactions import Interactions, Query
+from freshrec.models.base import PublishableModel, Recommender
+from freshrec.models.blend import BlendConfig, BlendedModel
+from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
+from freshrec.models.popularity import PopularityConfig, PopularityModel
+from freshrec.models.sasrec import SASRecConfig, SASRecModel
+
+U = np.uint64
+N = 4
+
+
+def components(capacity: int = 64) -> list[Recommender]:
+    return [
+        CooccurrenceModel(CooccurrenceConfig(capacity=capacity, max_neighbors=8, history_length=N)),
+        PopularityModel(PopularityConfig(capacity=capacity)),
+    ]
+
+
+def with_sasrec(capacity: int = 8, seed: int = 0) -> BlendedModel:
+    sasrec = SASRecModel(
+        SASRecConfig(dim=8, history_length=N + 2, heads=2, ffn_dim=8, item_capacity=capacity, seed=seed)
+    )
+    return BlendedModel([sasrec, *components(capacity)], BlendConfig(reference_size=8, occurrence_window=16))
+
+
+def cycle_stream(rng: np.random.Generator, step: int, size: int = 64, items: int = 40) -> Interactions:
+    """Each user's next item follows its last one (i -> i + 1), items are uniform: co-occurrence predicts,
+    popularity counts are noise."""
+    starts = rng.integers(1, items + 1, size)
+    history = ((starts[:, None] - 1 + np.arange(N)[None, :]) % items + 1).astype(U)
+    positives = ((starts - 1 + N) % items + 1).astype(U)
+    now = 1e6 + 600.0 * step
+    query = Query(
+        rng.integers(1, 10_000, size).astype(U), np.full(size, now), history, np.full((size, N), now - 60)
+    )
+    negatives = rng.integers(1, items + 1, (size, 4)).astype(U)
+    return Interactions(query, positives, np.full(size, np.nan), np.zeros(size, np.int8), negatives)
+
+
+def test_is_a_recommender_and_publishable_with_the_longest_history() -> None:
+    blend = with_sasrec()
+    assert isinstance(blend, Recommender) and isinstance(blend, PublishableModel)
+    assert blend.history_length == N + 2
+    assert blend.weights.shape == (len(BlendConfig().history_buckets) + 1, 3)
+
+
+def test_weights_move_toward_the_useful_component() -> None:
+    blend = BlendedModel(components(), BlendConfig(reference_size=32, occurrence_window=256))
+    rng = np.random.default_rng(0)
+    losses = [blend.learn(cycle_stream(rng, step)).loss for step in range(40)]
+    bucket = int(blend.history_bucket(cycle_stream(rng, 0).query)[0])  # every row has N items of history
+    cooccurrence, popularity = blend.weights[bucket]
+    assert cooccurrence > 1.3 and popularity < 0.7, blend.weights[bucket]  # both started at 1
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    # Buckets no row fell in did not move.
+    untouched = [b for b in range(len(blend.weights)) if b != bucket]
+    np.testing.assert_array_equal(blend.weights[untouched], 1.0)
+
+
+def test_scores_are_the_weighted_normalised_component_scores() -> None:
+    blend = BlendedModel(components(), BlendConfig(reference_size=16, occurrence_window=64, compress=False))
+    rng = np.random.default_rng(1)
+    for step in range(5):
+        blend.learn(cycle_stream(rng, step))
+    query = cycle_stream(rng, 9).query
+    candidates = np.arange(1, 45, dtype=U)
+    features = blend.features(query, candidates)
+    assert features.shape == (len(query), 44, 2) and np.isfinite(features).all()
+    # Standardised over the reference set: scoring the reference itself gives mean 0, std 1 per row.
+    reference = blend._reference()
+    standard = blend.features(query, reference)
+    np.testing.assert_allclose(standard[:, :, 0].mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(standard[:, :, 0].std(axis=1), 1.0, atol=1e-3)
+    weights = blend.weights[blend.history_bucket(query)]
+    np.testing.assert_allclose(
+        blend.score(query, candidates), np.einsum("bck,bk->bc", features, weights), rtol=1e-5, atol=1e-5
+    )
+    per_row = np.tile(candidates, (len(query), 1))
+    np.testing.assert_allclose(
+        blend.score(query, per_row), blend.score(query, candidates), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_cold_start_scores_are_finite() -> None:
+    blend = with_sasrec()
+    query = Query.without_history(np.array([1, 2], dtype=U), np.array([0.0, 0.0]))
+    assert np.isfinite(blend.score(query, np.array([5, 6, 7], dtype=U))).all()  # nothing learned yet
+    blend.learn(cycle_stream(np.random.default_rng(2), 0, size=8))
+    assert np.isfinite(blend.score(query, np.array([5, 6, 999], dtype=U))).all()
+
+
+def assert_same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype, name
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_replica_fed_only_deltas_equals_the_trainer(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    trainer, replica = with_sasrec(seed=seed), with_sasrec(seed=seed + 10)
+    replica.apply_changes(trainer.drain_changes())
+    for step in range(6):
+        trainer.learn(cycle_stream(rng, step, size=int(rng.integers(2, 12)), items=20))
+        if step % 2 == 1:
+            changes = trainer.drain_changes()
+            assert changes.complete and not set(changes.rows) & set(changes.replaced)
+            replica.apply_changes(changes)
+            state = trainer.state_dict()
+            assert_same_state(state, replica.state_dict())
+            assert any(name.startswith("sasrec.items.") for name in state)
+            query, candidates = cycle_stream(rng, step).query, np.arange(1, 25, dtype=U)
+            np.testing.assert_array_equal(trainer.score(query, candidates), replica.score(query, candidates))
+
+
+def test_load_state_dict_round_trips() -> None:
+    trainer = with_sasrec()
+    rng = np.random.default_rng(3)
+    for step in range(4):
+        trainer.learn(cycle_stream(rng, step, size=8, items=20))
+    copy = with_sasrec(seed=5)
+    copy.load_state_dict(trainer.state_dict())
+    assert_same_state(trainer.state_dict(), copy.state_dict())
+    assert copy.drain_changes().changed_rows == 0
+
+
+def test_bad_components_and_configs_name_the_problem() -> None:
+    with pytest.raises(ConfigError, match="distinct names"):
+        BlendedModel([PopularityModel(PopularityConfig(capacity=8))] * 2)
+    with pytest.raises(ConfigError, match="history_buckets"):
+        BlendConfig(history_buckets=(5, 2))
+    with pytest.raises(ConfigError, match="reference_size"):
+        BlendConfig(reference_size=10, occurrence_window=5)
