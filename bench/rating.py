@@ -266,6 +266,34 @@ def run_rating_benchmark(
     return rows
 
 
+def rating_markdown(rows: list[Row]) -> str:
+    """The explanation, table and notes of a `run_rating_benchmark` result (also used by bench/quality.py)."""
+    header = ["system", "B", "RMSE", "MAE", "events/s"]
+    body = [
+        [r["system"], str(r["B"]), f"{r['rmse']:.4f}", f"{r['mae']:.4f}", f"{r['events_per_second']:,.0f}"]
+        for r in rows
+    ]
+    notes = [f"Defaults: `{RatingConfig()}` (capacity 100k per side in the run)."]
+    pipeline = [r for r in rows if "OnlineTrainer" in r["system"]]
+    if pipeline:
+        notes.append(
+            f"Trainer row: top-K as a by-product, HR@10 {pipeline[0]['hr']:.4f} NDCG@10 "
+            f"{pipeline[0]['ndcg']:.4f}; its events/s include ranking every item seen so far per batch."
+        )
+    return "\n".join(
+        [
+            "All 100,000 ratings in time order; each is predicted before it is learned; predictions clipped "
+            "to [1, 5]. B = 1 rows are explicit one-event loops (the strict form; the references run so); "
+            "with B > 1 a whole micro-batch is predicted before any of it is learned, which costs RMSE on "
+            "MovieLens because users rate in bursts (a new user's first ratings of a session share a batch).",
+            "",
+            markdown_table(header, body),
+            "",
+            *[f"- {line}" for line in notes],
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256, help="B of the trainer row")
@@ -281,18 +309,6 @@ def main() -> int:
         trainer=not args.skip_trainer,
         references=not args.skip_references,
     )
-    header = ["system", "B", "RMSE", "MAE", "events/s"]
-    body = [
-        [r["system"], str(r["B"]), f"{r['rmse']:.4f}", f"{r['mae']:.4f}", f"{r['events_per_second']:,.0f}"]
-        for r in rows
-    ]
-    notes = [f"Defaults: `{RatingConfig()}` (capacity 100k per side in the run)."]
-    pipeline = [r for r in rows if "OnlineTrainer" in r["system"]]
-    if pipeline:
-        notes.append(
-            f"Trainer row: top-K as a by-product, HR@10 {pipeline[0]['hr']:.4f} NDCG@10 "
-            f"{pipeline[0]['ndcg']:.4f}; its events/s include ranking every item seen so far per batch."
-        )
     markdown = "\n".join(
         [
             "## Rating prediction: MovieLens-100K, predict-then-learn",
@@ -300,14 +316,7 @@ def main() -> int:
             f"`python bench/rating.py --batch-size {args.batch_size}` — "
             f"{machine_line('river', 'vowpalwabbit')}",
             "",
-            "All 100,000 ratings in time order; each is predicted before it is learned; predictions clipped "
-            "to [1, 5]. B = 1 rows are explicit one-event loops (the strict form; the references run so); "
-            "with B > 1 a whole micro-batch is predicted before any of it is learned, which costs RMSE on "
-            "MovieLens because users rate in bursts (a new user's first ratings of a session share a batch).",
-            "",
-            markdown_table(header, body),
-            "",
-            *[f"- {line}" for line in notes],
+            rating_markdown(rows),
         ]
     )
     print()
