@@ -108,6 +108,27 @@ class SyntheticConfig:
     duplicate_fraction: float = 0.0
     chunk_events: int = 65_536
 
+    @classmethod
+    def drifting(cls, n_events: int = 150_000, days: float = 10.0, seed: int = 7) -> SyntheticConfig:
+        """A stream where recency matters, spread over `days` of event time: each user's favourite clusters
+        change about once a day, and items keep being born (1 per 200 events) and trend while new (30% of
+        events go to a cluster's newest items), as in news or short video. The cadence study uses it.
+
+        >>> SyntheticConfig.drifting(1000, days=1.0).events_per_second
+        0.011574074074074073
+        """
+        return cls(
+            n_events=n_events,
+            n_users=5_000,
+            n_items=3_000,
+            n_clusters=30,
+            seed=seed,
+            events_per_second=n_events / (days * 86_400.0),
+            interest_drift_per_day=1.0,
+            new_item_rate=0.005,
+            fresh_item_share=0.3,
+        )
+
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
             if not ok:

@@ -1,0 +1,122 @@
+"""Update cadence: what a model loses when it is refreshed every hour, retrained every day, or frozen.
+
+Usage: `python bench/cadence.py [--models bpr-mf,cooccurrence] [--sources ml100k,synthetic]
+[--synthetic-events 150000] [--synthetic-days 10] [--epochs 3] [--batch-size 256] [--no-write]`
+
+Runs `freshrec.training.cadence` (four cadences of one model over one prequential replay, ../shared/
+PROTOCOL.md) on MovieLens-100K and on a drifting synthetic stream, for each model of the registry named.
+Writes the plots to docs/images/cadence-<source>-<model>.png and the tables to BENCHMARKS.md (section
+"cadence"); with --no-write the plots go to --plot-dir (default: a folder under /tmp) and nothing else is
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import machine_line, write_section  # noqa: E402
+from freshrec.models.registry import create_model  # noqa: E402
+from freshrec.sources.movielens import MovieLensSource  # noqa: E402
+from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream  # noqa: E402
+from freshrec.training.cadence import CadenceConfig, CadenceReport, run_cadence_study  # noqa: E402
+from freshrec.training.online import TrainerConfig  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+IMAGES = REPOSITORY / "docs" / "images"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="bpr-mf,cooccurrence", help="comma-separated registry models")
+    parser.add_argument("--sources", default="ml100k,synthetic", help="ml100k and/or synthetic")
+    parser.add_argument("--synthetic-events", type=int, default=150_000)
+    parser.add_argument("--synthetic-days", type=float, default=10.0)
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs of each daily retrain (gradient models)"
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--window-events", type=int, default=None, help="default: events / 60")
+    parser.add_argument("--movielens-path", type=Path, default=None)
+    parser.add_argument("--plot-dir", type=Path, default=None, help="where plots go with --no-write")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+
+    plot_dir = IMAGES if not args.no_write else (args.plot_dir or Path(tempfile.mkdtemp(prefix="cadence-")))
+    sources = [s for s in args.sources.split(",") if s]
+    models = [m for m in args.models.split(",") if m]
+    sections: list[str] = []
+    for source_name in sources:
+        for model_name in models:
+            source = (
+                MovieLensSource(args.movielens_path)
+                if source_name == "ml100k"
+                else SyntheticStream(
+                    SyntheticConfig.drifting(args.synthetic_events, args.synthetic_days),
+                    name="synthetic-drift",
+                )
+            )
+            n = len(source) if source_name == "ml100k" else args.synthetic_events
+            config = CadenceConfig(
+                trainer=TrainerConfig(batch_size=args.batch_size, k=10),
+                retrain_epochs=args.epochs,
+                window_events=args.window_events or max(500, n // 60),
+            )
+            started = time.perf_counter()
+            report = run_cadence_study(source, lambda name=model_name: create_model(name), config)
+            seconds = time.perf_counter() - started
+            plot = report.write_plot(plot_dir / f"cadence-{source_name}-{model_name}.png")
+            print(f"\n### {source_name}, {model_name} ({seconds:.0f} s; plot {plot})\n", flush=True)
+            print(report.markdown(), flush=True)
+            sections.append(section(report, source_name, model_name, plot, args))
+
+    markdown = "\n".join(
+        [
+            "## Update cadence: per-batch vs hourly vs daily retrain vs frozen",
+            "",
+            f"`python bench/cadence.py --models {args.models} --sources {args.sources} "
+            f"--epochs {args.epochs}` — {machine_line('matplotlib')}",
+            "",
+            "One prequential replay (PROTOCOL.md: test-then-train, all items seen so far ranked, the user's "
+            "seen items excluded) scored by four copies of the same model: (a) the online learner, updated "
+            "every micro-batch; (b) a served copy refreshed with the learner's state at every event-time "
+            "hour boundary; (c) a model retrained from scratch at every UTC day boundary on all earlier days "
+            "(gradient models: several shuffled epochs of their own learn() with the recent-item negative "
+            "sampler; counting models: one pass), frozen for the day; (d) the learner frozen after 50% of "
+            "the events. Feature state (histories, seen items) is live for all four. Micro-batches are cut "
+            "at hour boundaries so refreshes happen exactly there.",
+            "",
+            *sections,
+        ]
+    )
+    print()
+    print(markdown)
+    if not args.no_write:
+        write_section("cadence", markdown)
+    return 0
+
+
+def section(report: CadenceReport, source: str, model: str, plot: Path, args: argparse.Namespace) -> str:
+    try:
+        shown = plot.resolve().relative_to(REPOSITORY)
+    except ValueError:
+        shown = plot
+    return "\n".join(
+        [
+            f"### {source}, `{model}`",
+            "",
+            report.markdown(),
+            "",
+            f"![HR@10 over event time, {source}, {model}]({shown})",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,845 @@
+"""The freshness study: how much quality a model loses when it is updated less often.
+
+One stream is replayed prequentially (test-then-train, ../shared/PROTOCOL.md) once, and each micro-batch is
+ranked by four copies of the same model that differ only in how often the copy that *serves* is updated:
+
+- ``per-batch``: the online trainer's model itself, updated after every micro-batch;
+- ``hourly``: a served copy frozen between event-time hour boundaries, where it receives the learning
+  copy's state (``drain_changes`` / ``apply_changes``: exact and proportional to what changed);
+- ``daily``: at each event-time day boundary a fresh model is retrained from scratch on all earlier days'
+  events (several shuffled epochs of the model's own ``learn`` with the trainer's recent-item negative
+  sampler; one pass in time order for counting models, whose ``learn`` reports no loss: by default taken
+  as the online learner's state at the boundary, which is what that pass counts), then frozen;
+- ``frozen``: the online model until a fraction (default 50%) of the events, then a frozen copy of it.
+
+Feature state (histories, seen items, the catalogue of candidates) is live and shared by all four, as a
+feature store would be: only learned parameters are stale. Micro-batches are also cut at every refresh
+boundary, so a refresh happens exactly between the last event before the boundary and the first after it.
+
+The learning copies of ``per-batch`` and ``hourly`` (and ``frozen`` before its freeze) would learn exactly
+the same thing from the same batches and negatives, so they are one model: the study learns online once.
+A retrain reads only events before its day boundary; nothing scored is ever learned before it is scored.
+The study holds the whole stream in memory (the daily retrain needs every earlier event): it is meant for
+data sets up to some millions of events, never for an endless stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from freshrec.errors import ConfigError, FreshrecError
+from freshrec.evaluation.catalogue import Catalogue
+from freshrec.evaluation.prequential import PrequentialEvaluator, RankingMetrics, ranks_of_targets
+from freshrec.features.history import HistoryConfig, UserHistory
+from freshrec.features.seen import SeenConfig, SeenItems
+from freshrec.interactions import Interactions, Query
+from freshrec.models.base import PublishableModel, Recommender, StateChanges
+from freshrec.preprocess.dedupe import Deduplicator
+from freshrec.preprocess.encode import encode_ids
+from freshrec.preprocess.validate import EventValidator
+from freshrec.sources.base import Source
+from freshrec.training.online import RecentItemSampler, TrainerConfig
+
+__all__ = [
+    "CADENCES",
+    "CadenceConfig",
+    "CadenceReport",
+    "CadenceResult",
+    "CadenceStudy",
+    "EncodedEvents",
+    "PlotUnavailableError",
+    "Refresh",
+    "new_user_day_share",
+    "run_cadence_study",
+]
+
+#: The four update cadences, in the order they are reported.
+CADENCES: tuple[str, ...] = ("per-batch", "hourly", "daily", "frozen")
+
+ModelFactory = Callable[[], Recommender]
+BatchObserver = Callable[[int, int, Mapping[str, Recommender]], None]
+
+
+class PlotUnavailableError(FreshrecError):
+    """matplotlib, needed only to draw the study's plot, is not installed."""
+
+
+@dataclass
+class CadenceConfig:
+    """How the study cuts, feeds and refreshes.
+
+    Parameters
+    ----------
+    trainer
+        The online loop's settings (micro-batch size B, negatives, negative window, K, seed, user capacity,
+        torch threads), used by every cadence's learning.
+    refresh_seconds
+        Event-time period of the ``hourly`` cadence's refreshes (boundaries aligned to the epoch, UTC).
+    retrain_seconds
+        Event-time period of the ``daily`` cadence's retrains (aligned to the epoch: UTC midnight).
+    retrain_epochs
+        Passes over the earlier events per retrain of a model that learns by gradient (its ``learn``
+        reports a loss). Counting models always get one pass: a second would count every event twice.
+    retrain_order
+        Order of the events in each retrain epoch of a gradient model: ``"shuffled"`` (a new permutation
+        per epoch, as batch training does) or ``"time"``. Counting models always count in time order.
+    retrain_batch_size
+        Events per ``learn`` call when retraining (None: the trainer's B, so the loss and the negatives per
+        step are those of online learning).
+    counting_retrain
+        How a counting model (popularity, co-occurrence: its ``learn`` reports no loss) is "retrained" at a
+        day boundary: ``"snapshot"`` takes the online learner's state at the boundary, which is what one
+        pass over the earlier days in time order counts (up to how the pass is cut into batches);
+        ``"replay"`` really counts every earlier event again in a fresh model (slow: O(days x events)).
+    frozen_fraction
+        Share of the events after which the ``frozen`` cadence stops learning.
+    window_events
+        Events per window of the per-window HR@K / NDCG@K series (the plot's points).
+    last_fraction
+        The final share of the stream reported separately (the protocol's "last 20%").
+    """
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    refresh_seconds: float = 3_600.0
+    retrain_seconds: float = 86_400.0
+    retrain_epochs: int = 3
+    retrain_order: Literal["shuffled", "time"] = "shuffled"
+    retrain_batch_size: int | None = None
+    counting_retrain: Literal["snapshot", "replay"] = "snapshot"
+    frozen_fraction: float = 0.5
+    window_events: int = 2_000
+    last_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"CadenceConfig: {what}")
+
+        need(self.refresh_seconds > 0, f"refresh_seconds must be > 0, got {self.refresh_seconds}")
+        need(self.retrain_seconds > 0, f"retrain_seconds must be > 0, got {self.retrain_seconds}")
+        need(self.retrain_epochs >= 1, f"retrain_epochs must be >= 1, got {self.retrain_epochs}")
+        need(
+            self.retrain_order in ("shuffled", "time"),
+            f"retrain_order must be 'shuffled' or 'time', got {self.retrain_order!r}",
+        )
+        need(
+            self.retrain_batch_size is None or self.retrain_batch_size >= 1,
+            f"retrain_batch_size must be >= 1 or None, got {self.retrain_batch_size}",
+        )
+        need(
+            self.counting_retrain in ("snapshot", "replay"),
+            f"counting_retrain must be 'snapshot' or 'replay', got {self.counting_retrain!r}",
+        )
+        need(0 < self.frozen_fraction < 1, f"frozen_fraction must be in (0, 1), got {self.frozen_fraction}")
+        need(self.window_events >= 1, f"window_events must be >= 1, got {self.window_events}")
+        need(0 < self.last_fraction <= 1, f"last_fraction must be in (0, 1], got {self.last_fraction}")
+        need(self.trainer.batch_size >= 1, f"trainer.batch_size must be >= 1, got {self.trainer.batch_size}")
+
+    def labels(self) -> dict[str, str]:
+        """A reader's name of each cadence under this configuration."""
+        return {
+            "per-batch": f"(a) updated every micro-batch (B = {self.trainer.batch_size})",
+            "hourly": f"(b) served copy refreshed every {_period(self.refresh_seconds)}",
+            "daily": f"(c) retrained from scratch every {_period(self.retrain_seconds)}",
+            "frozen": f"(d) trained on the first {self.frozen_fraction:.0%}, then frozen",
+        }
+
+
+def _period(seconds: float) -> str:
+    """'hour', 'day', '6 hours', '90 s': how a period reads in a label."""
+    for unit, size in (("day", 86_400.0), ("hour", 3_600.0), ("minute", 60.0)):
+        if seconds % size == 0:
+            count = int(seconds // size)
+            return unit if count == 1 else f"{count} {unit}s"
+    return f"{seconds:g} s"
+
+
+@dataclass
+class EncodedEvents:
+    """A whole stream after validation, deduplication and id encoding, in event-time order.
+
+    Attributes
+    ----------
+    user_keys, item_keys
+        uint64 [n] keys (see `freshrec.preprocess.encode`).
+    timestamps
+        float64 [n] event times, non-decreasing.
+    values, kinds
+        float64 [n] values (NaN where absent) and int8 [n] kind codes.
+    read, rejected, duplicates
+        Records read from the source, rejected by validation, dropped as repeats.
+
+    >>> events = EncodedEvents.from_columns([1, 2, 1], [10, 11, 10], [3.0, 1.0, 2.0])
+    >>> events.timestamps.tolist(), len(events)  # sorted into event-time order
+    ([1.0, 2.0, 3.0], 3)
+    """
+
+    user_keys: np.ndarray
+    item_keys: np.ndarray
+    timestamps: np.ndarray
+    values: np.ndarray
+    kinds: np.ndarray
+    read: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    @classmethod
+    def from_source(cls, source: Source, read_size: int = 8_192) -> EncodedEvents:
+        """Read `source` to its end through the replay's validation and deduplication, then encode."""
+        validator, deduplicator = EventValidator(), Deduplicator()
+        parts: list[tuple[np.ndarray, ...]] = []
+        read = rejected = duplicates = 0
+        for raw in source.batches(read_size):
+            result = validator.validate(raw)
+            events, dropped = deduplicator.filter(result.events)
+            parts.append(
+                (
+                    encode_ids(events.user_id),
+                    encode_ids(events.item_id),
+                    np.asarray(events.timestamp, dtype=np.float64),
+                    np.asarray(events.value, dtype=np.float64),
+                    np.asarray(events.kind, dtype=np.int8),
+                )
+            )
+            source.commit(raw.end_offset)
+            read += raw.records_read
+            rejected += len(result.rejections)
+            duplicates += dropped
+        columns = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else _empty_columns()
+        return cls._in_time_order(*columns, read=read, rejected=rejected, duplicates=duplicates)
+
+    @classmethod
+    def from_columns(
+        cls,
+        user_ids: np.ndarray | list[Any],
+        item_ids: np.ndarray | list[Any],
+        timestamps: np.ndarray | list[float],
+        values: np.ndarray | None = None,
+        kinds: np.ndarray | None = None,
+    ) -> EncodedEvents:
+        """Events from raw id columns (tests, notebooks): encoded, put in time order (ties keep order)."""
+        users, items = encode_ids(np.asarray(user_ids)), encode_ids(np.asarray(item_ids))
+        n = len(users)
+        times = np.asarray(timestamps, dtype=np.float64)
+        values = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+        kinds = np.zeros(n, dtype=np.int8) if kinds is None else np.asarray(kinds, dtype=np.int8)
+        return cls._in_time_order(users, items, times, values, kinds, read=n)
+
+    @classmethod
+    def _in_time_order(
+        cls, *columns: np.ndarray, read: int, rejected: int = 0, duplicates: int = 0
+    ) -> EncodedEvents:
+        timestamps = columns[2]
+        if len(timestamps) > 1 and np.any(np.diff(timestamps) < 0):
+            # The protocol replays in event-time order, ties in arrival order: a stable sort keeps them.
+            order = np.argsort(timestamps, kind="stable")
+            columns = tuple(c[order] for c in columns)
+        return cls(*columns, read=read, rejected=rejected, duplicates=duplicates)
+
+
+def _empty_columns() -> list[np.ndarray]:
+    return [
+        np.empty(0, np.uint64),
+        np.empty(0, np.uint64),
+        np.empty(0, np.float64),
+        np.empty(0, np.float64),
+        np.empty(0, np.int8),
+    ]
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """One update of a served copy: which cadence, before which event (index and time), and how many
+    events the new served state learned from (all of them before `event_index`)."""
+
+    cadence: str
+    event_index: int
+    timestamp: float
+    trained_events: int
+    epochs: int = 1
+    seconds: float = 0.0
+
+
+@dataclass
+class CadenceResult:
+    """One cadence's figures over the whole stream and over its last part."""
+
+    cadence: str
+    label: str
+    overall: RankingMetrics
+    last: RankingMetrics
+    refreshes: int
+    scoring_seconds: float
+    refresh_seconds: float
+
+
+@dataclass
+class CadenceReport:
+    """What the study measured: figures per cadence, per-window series over event time, timings.
+
+    ``windows_hr[c][w]`` is cadence c's HR@K over window w (`window_events` consecutive events);
+    ``window_days[w]`` the window's mean event time in days since the first event.
+    """
+
+    source: str
+    model: str
+    config: CadenceConfig
+    events: int
+    start_time: float
+    end_time: float
+    results: list[CadenceResult]
+    window_days: np.ndarray
+    window_sizes: np.ndarray
+    windows_hr: dict[str, np.ndarray]
+    windows_ndcg: dict[str, np.ndarray]
+    frozen_at_event: int
+    retrain_epochs: int
+    counting_model: bool
+    new_user_day_share: float
+    seconds: float
+    online_learning_seconds: float
+    read: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+
+    def result(self, cadence: str) -> CadenceResult:
+        """The figures of one cadence (one of `CADENCES`)."""
+        for result in self.results:
+            if result.cadence == cadence:
+                return result
+        raise ConfigError(f"cadence {cadence!r} is not in this report; choose one of {', '.join(CADENCES)}")
+
+    @property
+    def span_days(self) -> float:
+        return (self.end_time - self.start_time) / 86_400.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (numbers only; arrays as lists)."""
+        k = self.config.trainer.k
+        return {
+            "source": self.source,
+            "model": self.model,
+            "events": self.events,
+            "span_days": self.span_days,
+            "new_user_day_share": self.new_user_day_share,
+            "frozen_at_event": self.frozen_at_event,
+            "retrain_epochs": self.retrain_epochs,
+            "counting_model": self.counting_model,
+            "seconds": self.seconds,
+            "online_learning_seconds": self.online_learning_seconds,
+            "read": self.read,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "config": asdict(self.config),
+            "cadences": {
+                r.cadence: {
+                    "label": r.label,
+                    f"hr@{k}": r.overall.hr,
+                    f"ndcg@{k}": r.overall.ndcg,
+                    f"hr@{k}_last": r.last.hr,
+                    f"ndcg@{k}_last": r.last.ndcg,
+                    "refreshes": r.refreshes,
+                    "scoring_seconds": r.scoring_seconds,
+                    "refresh_seconds": r.refresh_seconds,
+                }
+                for r in self.results
+            },
+            "windows": {
+                "days": self.window_days.tolist(),
+                "events": self.window_sizes.tolist(),
+                "hr": {c: v.tolist() for c, v in self.windows_hr.items()},
+                "ndcg": {c: v.tolist() for c, v in self.windows_ndcg.items()},
+            },
+        }
+
+    def markdown(self) -> str:
+        """A table of every cadence's figures, with the facts a reader needs to judge them."""
+        k = self.config.trainer.k
+        last = f"last {self.config.last_fraction:.0%}"
+        per_batch = self.result("per-batch").last
+        header = [
+            "cadence",
+            "refreshes",
+            f"HR@{k}",
+            f"NDCG@{k}",
+            f"HR@{k} {last}",
+            f"NDCG@{k} {last}",
+            f"HR@{k} {last} vs (a)",
+        ]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in self.results:
+            ratio = f"{r.last.hr / per_batch.hr:.2f}x" if per_batch.hr > 0 else "n/a"
+            refreshes = "every batch" if r.cadence == "per-batch" else f"{r.refreshes:,}"
+            cells = [
+                r.label,
+                refreshes,
+                f"{r.overall.hr:.4f}",
+                f"{r.overall.ndcg:.4f}",
+                f"{r.last.hr:.4f}",
+                f"{r.last.ndcg:.4f}",
+                ratio,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if not self.counting_model:
+            epochs = "1 epoch" if self.retrain_epochs == 1 else f"{self.retrain_epochs} epochs"
+            retrain = f"{epochs}, {self.config.retrain_order} order"
+        elif self.config.counting_retrain == "replay":
+            retrain = "one pass in time order (a counting model: its learn() takes no gradient step)"
+        else:
+            retrain = (
+                "one pass in time order (a counting model: its learn() takes no gradient step), taken as "
+                "the online learner's state at the boundary, which is what that pass counts"
+            )
+        notes = [
+            f"{self.source}, model `{self.model}`: {self.events:,} events over {self.span_days:.1f} days; "
+            f"{self.new_user_day_share:.1%} of events come from a user first seen that same day.",
+            f"Daily retrain: a fresh model, {retrain}, on every earlier day's events; before the first "
+            "boundary the daily cadence serves an untrained model.",
+            f"(d) follows (a) until event {self.frozen_at_event:,}, so the two differ only afterwards.",
+            f"Study time {self.seconds:.0f} s (online learning {self.online_learning_seconds:.0f} s, "
+            f"daily retrains {self.result('daily').refresh_seconds:.0f} s).",
+        ]
+        return "\n".join([*lines, "", *[f"- {note}" for note in notes]])
+
+    def write_plot(self, path: str | Path) -> Path:
+        """Draw HR@K per window over event time for every cadence into a PNG file at `path`."""
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as error:
+            raise PlotUnavailableError(
+                "write_plot needs matplotlib: `pip install matplotlib` (or skip the plot)"
+            ) from error
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A Figure with its own Agg canvas, not pyplot: no global backend state, safe in any process.
+        figure = Figure(figsize=(9.0, 4.5), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        labels = self.config.labels()
+        # Cadences often coincide for long stretches: widths and dashes keep every line visible on top.
+        styles = {"per-batch": ("-", 2.6), "hourly": ("--", 1.5), "daily": ("-.", 1.5), "frozen": (":", 2.0)}
+        for cadence in CADENCES:
+            style, width = styles[cadence]
+            axes.plot(
+                self.window_days,
+                self.windows_hr[cadence],
+                label=labels[cadence],
+                linestyle=style,
+                linewidth=width,
+            )
+        if 0 < self.frozen_at_event < self.events:
+            frozen_day = self._day_of_event(self.frozen_at_event)
+            axes.axvline(frozen_day, color="grey", linestyle=":", linewidth=1.0, label="(d) frozen here")
+        k = self.config.trainer.k
+        axes.set_xlabel("event time (days since the first event)")
+        axes.set_ylabel(f"HR@{k} per {self.config.window_events:,} events")
+        axes.set_title(f"Update cadence: {self.source}, {self.model}")
+        axes.set_ylim(bottom=0.0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small", loc="best")
+        figure.savefig(path, format="png", dpi=110)
+        return path
+
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Write ``cadence.md``, ``cadence.json`` and (with matplotlib) ``cadence.png`` into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = {"markdown": directory / "cadence.md", "json": directory / "cadence.json"}
+        written["markdown"].write_text(self.markdown() + "\n")
+        written["json"].write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+        written["plot"] = self.write_plot(directory / "cadence.png")
+        return written
+
+    def _day_of_event(self, index: int) -> float:
+        # Windows are consecutive runs of events: interpolate the freeze point between window centres.
+        centres = (np.cumsum(self.window_sizes) - self.window_sizes / 2.0).astype(np.float64)
+        return float(np.interp(index, centres, self.window_days))
+
+
+class CadenceStudy:
+    """Replays encoded events once and ranks every micro-batch with the four cadences' served models.
+
+    Parameters
+    ----------
+    model_factory
+        Builds a fresh model with fixed settings: the online model, the served copies and each daily
+        retrain come from it. Its models must implement `PublishableModel`.
+    config
+        Cadences and the online loop's settings.
+
+    >>> from freshrec.models.popularity import PopularityModel
+    >>> days = np.repeat(np.arange(4.0), 50) * 86_400 + np.tile(np.arange(50.0), 4) * 60
+    >>> events = EncodedEvents.from_columns(np.arange(200) % 7, np.arange(200) % 13, days)
+    >>> report = CadenceStudy(PopularityModel).run(events)
+    >>> [r.refreshes for r in report.results]  # per-batch, hourly, daily, frozen
+    [0, 3, 3, 1]
+    """
+
+    def __init__(self, model_factory: ModelFactory, config: CadenceConfig | None = None) -> None:
+        self.model_factory = model_factory
+        self.config = config or CadenceConfig()
+        #: Every refresh of a served copy, in stream order (of the latest `run`).
+        self.refreshes: list[Refresh] = []
+        #: Each cadence's rank of every event's target (int32 [n]; -1: a miss that could not rank, e.g. an
+        #: item never seen before), of the latest `run`: for slicing the figures by any subset of events.
+        self.ranks: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ public
+    def run(
+        self, events: EncodedEvents, source: str = "events", on_batch: BatchObserver | None = None
+    ) -> CadenceReport:
+        """Replay `events` through the four cadences and report.
+
+        Parameters
+        ----------
+        source
+            The stream's name, for the report.
+        on_batch
+            Called before each micro-batch is scored with ``(start, stop, served)``: the batch's event
+            range and the model each cadence serves it with (for progress displays and tests; must not
+            change the models).
+        """
+        started = time.perf_counter()
+        config, trainer = self.config, self.config.trainer
+        if trainer.torch_threads is not None:
+            import torch  # here, not at module level: counting models never need torch
+
+            torch.set_num_threads(trainer.torch_threads)
+        n = len(events)
+        online = self._new_model()
+        self._pristine = online.state_dict()  # what "from scratch" means for every retrain
+        served = self._copy_of(online)
+        daily = self._copy_of(online)  # serves, untrained, until the first day boundary
+        online.drain_changes()  # from here on, drained changes are exactly what the copies lack
+        frozen: Recommender | None = None
+        frozen_at = int(n * config.frozen_fraction)
+        # Deltas drained from the learner that a copy has not applied yet (the daily copy takes them only
+        # while the model counts: a gradient model's daily model is retrained instead).
+        pending: dict[str, list[StateChanges]] = {"hourly": [], "daily": []}
+        # Whether a cadence's served state equals the learner's right now: it then ranks like it.
+        current = {"hourly": True, "daily": False, "frozen": True}
+
+        history = UserHistory(HistoryConfig(online.history_length, trainer.user_capacity))
+        seen = SeenItems(SeenConfig(capacity=trainer.user_capacity))
+        catalogue = Catalogue()
+        sampler = RecentItemSampler(trainer.negative_window, trainer.seed)
+        evaluators = {c: PrequentialEvaluator(k=trainer.k) for c in CADENCES}
+        self.ranks = ranks = {c: np.full(n, -1, dtype=np.int32) for c in CADENCES}
+        scoring_seconds = dict.fromkeys(CADENCES, 0.0)
+        refresh_seconds = dict.fromkeys(CADENCES, 0.0)
+        learning_seconds = 0.0
+        # The daily retrain reads every earlier event with the history it had: keep them all.
+        length = online.history_length
+        stored_history_keys = np.zeros((n, length), dtype=np.uint64)
+        stored_history_times = np.full((n, length), np.nan, dtype=np.float64)
+        self._learns_by_gradient = False
+        self._retrain_epochs = 1
+        self._retrain_model: Recommender | None = None
+        self.refreshes = []
+
+        times = events.timestamps
+        refresh_bucket = np.floor(times / config.refresh_seconds)
+        retrain_bucket = np.floor(times / config.retrain_seconds)
+        for start, stop in self._batches(refresh_bucket, retrain_bucket, frozen_at):
+            new_hour = start > 0 and refresh_bucket[start] != refresh_bucket[start - 1]
+            new_day = start > 0 and retrain_bucket[start] != retrain_bucket[start - 1]
+            snapshot_daily = not self._learns_by_gradient and config.counting_retrain == "snapshot"
+            if new_hour or new_day:
+                tick = time.perf_counter()
+                changes = online.drain_changes()
+                pending["hourly"].append(changes)
+                if snapshot_daily:
+                    pending["daily"].append(changes)
+                drain_seconds = time.perf_counter() - tick
+            if new_hour:
+                tick = time.perf_counter() - drain_seconds  # the drain is part of the hourly refresh
+                _catch_up(served, pending["hourly"], online)
+                current["hourly"] = True
+                refresh_seconds["hourly"] += self._log("hourly", start, times[start], start, tick)
+            if new_day:
+                tick = time.perf_counter()
+                if snapshot_daily:
+                    # One pass of a counting model over the earlier days in time order is what the learner
+                    # holds at the boundary: take its state instead of counting everything again.
+                    _catch_up(daily, pending["daily"], online)
+                    current["daily"] = True
+                    self._last_epochs = 1
+                else:
+                    pending["daily"].clear()
+                    daily = self._retrain(events, stored_history_keys, stored_history_times, start)
+                refresh_seconds["daily"] += self._log(
+                    "daily", start, times[start], start, tick, epochs=self._last_epochs
+                )
+            if start == frozen_at and frozen is None:
+                tick = time.perf_counter()
+                frozen = self._copy_of(online)
+                refresh_seconds["frozen"] += self._log("frozen", start, times[start], start, tick)
+            models = {"per-batch": online, "hourly": served, "daily": daily, "frozen": frozen or online}
+            if on_batch is not None:
+                on_batch(start, stop, models)
+
+            part = slice(start, stop)
+            users, items = events.user_keys[part], events.item_keys[part]
+            query = history.query_and_record(users, items, times[part])
+            stored_history_keys[part] = query.history_keys
+            stored_history_times[part] = query.history_times
+            task = _RankingTask.prepare(catalogue, seen, query, items)
+            for cadence in CADENCES:
+                if cadence != "per-batch" and current[cadence]:
+                    batch_ranks = ranks["per-batch"][part]  # the same state as the learner: rank once
+                else:
+                    tick = time.perf_counter()
+                    batch_ranks = task.ranks(models[cadence], query)
+                    scoring_seconds[cadence] += time.perf_counter() - tick
+                ranks[cadence][part] = batch_ranks
+                evaluators[cadence].add(batch_ranks)
+            seen.record(users, items, times[part])
+
+            tick = time.perf_counter()
+            negatives = sampler.sample(stop - start, trainer.negatives, fallback=items)
+            stats = online.learn(
+                Interactions(query, items, events.values[part], events.kinds[part], negatives)
+            )
+            sampler.add(items)
+            self._learns_by_gradient |= stats.loss is not None
+            learning_seconds += time.perf_counter() - tick
+            current = {"hourly": False, "daily": False, "frozen": frozen is None}
+
+        labels = config.labels()
+        results = [
+            CadenceResult(
+                cadence=c,
+                label=labels[c],
+                overall=evaluators[c].summary(),
+                last=evaluators[c].final_fraction(config.last_fraction),
+                refreshes=sum(r.cadence == c for r in self.refreshes),
+                scoring_seconds=scoring_seconds[c],
+                refresh_seconds=refresh_seconds[c],
+            )
+            for c in CADENCES
+        ]
+        days, sizes, window_hr, window_ndcg = _windows(ranks, times, trainer.k, config.window_events)
+        return CadenceReport(
+            source=source,
+            model=getattr(online, "name", type(online).__name__),
+            config=config,
+            events=n,
+            start_time=float(times[0]) if n else 0.0,
+            end_time=float(times[-1]) if n else 0.0,
+            results=results,
+            window_days=days,
+            window_sizes=sizes,
+            windows_hr=window_hr,
+            windows_ndcg=window_ndcg,
+            frozen_at_event=frozen_at,
+            retrain_epochs=self._retrain_epochs,
+            counting_model=not self._learns_by_gradient,
+            new_user_day_share=new_user_day_share(events.user_keys, times, config.retrain_seconds),
+            seconds=time.perf_counter() - started,
+            online_learning_seconds=learning_seconds,
+            read=events.read,
+            rejected=events.rejected,
+            duplicates=events.duplicates,
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _new_model(self) -> Recommender:
+        model = self.model_factory()
+        if not isinstance(model, PublishableModel):
+            raise ConfigError(
+                f"model {getattr(model, 'name', type(model).__name__)!r} is not a PublishableModel: the "
+                "study copies served state with state_dict/load_state_dict and drain/apply_changes"
+            )
+        return model
+
+    def _copy_of(self, model: Recommender) -> Recommender:
+        copy = self._new_model()
+        copy.load_state_dict(model.state_dict())
+        return copy
+
+    def _batches(
+        self, refresh_bucket: np.ndarray, retrain_bucket: np.ndarray, frozen_at: int
+    ) -> list[tuple[int, int]]:
+        """Micro-batches of at most B events that never straddle a refresh, retrain or freeze point."""
+        n = len(refresh_bucket)
+        if n == 0:
+            return []
+        changes = np.flatnonzero(
+            (refresh_bucket[1:] != refresh_bucket[:-1]) | (retrain_bucket[1:] != retrain_bucket[:-1])
+        )
+        cuts = np.unique(np.r_[0, changes + 1, frozen_at, n])
+        cuts = cuts[(cuts >= 0) & (cuts <= n)]
+        size = self.config.trainer.batch_size
+        batches = []
+        for segment_start, segment_stop in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+            batches.extend((s, min(s + size, segment_stop)) for s in range(segment_start, segment_stop, size))
+        return batches
+
+    def _retrain(
+        self, events: EncodedEvents, history_keys: np.ndarray, history_times: np.ndarray, upto: int
+    ) -> Recommender:
+        """A fresh model trained on events [0, upto) only (all of them before the day boundary)."""
+        config, trainer = self.config, self.config.trainer
+        # Building a model can cost a second (dense tables); resetting one to the state of a model never
+        # trained is the same start at a fraction of the cost. The previous daily model is retired here.
+        if self._retrain_model is None:
+            self._retrain_model = self._new_model()
+        model = self._retrain_model
+        model.load_state_dict(self._pristine)
+        retrain_number = sum(r.cadence == "daily" for r in self.refreshes) + 1
+        rng = np.random.default_rng([trainer.seed, retrain_number])
+        sampler = RecentItemSampler(trainer.negative_window, trainer.seed + retrain_number)
+        size = config.retrain_batch_size or trainer.batch_size
+        # A counting model's learn() is no gradient step: a second pass would count every event twice,
+        # and counts (and decay clocks) want time order. The online model told us which kind this is.
+        epochs = config.retrain_epochs if self._learns_by_gradient else 1
+        shuffled = self._learns_by_gradient and config.retrain_order == "shuffled"
+        for _ in range(epochs):
+            order = rng.permutation(upto) if shuffled else None
+            for start in range(0, upto, size):
+                rows = (
+                    order[start : start + size]
+                    if order is not None
+                    else slice(start, min(start + size, upto))
+                )
+                items = events.item_keys[rows]
+                query = Query(
+                    events.user_keys[rows], events.timestamps[rows], history_keys[rows], history_times[rows]
+                )
+                negatives = sampler.sample(len(items), trainer.negatives, fallback=items)
+                model.learn(Interactions(query, items, events.values[rows], events.kinds[rows], negatives))
+                sampler.add(items)
+        self._last_epochs = epochs
+        self._retrain_epochs = max(self._retrain_epochs, epochs)
+        return model
+
+    def _log(
+        self, cadence: str, index: int, timestamp: float, trained: int, started: float, epochs: int = 1
+    ) -> float:
+        seconds = time.perf_counter() - started
+        self.refreshes.append(Refresh(cadence, index, float(timestamp), trained, epochs, seconds))
+        return seconds
+
+
+def _catch_up(copy: Recommender, pending: list[StateChanges], learner: Recommender) -> None:
+    """Bring `copy` to the learner's state by applying the deltas it missed, in order (a full copy when
+    one of them could not track every change)."""
+    if all(changes.complete for changes in pending):
+        for changes in pending:
+            copy.apply_changes(changes)
+    else:
+        copy.load_state_dict(learner.state_dict())
+    pending.clear()
+
+
+@dataclass
+class _RankingTask:
+    """What ranking one micro-batch needs besides the model: the candidates (all items seen so far), each
+    event's target column and the cells to exclude. Built once per batch and shared by every cadence.
+
+    The same rules as `OnlineTrainer._evaluate`: items first seen inside the batch are not candidates for
+    the events before them, an item's first event cannot rank it, a user's seen items are excluded.
+    """
+
+    candidates: np.ndarray
+    targets: np.ndarray
+    excluded_rows: np.ndarray
+    excluded_columns: np.ndarray
+
+    @classmethod
+    def prepare(
+        cls, catalogue: Catalogue, seen: SeenItems, query: Query, item_keys: np.ndarray
+    ) -> _RankingTask:
+        n = len(item_keys)
+        before = len(catalogue)
+        first_seen_at = catalogue.add(item_keys)
+        seen_rows, seen_keys = seen.pairs_before_each_event(query.user_keys, item_keys)
+        rows, columns = [seen_rows], [catalogue.columns_of(seen_keys)]
+        targets = catalogue.columns_of(item_keys)
+        if len(first_seen_at):
+            new_rows, new = np.nonzero(np.arange(n)[:, None] < first_seen_at[None, :])
+            rows.append(new_rows)
+            columns.append(before + new)
+            targets[first_seen_at] = -1
+        return cls(catalogue.keys, targets, np.concatenate(rows), np.concatenate(columns))
+
+    def ranks(self, model: Recommender, query: Query) -> np.ndarray:
+        scores = model.score(query, self.candidates)
+        return ranks_of_targets(scores, self.targets, self.excluded_rows, self.excluded_columns)
+
+
+def _windows(
+    ranks: dict[str, np.ndarray], times: np.ndarray, k: int, window_events: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-window mean event time (days since the first event), sizes, HR@K and NDCG@K of each cadence."""
+    n = len(times)
+    if n == 0:
+        empty = np.empty(0)
+        return empty, empty.astype(np.int64), {c: empty for c in ranks}, {c: empty for c in ranks}
+    window = np.arange(n) // window_events
+    sizes = np.bincount(window)
+    days = np.bincount(window, (times - times[0]) / 86_400.0) / sizes
+    hr, ndcg = {}, {}
+    for cadence, r in ranks.items():
+        hits = (r >= 0) & (r < k)
+        gains = np.where(hits, 1.0 / np.log2(np.maximum(r, 0) + 2.0), 0.0)
+        hr[cadence] = np.bincount(window, hits) / sizes
+        ndcg[cadence] = np.bincount(window, gains) / sizes
+    return days, sizes, hr, ndcg
+
+
+def new_user_day_share(user_keys: np.ndarray, timestamps: np.ndarray, day_seconds: float = 86_400.0) -> float:
+    """Share of events whose user was first seen in the same event-time day (UTC): the part of the stream
+    that a model refreshed once a day cannot know the user of.
+
+    >>> new_user_day_share(np.array([1, 1, 2, 1], np.uint64), np.array([0.0, 10.0, 86_400.0, 86_500.0]))
+    0.75
+    """
+    if len(user_keys) == 0:
+        return 0.0
+    _, first, inverse = np.unique(user_keys, return_index=True, return_inverse=True)
+    day = np.floor(timestamps / day_seconds)
+    return float(np.mean(day[first][inverse] == day))
+
+
+def run_cadence_study(
+    source: Source,
+    model_factory: ModelFactory,
+    config: CadenceConfig | None = None,
+    *,
+    on_batch: BatchObserver | None = None,
+) -> CadenceReport:
+    """Read `source` to its end, then run the four cadences over it (see `CadenceStudy`).
+
+    Parameters
+    ----------
+    source
+        A finite source in event-time order (read once through validation and deduplication; events out
+        of order are sorted, ties kept in arrival order).
+    model_factory
+        A fresh `Recommender` + `PublishableModel` per call, always with the same settings (for a
+        registry model: ``lambda: create_model(name)``).
+
+    >>> from freshrec.models.popularity import PopularityModel
+    >>> from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+    >>> stream = SyntheticStream(SyntheticConfig(n_events=3000, n_users=100, n_items=200, n_clusters=5,
+    ...                                          events_per_second=0.02))
+    >>> report = run_cadence_study(stream, PopularityModel, CadenceConfig(window_events=500))
+    >>> report.events, len(report.window_days), report.counting_model
+    (3000, 6, True)
+    """
+    events = EncodedEvents.from_source(source)
+    if len(events) == 0:
+        raise ConfigError(f"source {source.name!r} has no valid events: nothing to study")
+    return CadenceStudy(model_factory, config).run(events, source=source.name, on_batch=on_batch)
