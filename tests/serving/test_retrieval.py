@@ -392,3 +392,37 @@ def test_matches_a_dictionary_after_any_update_sequence(config, ops, seed, k):
         # With at most a few dozen items every probe covers all lists, so ANN is exact too.
         best = sorted((float(queries[i] @ vec) for vec in allowed.values()), reverse=True)[:n_real]
         np.testing.assert_allclose(scores[i, :n_real], best, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [EXACT, ANN], ids=["exact", "ann"])
+def test_prepare_changes_nothing_until_commit_applies_removals_and_upserts_at_once(config):
+    index, keys, items, queries = index_with(config, 1000)
+    before = index.search(queries[:20], k=10)
+    gone = keys[:100]
+    moved = keys[100:110]
+    new_keys = keys_for(5, offset=10**6)
+    vectors = np.concatenate([np.tile(queries[0] * 50, (10, 1)), np.tile(queries[0] * 60, (5, 1))])
+    update = index.prepare(np.concatenate([moved, new_keys]), vectors.astype(np.float32), remove=gone)
+    after_prepare = index.search(queries[:20], k=10)
+    assert (after_prepare[0] == before[0]).all() and len(index) == 1000
+    index.commit(update)
+    assert len(index) == 1000 - 100 + 5
+    found, _ = index.search(queries[0], k=15)
+    assert set(found[0, :5].tolist()) == set(new_keys.tolist())
+    assert set(found[0, 5:15].tolist()) == set(moved.tolist())
+    assert not np.isin(index.search(queries, k=20)[0], gone).any()
+
+
+def test_commit_after_a_rebuild_recomputes_the_stale_list_assignment():
+    config = RetrievalConfig(exact_below=256, nprobe=8, initial_capacity=64, rebuild_after_changes=0.1)
+    index, keys, items, queries = index_with(config, 1000)
+    target = keys[0]
+    new_vector = (queries[3] / np.linalg.norm(queries[3]) * 100).astype(np.float32)
+    update = index.prepare(np.array([target]), new_vector[None, :])
+    stale = update.ann
+    index.upsert(keys[1:200], items[1:200])  # enough changes to rebuild the IVF structure
+    assert index._ann is not stale
+    index.commit(update)
+    found, scores = index.search(queries[3], k=1)
+    assert found[0, 0] == target
+    assert scores[0, 0] == pytest.approx(float(queries[3] @ new_vector), rel=1e-5)

@@ -104,7 +104,7 @@ def create_app(
         )
 
     @app.get("/recommend")
-    def recommend(
+    async def recommend(
         user_id: str = Query(..., min_length=1, max_length=256),
         k: int = Query(10, ge=1, le=1000),
         exclude_seen: bool = True,

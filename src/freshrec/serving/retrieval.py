@@ -16,12 +16,16 @@ exclude searches anyway; with IVF that exclusion lasts milliseconds, not half a 
 Concurrency model
 -----------------
 All state (key map, vectors, ANN index) sits behind a writer-preferring read-write lock. A search holds the
-read lock for its whole duration, so it works on one consistent state; `upsert` and `remove` prepare what they
-can outside, then apply a whole call under the write lock (a few ms for 1,000 items). Each call is therefore
-atomic: a search sees all of it or none of it. A search that starts after `remove` returned never sees the
-removed keys. Slow work (building or retraining the ANN index, growing the arrays) runs on the updating thread
-without the write lock, while searches continue on the old state, and is swapped in under it. Updaters are
-serialised by a second lock, so several updating threads are safe too, just not parallel.
+read lock for its whole duration, so it works on one consistent state. An update is two steps: `prepare`
+validates it and does the slow part without the write lock (assigning the new vectors to IVF lists: ~14 ms for
+1,000 vectors at 100,000 items on one core; growing the arrays), and `commit` applies the whole update under
+the write lock (removals, slots, vectors, the IVF lists with the precomputed assignment: about a millisecond
+for 1,000 items). Each commit is atomic: a search sees all of it or none of it, and a search that starts after
+a removal was committed never sees the removed keys. The split lets the server hold its own lock only for
+`commit`, so that the index changes in the same instant as the model version. `upsert` and `remove` are
+prepare + commit + `maintain`. Slow maintenance (building or retraining the ANN index) runs in `maintain` on
+the calling thread without the write lock, while searches continue on the old state, and is swapped in under
+it. Updaters are serialised by a second lock, so several updating threads are safe too, just not parallel.
 """
 
 from __future__ import annotations
@@ -109,6 +113,27 @@ class RetrievalConfig:
             )
         if not isinstance(self.max_overfetch, int) or self.max_overfetch < 0:
             raise ConfigError(f"max_overfetch must be a non-negative integer, got {self.max_overfetch!r}")
+
+
+@dataclass(frozen=True)
+class PreparedUpdate:
+    """An update of an `ItemIndex` validated and precomputed by `ItemIndex.prepare`, waiting for `commit`.
+
+    Attributes
+    ----------
+    keys, vectors
+        Distinct keys to upsert (sorted) and their vectors (the last given per key; normalised for cosine).
+    removed
+        Distinct keys to remove first.
+    ann, lists
+        The ANN index the IVF list of each vector was computed against, and those lists (None while exact).
+    """
+
+    keys: np.ndarray
+    vectors: np.ndarray
+    removed: np.ndarray
+    ann: Any
+    lists: np.ndarray | None
 
 
 class _ReadWriteLock:
@@ -260,6 +285,32 @@ class ItemIndex:
         vectors
             float32 [n, dim], finite.
         """
+        self.commit(self.prepare(keys, vectors))
+        self.maintain()
+
+    def remove(self, keys: np.ndarray) -> None:
+        """Remove items (unknown keys are ignored). Once this returns, no search finds them."""
+        self.commit(self.prepare(np.zeros(0, np.uint64), np.zeros((0, self.dim), np.float32), remove=keys))
+        self.maintain()
+
+    def prepare(
+        self, keys: np.ndarray, vectors: np.ndarray, remove: np.ndarray | None = None
+    ) -> PreparedUpdate:
+        """Validate an update and do its slow part, changing nothing a search can see; `commit` applies it.
+
+        The slow part is the coarse assignment of the new vectors to IVF lists (one search of the centroids:
+        ~14 ms for 1,000 vectors against 1,265 lists on one core) and any growth of the arrays. Splitting it
+        off lets a caller that must make the index change atomic with something else (the server swapping
+        in the model version the vectors come from) hold its own lock only for `commit`.
+
+        Parameters
+        ----------
+        keys, vectors
+            As in `upsert`.
+        remove
+            Keys to remove (unknown keys are ignored). Removals apply before the upserts, so a key in both
+            ends up present with its new vector.
+        """
         keys = as_keys(keys)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(keys), self.dim):
@@ -267,9 +318,8 @@ class ItemIndex:
                 f"vectors has shape {vectors.shape}, expected ({len(keys)}, {self.dim}) for {len(keys)} keys "
                 f"of dimension {self.dim}"
             )
-        if not len(keys):
-            return
-        if not keys.all():
+        removed = np.unique(as_keys(np.zeros(0, np.uint64) if remove is None else remove, "remove"))
+        if len(keys) and not keys.all():
             raise ConfigError("keys contains key 0, which pads short result rows; items need nonzero keys")
         if not np.isfinite(vectors).all():
             raise ConfigError("vectors contains NaN or infinity; fix the model's export before publishing")
@@ -278,38 +328,59 @@ class ItemIndex:
         vectors = vectors[len(keys) - 1 - first_from_end]
         if self.config.metric == "cosine":
             vectors = _normalised(vectors)
+        vectors = np.ascontiguousarray(vectors)
         with self._update_lock:
-            known = self._map.lookup(unique)
-            n_new = int((known < 0).sum())
+            n_new = int((self._map.lookup(unique) < 0).sum())
             if len(self._map) + n_new > self._map.capacity:
                 grown = self._grown(len(self._map) + n_new)  # O(n) copy, outside the write lock
+                with self._lock.write():  # same keys in the same rows: no search result changes
+                    self._map, self._vectors, self._row_bias = grown
+            ann = self._ann
+            lists = _coarse_lists(ann, vectors) if ann is not None and len(unique) else None
+        return PreparedUpdate(unique, vectors, removed, ann, lists)
+
+    def commit(self, update: PreparedUpdate) -> None:
+        """Apply a `prepare`d update atomically (a search sees all of it or none of it); milliseconds.
+
+        Updates committed in between (or an ANN rebuild) are allowed: what they made stale is redone here,
+        under the write lock, at the cost `prepare` would have had. Does not rebuild the ANN index: call
+        `maintain` afterwards, outside any lock of the caller's.
+        """
+        keys, vectors = update.keys, update.vectors
+        with self._update_lock:
+            lists = update.lists
+            if self._ann is not None and len(keys) and (update.ann is not self._ann or lists is None):
+                lists = _coarse_lists(self._ann, vectors)  # the index was rebuilt since prepare
+            n_new = int((self._map.lookup(keys) < 0).sum())
+            if len(self._map) + n_new > self._map.capacity:  # another update grew the catalogue since
+                grown = self._grown(len(self._map) + n_new)
                 with self._lock.write():
                     self._map, self._vectors, self._row_bias = grown
             with self._lock.write():
-                slots = self._map.assign(unique, now=0.0).slots
-                self._vectors[slots] = vectors
-                self._row_bias[slots] = 0.0
-                if self._ann is not None:
-                    replaced = known[known >= 0]
-                    if len(replaced):
-                        self._ann.remove_ids(replaced)
-                    self._ann.add_with_ids(vectors, slots)
-            self._changed_since_build += len(unique)
-            self._maintain_ann()
+                if len(update.removed):
+                    slots = self._map.remove(update.removed)
+                    freed = np.unique(slots[slots >= 0])
+                    self._row_bias[freed] = -np.inf
+                    self._vectors[freed] = 0.0
+                    if self._ann is not None and len(freed):
+                        self._ann.remove_ids(freed)
+                if len(keys):
+                    known = self._map.lookup(keys)
+                    slots = np.ascontiguousarray(self._map.assign(keys, now=0.0).slots, dtype=np.int64)
+                    self._vectors[slots] = vectors
+                    self._row_bias[slots] = 0.0
+                    if self._ann is not None:
+                        replaced = known[known >= 0]
+                        if len(replaced):
+                            self._ann.remove_ids(replaced)
+                        _add_preassigned(self._ann, vectors, slots, lists)
+            self._changed_since_build += len(keys)
 
-    def remove(self, keys: np.ndarray) -> None:
-        """Remove items (unknown keys are ignored). Once this returns, no search finds them."""
-        keys = as_keys(keys)
-        if not len(keys):
-            return
+    def maintain(self) -> None:
+        """Build, rebuild or drop the ANN index if the catalogue's size or drift calls for it (see
+        `RetrievalConfig`). The build (seconds at 100,000 items) runs on the calling thread while searches go
+        on with the current state, and is swapped in under the write lock."""
         with self._update_lock:
-            with self._lock.write():
-                slots = self._map.remove(keys)
-                freed = np.unique(slots[slots >= 0])
-                self._row_bias[freed] = -np.inf
-                self._vectors[freed] = 0.0
-                if self._ann is not None and len(freed):
-                    self._ann.remove_ids(freed)
             self._maintain_ann()
 
     # ------------------------------------------------------------------ internals: search
@@ -500,6 +571,20 @@ def _pairs_of_rows(
     new_rows = renumber[rows] if len(rows) else rows
     mask = new_rows >= 0
     return new_rows[mask], slots[mask]
+
+
+def _coarse_lists(ann: Any, vectors: np.ndarray) -> np.ndarray:
+    """int64 [n]: the IVF list of each vector (its nearest centroid), what `add_with_ids` would compute."""
+    _, lists = ann.quantizer.search(vectors, 1)
+    return np.ascontiguousarray(lists.reshape(-1), dtype=np.int64)
+
+
+def _add_preassigned(ann: Any, vectors: np.ndarray, ids: np.ndarray, lists: np.ndarray) -> None:
+    """`ann.add_with_ids` with the list assignment already computed (IndexIVF.add_core). The arguments must
+    be C-contiguous float32 / int64 arrays that stay alive for the call: faiss reads raw pointers."""
+    import faiss
+
+    ann.add_core(len(ids), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:

@@ -1,0 +1,277 @@
+"""The serving runtime over a real model store and event log, with a real BPR-MF trainer publishing deltas:
+the item index follows every version (new items, evictions, full loads) and answers what exact scoring of
+that version would."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from freshrec.evaluation.gate import GateConfig
+from freshrec.events import Event, EventBatch
+from freshrec.models.mf import BPRMatrixFactorization, MFConfig
+from freshrec.models.registry import create_model
+from freshrec.preprocess.encode import encode_ids
+from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
+from freshrec.publishing.store import ModelStore, StoreConfig
+from freshrec.serving.retrieval import RetrievalConfig
+from freshrec.serving.runtime import (
+    ServingConfig,
+    ServingRuntime,
+    apply_with_item_changes,
+    item_keys,
+    retrieval_dim,
+)
+from freshrec.training.online import OnlineTrainer, TrainerConfig
+
+EXACT = RetrievalConfig()
+ANN = RetrievalConfig(exact_below=40, nprobe=64, initial_capacity=8)  # IVF from 40 items on
+
+
+def small_mf(capacity: int = 64) -> BPRMatrixFactorization:
+    return BPRMatrixFactorization(MFConfig(dim=8, user_capacity=256, item_capacity=capacity, seed=3))
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def events(n, users, items, start=0, seed=0):
+    rng = np.random.default_rng(seed)
+    now = 1_700_000_000.0
+    return [
+        {
+            "event_id": f"e{start + i}",
+            "timestamp": now + start + i,
+            "user_id": f"u{rng.integers(users)}",
+            "item_id": f"i{items[rng.integers(len(items))]}",
+        }
+        for i in range(n)
+    ]
+
+
+class Loop:
+    """A trainer publishing a small MF model to a store, and a runtime following the store and the log."""
+
+    def __init__(self, tmp_path, capacity=64, retrieval=EXACT, keep_versions=20):
+        self.trained = small_mf(capacity)
+        self.store = ModelStore(StoreConfig(tmp_path / "store", keep_versions=keep_versions, fsync=False))
+        publisher = ModelPublisher(
+            self.trained,
+            self.store,
+            PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
+            metadata={"model": "bpr-mf"},
+        )
+        self.trainer = OnlineTrainer(
+            self.trained, TrainerConfig(batch_size=16, negatives=2), publisher=publisher
+        )
+        config = ServingConfig(
+            store_dir=tmp_path / "store",
+            log_dir=tmp_path / "log",
+            user_capacity=1000,
+            retrieval=retrieval,
+            model_factory=lambda name: small_mf(capacity),
+        )
+        self.runtime = ServingRuntime(config)
+        self.runtime.start()
+
+    def feed(self, records):
+        """The server logs the events, the trainer learns them and publishes; wait until both are served."""
+        applied = self.runtime.events_applied + len(records)
+        assert self.runtime.ingest(records).accepted == len(records)
+        self.trainer.process(EventBatch.from_events(Event(**r) for r in records))
+        target = self.store.current_version()
+        assert wait_for(lambda: self.runtime.version == target and self.runtime.events_applied >= applied), (
+            f"serving version {self.runtime.version} of {target}, "
+            f"events {self.runtime.events_applied} of {applied}"
+        )
+
+    def close(self):
+        self.runtime.close()
+        self.store.close()
+
+
+@pytest.fixture
+def loop(tmp_path):
+    created = []
+
+    def make(**kwargs):
+        created.append(Loop(tmp_path, **kwargs))
+        return created[-1]
+
+    yield make
+    for each in created:
+        each.close()
+
+
+def exact_top(model, user, k, exclude=()):
+    """Exact scoring of every item the model has a row for: raw ids of the top k, best first."""
+    keys = item_keys(model)
+    query = model_query(user)
+    scores = model.score(query, keys)[0].astype(np.float64)
+    scores[np.isin(keys, encode_ids(np.array(list(exclude) or [""], dtype=object)))] = -np.inf
+    order = np.argsort(-scores, kind="stable")[:k]
+    order = order[np.isfinite(scores[order])]
+    return keys[order], scores[order]
+
+
+def model_query(user):
+    from freshrec.interactions import Query
+
+    return Query.without_history(encode_ids(np.array([user], dtype=object)), np.array([0.0]))
+
+
+def raw_to_keys(raw_ids):
+    return encode_ids(np.array(raw_ids, dtype=object)) if raw_ids else np.zeros(0, np.uint64)
+
+
+def test_vector_models_are_detected():
+    assert retrieval_dim(create_model("bpr-mf")) == 64
+    assert retrieval_dim(create_model("popularity")) is None
+    assert retrieval_dim(create_model("cooccurrence")) is None
+
+
+def test_index_answers_exactly_what_scoring_the_version_would(loop):
+    live = loop()
+    live.feed(events(200, users=12, items=range(30), seed=1))
+    live.feed(events(100, users=12, items=range(20, 40), start=200, seed=2))
+    runtime = live.runtime
+    assert runtime.index is not None and not runtime.index.uses_ann
+    # The index holds exactly the items with a row of their own in the served version.
+    assert (runtime.index.keys() == np.sort(item_keys(runtime.model))).all()
+    assert len(runtime.index) == 40
+    for n in range(12):
+        user = f"u{n}"
+        answer = runtime.recommend(user, k=5, exclude_seen=False)
+        assert answer.model_version == runtime.version
+        keys, scores = exact_top(runtime.model, user, 5)
+        assert (raw_to_keys(answer.item_ids) == keys).all()
+        np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
+        # Seen items are left out, and the rest keeps the exact order.
+        seen = runtime.seen.items_of(int(encode_ids(np.array([user], dtype=object))[0]))
+        answer = runtime.recommend(user, k=5)
+        assert not np.isin(raw_to_keys(answer.item_ids), seen).any()
+        keys = item_keys(runtime.model)
+        scores = runtime.model.score(model_query(user), keys)[0].astype(np.float64)
+        scores[np.isin(keys, seen)] = -np.inf
+        best = keys[np.argsort(-scores, kind="stable")[:5]]
+        assert (raw_to_keys(answer.item_ids) == best[np.isfinite(np.sort(scores)[::-1][:5])]).all()
+    # An unknown user is answered too (the model's cold-start row), from the same index.
+    assert len(runtime.recommend("nobody", k=3).item_ids) == 3
+
+
+@pytest.mark.parametrize("retrieval", [EXACT, ANN], ids=["exact", "ann"])
+def test_new_items_appear_and_evicted_items_disappear(loop, retrieval):
+    live = loop(capacity=48, retrieval=retrieval)
+    live.feed(events(300, users=10, items=range(48), seed=3))
+    runtime = live.runtime
+    assert len(runtime.index) == 48 and runtime.index.uses_ann == (retrieval is ANN)
+    first = set(runtime.index.keys().tolist())
+    # A burst on new items: each admission evicts the least recently used item (capacity 48).
+    burst = [
+        {"event_id": f"n{i}", "timestamp": 1_800_000_000.0 + i, "user_id": "fan", "item_id": f"new{i % 6}"}
+        for i in range(48)
+    ]
+    live.feed(burst)
+    new_keys = raw_to_keys([f"new{i}" for i in range(6)])
+    served = runtime.index.keys()
+    assert np.isin(new_keys, served).all()
+    evicted = np.array(sorted(first - set(served.tolist())), dtype=np.uint64)
+    assert len(evicted) == 6 and len(served) == 48
+    assert (served == np.sort(item_keys(runtime.model))).all()
+    # The new items are recommendable (k covers the catalogue); the evicted ones never come back.
+    everything = raw_to_keys(runtime.recommend("u1", k=48, exclude_seen=False).item_ids)
+    assert np.isin(new_keys, everything).all()
+    for n in range(10):
+        found = raw_to_keys(runtime.recommend(f"u{n}", k=20, exclude_seen=False).item_ids)
+        assert not np.isin(found, evicted).any()
+
+
+def test_full_load_after_a_rollback_rebuilds_the_index(loop):
+    live = loop()
+    live.feed(events(100, users=8, items=range(10), seed=4))
+    early = live.store.current_version()
+    early_items = np.sort(item_keys(live.runtime.model))
+    live.feed(events(100, users=8, items=range(10, 25), start=100, seed=5))
+    assert len(live.runtime.index) == 25
+    live.store.rollback(to=early, reason="test")
+    assert wait_for(lambda: live.runtime.version == early)
+    assert (live.runtime.index.keys() == early_items).all()
+    found = raw_to_keys(live.runtime.recommend("u1", k=25, exclude_seen=False).item_ids)
+    assert np.isin(found, early_items).all() and len(found) == len(early_items)
+
+
+def test_every_answer_during_publishing_matches_exact_scoring_of_its_version(loop):
+    """Requests race the store follower; each answer must be what its own version scores, never a mix
+    (the trainer's store keeps every version, so each can be loaded again and scored)."""
+    live = loop(keep_versions=1000)
+    items = list(range(30))
+    live.feed(events(200, users=6, items=items, seed=6))
+    answers: list[tuple[str, object]] = []
+    done = threading.Event()
+
+    def ask():
+        n = 0
+        while not done.is_set():
+            user = f"u{n % 6}"
+            answers.append((user, live.runtime.recommend(user, k=4, exclude_seen=False)))
+            n += 1
+            time.sleep(0.002)  # leave the follower and the trainer their share of the GIL
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(4):
+            live.feed(events(48, users=6, items=items, start=1000 + 48 * round_, seed=10 + round_))
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    versions = {answer.model_version for _, answer in answers}
+    assert len(answers) > 50 and len(versions) > 3
+    models = {}
+    for version in versions:
+        state, _ = live.store.load(version)
+        models[version] = small_mf()
+        models[version].load_state_dict(state)
+    for user, answer in answers:
+        keys, scores = exact_top(models[answer.model_version], user, 4)
+        assert (raw_to_keys(answer.item_ids) == keys).all()
+        np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_with_item_changes_names_trained_admitted_and_evicted_items():
+    trained, served = small_mf(capacity=4), small_mf(capacity=4)
+    store_state = trained.state_dict()
+    served.load_state_dict(store_state)
+    trained.drain_changes()
+    keys = encode_ids(np.array(["a", "b", "c", "d", "e"], dtype=object))
+    from freshrec.interactions import Interactions, Query
+
+    def learn(items, t):
+        query = Query.without_history(np.full(len(items), 7, np.uint64), np.full(len(items), t))
+        trained.learn(
+            Interactions(
+                query,
+                items,
+                np.full(len(items), np.nan),
+                np.zeros(len(items), np.int8),
+                items[::-1, None].copy(),
+            )
+        )
+
+    learn(keys[:4], 1.0)
+    changed = apply_with_item_changes(served, trained.drain_changes())
+    assert set(changed.keys.tolist()) == set(keys[:4].tolist()) and len(changed.removed) == 0
+    learn(keys[4:], 2.0)  # admits "e", evicting the least recently seen of a-d
+    changed = apply_with_item_changes(served, trained.drain_changes())
+    assert keys[4] in changed.keys and len(changed.removed) == 1
+    assert changed.removed[0] in keys[:4] and changed.removed[0] not in item_keys(served)
+    assert set(item_keys(served).tolist()) == set(item_keys(trained).tolist())
