@@ -223,6 +223,8 @@ def train_command(
             while not stop.is_set():
                 idle = True
                 for raw in reader.batches(4096):  # what the log holds now
+                    if stop.is_set():
+                        break  # a long backlog must not delay SIGTERM
                     idle = False
                     events, _ = deduplicator.filter(validator.validate(raw).events)
                     if raw.end_offset <= resume:

@@ -182,3 +182,27 @@ def test_admin_rollback_goes_through_the_trainer_and_the_server_follows(tmp_path
         stop.set()
         answering.join()
         store.close()
+
+
+def test_the_server_rebuilds_a_model_with_the_config_the_trainer_used(tmp_path):
+    from freshrec.models.registry import model_spec
+
+    model = create_model("cooccurrence", {"max_neighbors": 7, "capacity": 512})  # not the defaults
+    with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+        publisher = ModelPublisher(
+            model,
+            store,
+            PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
+            metadata=model_spec("cooccurrence", model),
+        )
+        trainer = OnlineTrainer(model, TrainerConfig(batch_size=4), publisher=publisher)
+        trainer.process(
+            EventBatch.from_events(Event(f"e{n}", n, f"u{n % 3}", f"i{n % 5}") for n in range(12))
+        )
+        config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)
+        with TestClient(create_app(config)) as client:
+            assert wait_for(lambda: client.get("/readyz").status_code == 200)
+            answer = client.get("/recommend?user_id=u1&k=3").json()
+            assert answer["model_version"] == store.current_version()
+            served = client.app.state.runtime.model
+            assert served.config.max_neighbors == 7 and served.config.capacity == 512

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -129,7 +130,8 @@ def create_app(
         if len(body) > max_body_bytes:
             raise HTTPException(status_code=413, detail=f"body of {len(body)} bytes exceeds {max_body_bytes}")
         records = _parse_records(body)
-        result = runtime.ingest(records)
+        # Off the event loop: the append waits for fsync, and /recommend answers on the loop meanwhile.
+        result = await run_in_threadpool(runtime.ingest, records)
         accepted.inc(result.accepted)
         rejected.inc(len(result.rejections))
         latency.labels("events").observe(time.perf_counter() - started)

@@ -71,8 +71,9 @@ class ServingConfig:
     retrieval
         Settings of the item index that vector models answer from.
     model_factory
-        Builds an empty model from the registry name the publisher wrote in the version's metadata; the
-        registry's by default (another factory serves models built with non-default configs).
+        Builds an empty model from the registry name and config the publisher wrote in the version's
+        metadata (`freshrec.models.registry.model_spec`), called as ``factory(name, config)``, or
+        ``factory(name)`` for versions without a config.
     compute_threads
         Threads torch and faiss may use in this process (set at `ServingRuntime.start`). One request is a
         single small matrix product or one IVF probe, which gain nothing from a thread pool, while an idle
@@ -86,7 +87,7 @@ class ServingConfig:
     fsync: str = "every-batch"
     history_length: int = 50
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    model_factory: Callable[[str], Recommender] = create_model
+    model_factory: Callable[..., Recommender] = create_model
     compute_threads: int = 1
 
 
@@ -244,7 +245,9 @@ class ServingRuntime:
         """Load the current version whole and swap it in; the model copies and the index are built first,
         while requests go on with the previous version."""
         state, loaded = self.store.load()
-        model = self.config.model_factory(str(loaded.metadata.get("model", "cooccurrence")))
+        # The model as the trainer built it: its registry name and config (older versions: defaults).
+        name, config = str(loaded.metadata.get("model", "cooccurrence")), loaded.metadata.get("model_config")
+        model = self.config.model_factory(name, config) if config else self.config.model_factory(name)
         model.load_state_dict(state)
         index, standby = None, None
         dim = retrieval_dim(model)

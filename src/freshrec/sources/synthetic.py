@@ -127,6 +127,7 @@ class SyntheticConfig:
             interest_drift_per_day=1.0,
             new_item_rate=0.005,
             fresh_item_share=0.3,
+            fresh_item_window=3.0,
         )
 
     def __post_init__(self) -> None:
