@@ -59,14 +59,15 @@ def events(n, users, items, start=0, seed=0):
 class Loop:
     """A trainer publishing a small MF model to a store, and a runtime following the store and the log."""
 
-    def __init__(self, tmp_path, capacity=64, retrieval=EXACT, keep_versions=20):
-        self.trained = small_mf(capacity)
+    def __init__(self, tmp_path, capacity=64, retrieval=EXACT, keep_versions=20, make_model=None):
+        make_model = make_model or (lambda: small_mf(capacity))
+        self.trained = make_model()
         self.store = ModelStore(StoreConfig(tmp_path / "store", keep_versions=keep_versions, fsync=False))
         publisher = ModelPublisher(
             self.trained,
             self.store,
             PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
-            metadata={"model": "bpr-mf"},
+            metadata={"model": self.trained.name},
         )
         self.trainer = OnlineTrainer(
             self.trained, TrainerConfig(batch_size=16, negatives=2), publisher=publisher
@@ -76,7 +77,7 @@ class Loop:
             log_dir=tmp_path / "log",
             user_capacity=1000,
             retrieval=retrieval,
-            model_factory=lambda name: small_mf(capacity),
+            model_factory=lambda name: make_model(),
         )
         self.runtime = ServingRuntime(config)
         self.runtime.start()
@@ -275,3 +276,25 @@ def test_apply_with_item_changes_names_trained_admitted_and_evicted_items():
     assert keys[4] in changed.keys and len(changed.removed) == 1
     assert changed.removed[0] in keys[:4] and changed.removed[0] not in item_keys(served)
     assert set(item_keys(served).tolist()) == set(item_keys(trained).tolist())
+
+
+def test_a_two_tower_model_is_re_embedded_whole_when_its_item_tower_changes(loop):
+    from freshrec.models.twotower import TwoTowerConfig, TwoTowerModel
+
+    def small_two_tower():
+        return TwoTowerModel(
+            TwoTowerConfig(dim=8, hidden=8, history_length=3, user_capacity=64, item_capacity=64)
+        )
+
+    served = loop(make_model=small_two_tower)
+    for start in (0, 60, 120):
+        served.feed(events(60, users=12, items=list(range(30)), start=start, seed=start))
+    runtime = served.runtime
+    keys = runtime.index.keys()
+    assert len(keys) > 10
+    # Every indexed vector is the served model's current item vector, not one from the version that first
+    # brought the item: the dense item tower moved with every step.
+    query = np.random.default_rng(0).normal(size=(1, runtime.index.dim)).astype(np.float32)
+    found, scores = runtime.index.search(query, k=len(keys))
+    expected = runtime.model.item_vectors(found[0]) @ query[0]
+    np.testing.assert_allclose(scores[0], expected, rtol=1e-4, atol=1e-4)

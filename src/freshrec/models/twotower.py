@@ -392,6 +392,9 @@ class TwoTowerModel:
     """
 
     name = "two-tower"
+    #: The item tower's dense weights shape every item vector: a server re-embeds all items when they change
+    #: (`freshrec.serving.runtime`), not only the rows a delta names.
+    item_vectors_use_dense_weights = True
 
     def __init__(
         self, config: TwoTowerConfig | None = None, item_features: ItemFeatureTable | None = None
