@@ -107,7 +107,7 @@ def main() -> int:
         )
         rows.append((f"freshrec `{name}`", str(args.batch_size), result))
 
-    rating_rows = [] if args.skip_rating else run_rating_benchmark(args.movielens_path, trainer=False)
+    rating_rows = [] if args.skip_rating else run_rating_benchmark(args.movielens_path, args.batch_size)
 
     header = [
         "system",

@@ -31,12 +31,16 @@ class Query:
         the most recent item is in the last column; ``NO_KEY`` pads users with fewer than N items.
     history_times
         float64 [B, N], when each history item happened (``NaN`` for padding).
+    history_values
+        float64 [B, N], each history event's value (a rating; ``NaN`` where absent), or None when the
+        feature state does not keep values (only models that ask for them get them).
     """
 
     user_keys: np.ndarray
     timestamps: np.ndarray
     history_keys: np.ndarray
     history_times: np.ndarray
+    history_values: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.user_keys)

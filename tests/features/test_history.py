@@ -77,3 +77,14 @@ def test_zero_length_history_is_empty():
         np.array([1], dtype=np.uint64), np.array([2], dtype=np.uint64), np.array([0.0])
     )
     assert query.history_keys.shape == (1, 0)
+
+
+def test_values_travel_with_the_history_when_asked_for():
+    history = UserHistory(HistoryConfig(length=2, capacity=10, values=True))
+    users = np.array([1, 1, 2, 1], dtype=np.uint64)
+    items = np.array([10, 11, 20, 12], dtype=np.uint64)
+    query = history.query_and_record(users, items, np.arange(4.0), np.array([4.0, np.nan, 2.0, 5.0]))
+    assert np.array_equal(query.history_values[3], [4.0, np.nan], equal_nan=True)
+    later = history.query(np.array([1], dtype=np.uint64), np.array([9.0]))
+    assert np.array_equal(later.history_values[0], [np.nan, 5.0], equal_nan=True)
+    assert UserHistory(HistoryConfig(length=2, capacity=10)).query(users[:1], np.zeros(1)).history_values is None

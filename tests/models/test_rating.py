@@ -271,3 +271,39 @@ def test_rows_are_bounded_by_capacity() -> None:
     for step in range(20):
         model.learn(random_rated_batch(rng, 10.0 * step, 5))
     assert len(model) <= 6 and len(model.items.index) <= 8
+
+
+def test_ratings_earlier_in_the_batch_move_the_prediction_before_they_are_learned():
+    """A new user rates five films 5 in one micro-batch: the trainer's live history carries those ratings,
+    and each later prediction moves toward 5 although nothing was learned yet."""
+    from freshrec.events import Event, EventBatch
+    from freshrec.training.online import OnlineTrainer, TrainerConfig
+
+    model = RatingModel(RatingConfig(user_capacity=64, item_capacity=64, dim=4))
+    trainer = OnlineTrainer(model, TrainerConfig(batch_size=64, k=1))
+    # Warm-up: every film averages 3 over other users (learned), then the newcomer's burst in one batch.
+    warm = [Event(f"w{n}", n, f"u{n % 8}", f"f{n % 6}", "rating", 3.0) for n in range(48)]
+    trainer.process(EventBatch.from_events(warm))
+    burst = [Event(f"b{n}", 100 + n, "newcomer", f"f{n}", "rating", 5.0) for n in range(6)]
+    query = trainer.history.query_and_record(
+        _keys([e.user_id for e in burst]),
+        _keys([e.item_id for e in burst]),
+        np.array([e.timestamp for e in burst]),
+        np.array([e.value for e in burst]),
+    )
+    predicted = model.predict_ratings(query, _keys([e.item_id for e in burst]))
+    assert predicted[0] < 3.3  # nothing known of the newcomer yet
+    assert np.all(np.diff(predicted) > 0) and predicted[-1] > predicted[0] + 0.8
+    # The same rows without history values: the model has nothing to correct with.
+    from freshrec.interactions import Query
+
+    blind = Query(query.user_keys, query.timestamps, query.history_keys, query.history_times)
+    assert np.allclose(
+        model.predict_ratings(blind, _keys([e.item_id for e in burst])), predicted[0], atol=0.05
+    )
+
+
+def _keys(ids):
+    from freshrec.preprocess.encode import encode_ids
+
+    return encode_ids(np.array(ids, dtype=object))

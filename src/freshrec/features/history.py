@@ -28,10 +28,14 @@ class HistoryConfig:
         Items remembered per user (the longest history any model reads).
     capacity
         Users remembered at once; beyond it the least recently active user is forgotten.
+    values
+        Also keep each history event's value (a rating), for models that read `Query.history_values`
+        (``capacity * length * 8`` bytes more).
     """
 
     length: int = 50
     capacity: int = 1_000_000
+    values: bool = False
 
 
 class UserHistory:
@@ -53,6 +57,7 @@ class UserHistory:
         self._users = KeyIndex(capacity, eviction="lru")
         self._keys = np.zeros((capacity, length), dtype=np.uint64)
         self._times = np.full((capacity, length), np.nan, dtype=np.float64)
+        self._values = np.full((capacity, length), np.nan) if self.config.values else None
 
     @property
     def length(self) -> int:
@@ -71,13 +76,24 @@ class UserHistory:
         times = np.full((len(user_keys), self.length), np.nan, dtype=np.float64)
         keys[known] = self._keys[slots[known]]
         times[known] = self._times[slots[known]]
-        return Query(user_keys=user_keys, timestamps=timestamps, history_keys=keys, history_times=times)
+        values = None
+        if self._values is not None:
+            values = np.full((len(user_keys), self.length), np.nan)
+            values[known] = self._values[slots[known]]
+        return Query(user_keys, timestamps, keys, times, values)
 
-    def query_and_record(self, user_keys: np.ndarray, item_keys: np.ndarray, timestamps: np.ndarray) -> Query:
+    def query_and_record(
+        self,
+        user_keys: np.ndarray,
+        item_keys: np.ndarray,
+        timestamps: np.ndarray,
+        values: np.ndarray | None = None,
+    ) -> Query:
         """The pre-event history of every event of a batch (in event order), then record the batch.
 
         Row j of the result holds the user's last `length` items before event j: the stored history
-        followed by the user's earlier events in this batch.
+        followed by the user's earlier events in this batch. `values` (the events' values, NaN where
+        absent) are kept too when the config asks for them.
         """
         n, length = len(user_keys), self.length
         if n == 0 or length == 0:
@@ -88,6 +104,8 @@ class UserHistory:
         fresh = np.unique(slots[assignment.new])
         self._keys[fresh] = 0
         self._times[fresh] = np.nan
+        if self._values is not None:
+            self._values[fresh] = np.nan
 
         # Group the batch by user, keeping event order inside each group: `rank` is how many earlier events
         # of the same user precede each event in this batch.
@@ -113,9 +131,20 @@ class UserHistory:
         keys = np.where(from_batch, sorted_items[batch_pos], np.where(from_store, stored_keys, 0))
         times = np.where(from_batch, sorted_times[batch_pos], np.where(from_store, stored_times, np.nan))
         keys = keys.astype(np.uint64, copy=False)
+        history_values = None
+        if self._values is not None:
+            event_values = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+            stored_values = self._values[slots[:, None], stored_col]
+            history_values = np.where(
+                from_batch, event_values[order][batch_pos], np.where(from_store, stored_values, np.nan)
+            )
 
         # Each user's new stored row: the query row of their last event, shifted, plus that event.
         last = order[np.r_[group_start[1:] - 1, n - 1]]
         self._keys[slots[last]] = np.concatenate([keys[last, 1:], item_keys[last, None]], axis=1)
         self._times[slots[last]] = np.concatenate([times[last, 1:], timestamps[last, None]], axis=1)
-        return Query(user_keys=user_keys, timestamps=timestamps, history_keys=keys, history_times=times)
+        if history_values is not None:
+            self._values[slots[last]] = np.concatenate(
+                [history_values[last, 1:], event_values[last, None]], axis=1
+            )
+        return Query(user_keys, timestamps, keys, times, history_values)

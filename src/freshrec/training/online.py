@@ -152,7 +152,10 @@ class OnlineTrainer:
             import torch  # here, not at module level: count-based models never need torch
 
             torch.set_num_threads(self.config.torch_threads)
-        self.history = UserHistory(HistoryConfig(model.history_length, self.config.user_capacity))
+        reads_values = bool(getattr(model, "reads_history_values", False))
+        self.history = UserHistory(
+            HistoryConfig(model.history_length, self.config.user_capacity, reads_values)
+        )
         self.seen = SeenItems(SeenConfig(capacity=self.config.user_capacity))
         self.catalogue = Catalogue()
         self.evaluator = PrequentialEvaluator(k=self.config.k)
@@ -185,7 +188,7 @@ class OnlineTrainer:
         learned before the crash."""
         user_keys = encode_ids(events.user_id)
         item_keys = encode_ids(events.item_id)
-        self.history.query_and_record(user_keys, item_keys, events.timestamp)
+        self.history.query_and_record(user_keys, item_keys, events.timestamp, events.value)
         self.seen.record(user_keys, item_keys, events.timestamp)
         self.catalogue.add(item_keys)
         self.sampler.add(item_keys)
@@ -203,7 +206,7 @@ class OnlineTrainer:
         started = time.perf_counter()
         if self.publisher is not None:
             self.publisher.serve_rollback_request()
-        query = self.history.query_and_record(user_keys, item_keys, timestamps)
+        query = self.history.query_and_record(user_keys, item_keys, timestamps, values)
         features_done = time.perf_counter()
         if self.config.evaluate:
             scored = self._evaluate(query, item_keys, timestamps, values)
