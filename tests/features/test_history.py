@@ -87,4 +87,5 @@ def test_values_travel_with_the_history_when_asked_for():
     assert np.array_equal(query.history_values[3], [4.0, np.nan], equal_nan=True)
     later = history.query(np.array([1], dtype=np.uint64), np.array([9.0]))
     assert np.array_equal(later.history_values[0], [np.nan, 5.0], equal_nan=True)
-    assert UserHistory(HistoryConfig(length=2, capacity=10)).query(users[:1], np.zeros(1)).history_values is None
+    without = UserHistory(HistoryConfig(length=2, capacity=10))
+    assert without.query(users[:1], np.zeros(1)).history_values is None
