@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from freshrec.errors import FreshrecError
-from freshrec.models.registry import BEST_MODEL, MODEL_FACTORIES, create_model, model_spec
+from freshrec.models.registry import BEST_MODEL, LIVE_MODEL, MODEL_FACTORIES, create_model, model_spec
 from freshrec.sources.base import Source
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 from freshrec.training.replay import ReplayProgress, ReplayReport, replay
@@ -180,7 +180,7 @@ def train_command(
         "runs/log"
     ),
     store: Annotated[Path, typer.Option(help="Model store to publish to.")] = Path("runs/store"),
-    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = BEST_MODEL,
+    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = LIVE_MODEL,
     batch_size: Annotated[int, typer.Option(min=1, help="Events per micro-batch (B).")] = 256,
     publish_ms: Annotated[int, typer.Option(min=0, help="Publish at most this often.")] = 1000,
     tolerance: Annotated[float, typer.Option(help="Largest HR@10 drop the publish gate allows.")] = 0.01,
@@ -271,7 +271,7 @@ def demo_command(
     source: Annotated[str, typer.Option(help=f"Stream to feed: {', '.join(SOURCES)}.")] = "synthetic",
     events_per_second: Annotated[float, typer.Option(min=1, help="Rate events are posted at.")] = 500.0,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the server.")] = 8000,
-    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = BEST_MODEL,
+    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = LIVE_MODEL,
     directory: Annotated[Path, typer.Option(help="Where the log and the store live (emptied).")] = Path(
         "runs/demo"
     ),
@@ -343,7 +343,7 @@ def study_cadence_command(
     ),
     events: Annotated[Path | None, typer.Option(help="Event file instead of --source.")] = None,
     columns: Annotated[str | None, typer.Option(help="Column mapping of --events.")] = None,
-    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = BEST_MODEL,
+    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = LIVE_MODEL,
     out: Annotated[Path, typer.Option(help="Folder for cadence.md, cadence.json, cadence.png.")] = Path(
         "runs/cadence"
     ),

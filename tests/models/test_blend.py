@@ -3,15 +3,19 @@ normalised blend, and a replica fed only deltas equals the trainer (components a
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.models.base import PublishableModel, Recommender
-from freshrec.models.blend import BlendConfig, BlendedModel
+from freshrec.models.blend import BlendConfig, BlendedModel, _reference_ranks
 from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from freshrec.models.popularity import PopularityConfig, PopularityModel
+from freshrec.models.registry import configured
 from freshrec.models.sasrec import SASRecConfig, SASRecModel
 
 U = np.uint64
@@ -50,16 +54,27 @@ def test_is_a_recommender_and_publishable_with_the_longest_history() -> None:
     blend = with_sasrec()
     assert isinstance(blend, Recommender) and isinstance(blend, PublishableModel)
     assert blend.history_length == N + 2
-    assert blend.weights.shape == (len(BlendConfig().history_buckets) + 1, 3)
+    kinds = len(BlendConfig().feature_kinds)
+    assert blend.weights.shape == (len(BlendConfig().history_buckets) + 1, 3 * kinds)
 
 
-def test_weights_move_toward_the_useful_component() -> None:
-    blend = BlendedModel(components(), BlendConfig(reference_size=32, occurrence_window=256))
+@pytest.mark.parametrize("training_candidates", ["recent", "sampled"])
+@pytest.mark.parametrize("feature_kinds", [("score",), ("score", "log_rank")])
+def test_weights_move_toward_the_useful_component(
+    training_candidates: str, feature_kinds: tuple[str, ...]
+) -> None:
+    config = BlendConfig(
+        reference_size=32,
+        occurrence_window=256,
+        feature_kinds=feature_kinds,
+        training_candidates=training_candidates,  # type: ignore[arg-type]
+    )
+    blend = BlendedModel(components(), config)
     rng = np.random.default_rng(0)
     losses = [blend.learn(cycle_stream(rng, step)).loss for step in range(40)]
     bucket = int(blend.history_bucket(cycle_stream(rng, 0).query)[0])  # every row has N items of history
-    cooccurrence, popularity = blend.weights[bucket]
-    assert cooccurrence > 1.3 and popularity < 0.7, blend.weights[bucket]  # both started at 1
+    cooccurrence, popularity = blend.weights[bucket].reshape(2, len(feature_kinds))  # all started at 1
+    assert cooccurrence.sum() > 1.3 * len(feature_kinds) and (popularity < 0.7).all(), blend.weights[bucket]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     # Buckets no row fell in did not move.
     untouched = [b for b in range(len(blend.weights)) if b != bucket]
@@ -67,19 +82,25 @@ def test_weights_move_toward_the_useful_component() -> None:
 
 
 def test_scores_are_the_weighted_normalised_component_scores() -> None:
-    blend = BlendedModel(components(), BlendConfig(reference_size=16, occurrence_window=64, compress=False))
+    config = BlendConfig(reference_size=16, occurrence_window=64, feature_kinds=("score", "log_rank"))
+    blend = BlendedModel(components(), config)
     rng = np.random.default_rng(1)
     for step in range(5):
         blend.learn(cycle_stream(rng, step))
     query = cycle_stream(rng, 9).query
     candidates = np.arange(1, 45, dtype=U)
     features = blend.features(query, candidates)
-    assert features.shape == (len(query), 44, 2) and np.isfinite(features).all()
+    assert features.shape == (len(query), 44, 4) and np.isfinite(features).all()
     # Standardised over the reference set: scoring the reference itself gives mean 0, std 1 per row.
     reference = blend._reference()
     standard = blend.features(query, reference)
     np.testing.assert_allclose(standard[:, :, 0].mean(axis=1), 0.0, atol=1e-4)
     np.testing.assert_allclose(standard[:, :, 0].std(axis=1), 1.0, atol=1e-3)
+    # -log(1 + rank among the reference scores): scored against itself (ties, its own score included,
+    # count half), the ranks of a row add up to R^2 / 2, whatever the scores.
+    ranks = np.expm1(-standard[:, :, 1].astype(np.float64))
+    size = len(reference)
+    np.testing.assert_allclose(ranks.sum(axis=1), size * size / 2, rtol=1e-4)
     weights = blend.weights[blend.history_bucket(query)]
     np.testing.assert_allclose(
         blend.score(query, candidates), np.einsum("bck,bk->bc", features, weights), rtol=1e-5, atol=1e-5
@@ -134,6 +155,22 @@ def test_load_state_dict_round_trips() -> None:
     assert copy.drain_changes().changed_rows == 0
 
 
+def test_reference_ranks_count_the_reference_scores_above_with_ties_as_half() -> None:
+    reference = np.array([[1.0, 2.0, 2.0, 5.0], [3.0, 3.0, 3.0, 3.0]])
+    scores = np.array([[6.0, 5.0, 2.0, 0.0], [9.0, 3.0, 0.0, 1.0]])
+    flat = np.array([[False], [True]])
+    np.testing.assert_array_equal(
+        _reference_ranks(scores, reference, flat), [[0.0, 0.5, 2.0, 4.0], [0.0, 0.0, 0.0, 0.0]]
+    )
+
+
+def test_config_round_trips_through_json() -> None:
+    # The registry records dataclasses.asdict(config) in each published version and rebuilds from it.
+    config = BlendConfig(feature_kinds=("score", "inverse_rank"), training_candidates="sampled")
+    recorded = json.loads(json.dumps(dataclasses.asdict(config)))
+    assert configured(BlendConfig(), recorded) == config
+
+
 def test_bad_components_and_configs_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="distinct names"):
         BlendedModel([PopularityModel(PopularityConfig(capacity=8))] * 2)
@@ -141,3 +178,7 @@ def test_bad_components_and_configs_name_the_problem() -> None:
         BlendConfig(history_buckets=(5, 2))
     with pytest.raises(ConfigError, match="reference_size"):
         BlendConfig(reference_size=10, occurrence_window=5)
+    with pytest.raises(ConfigError, match="feature_kinds"):
+        BlendConfig(feature_kinds=("score", "rank"))
+    with pytest.raises(ConfigError, match="training_candidates"):
+        BlendConfig(training_candidates="all")  # type: ignore[arg-type]

@@ -91,6 +91,17 @@ def test_asymmetric_weights_only_point_forward() -> None:
     assert stream.model.neighbors(3) == {}
 
 
+def test_a_repeated_candidate_gets_the_same_score_in_every_copy() -> None:
+    # Regression: the candidate mapping found one column per key, so [7, 7, 6, 6] scored only the first 7
+    # and the first 6 (the copies got the tie-breaker alone).
+    stream = Stream(CooccurrenceModel(exact(popularity_exponent=0.5, tie_breaker=1e-3)))
+    stream.learn([1, 1, 1, 2, 2], [5, 7, 6, 5, 6])
+    repeated = stream.ask(1, [7, 7, 6, 6, 99, 7])
+    distinct = stream.ask(1, [7, 6, 99])
+    assert distinct[0] > 0 and distinct[1] > 0
+    np.testing.assert_array_equal(repeated, distinct[[0, 0, 1, 1, 2, 0]])
+
+
 def test_popularity_damping_and_tie_breaker() -> None:
     stream = Stream(CooccurrenceModel(exact(popularity_exponent=0.5, tie_breaker=1e-3)))
     stream.learn([1, 1, 2, 2, 3, 4, 4], [10, 20, 10, 30, 30, 30, 40])

@@ -208,6 +208,11 @@ class CooccurrenceModel:
         n_candidates = len(candidates)
         if length == 0:
             return np.zeros((n_rows, n_candidates), dtype=np.float64)
+        # The neighbour-to-column mapping below finds one column per key, so a repeated candidate key
+        # would be scored only in its first copy: score the distinct keys and spread them to every copy.
+        distinct_candidates, candidate_columns = np.unique(candidates, return_inverse=True)
+        if len(distinct_candidates) < n_candidates:
+            return self._cooccurrence_scores(history, distinct_candidates)[:, candidate_columns]
         # Consecutive events of a user share most of their history: map each distinct item's row to
         # candidate columns once, then expand to the history cells.
         distinct, inverse = np.unique(history.reshape(-1), return_inverse=True)
