@@ -203,6 +203,13 @@ def train_command(
     while not log.is_dir() and not stop.is_set() and time.monotonic() < deadline:
         time.sleep(0.1)  # the server creates the log
     try:
+        # Everything slow to start (torch's import: ~2 s) happens before the first version is published,
+        # so that a served version means a trainer ready to learn the next events.
+        trainer_config = TrainerConfig(batch_size=batch_size)
+        if trainer_config.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(trainer_config.torch_threads)
         with ModelStore(StoreConfig(store)) as model_store:
             recommender = create_model(model)
             publisher = ModelPublisher(
@@ -211,7 +218,7 @@ def train_command(
                 PublisherConfig(interval_ms=publish_ms, gate=GateConfig(tolerance=tolerance)),
                 metadata=model_spec(model, recommender),  # the server rebuilds the model from it
             )
-            trainer = OnlineTrainer(recommender, TrainerConfig(batch_size=batch_size), publisher=publisher)
+            trainer = OnlineTrainer(recommender, trainer_config, publisher=publisher)
             reader = EventLogReader(log, start_offset="earliest")
             resume = publisher.resume_offset
             console.print(
