@@ -53,6 +53,7 @@ from freshrec.hashing import mix64
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
 from freshrec.models.base import LearnStats, StateChanges
+from freshrec.models.dense_state import dense_state, load_dense_state
 
 __all__ = [
     "StreamingFrequency",
@@ -590,40 +591,10 @@ class TwoTowerModel:
     # ------------------------------------------------------------------ state
     def _dense_state(self) -> dict[str, np.ndarray]:
         """Dense weights (``dense.<name>``) and Adam's moments and step (``adam.<name>.*``), as copies."""
-        state = {f"dense.{name}": p.detach().numpy().copy() for name, p in self._parameters.items()}
-        for name, parameter in self._parameters.items():
-            moments = self.optimizer.state.get(parameter, {})
-            if moments:
-                state[f"adam.{name}.exp_avg"] = moments["exp_avg"].numpy().copy()
-                state[f"adam.{name}.exp_avg_sq"] = moments["exp_avg_sq"].numpy().copy()
-                state[f"adam.{name}.step"] = np.array([float(moments["step"])], dtype=np.float32)
-        return state
+        return dense_state(self._parameters, self.optimizer)
 
     def _load_dense_state(self, state: dict[str, np.ndarray]) -> None:
-        with torch.no_grad():
-            for name, parameter in self._parameters.items():
-                key = f"dense.{name}"
-                if key not in state:
-                    raise ConfigError(
-                        f"state lacks {key!r}; load a TwoTowerModel state saved with the same config"
-                    )
-                value = np.asarray(state[key], dtype=np.float32)
-                if value.shape != tuple(parameter.shape):
-                    raise ConfigError(
-                        f"state {key!r} has shape {value.shape}, this model's is {tuple(parameter.shape)}; "
-                        "build the model with the config (and item feature table) it was saved with"
-                    )
-                parameter.copy_(torch.from_numpy(value))
-                if f"adam.{name}.exp_avg" in state:
-                    self.optimizer.state[parameter] = {
-                        "step": torch.tensor(float(np.asarray(state[f"adam.{name}.step"]).reshape(-1)[0])),
-                        "exp_avg": torch.from_numpy(np.array(state[f"adam.{name}.exp_avg"], np.float32)),
-                        "exp_avg_sq": torch.from_numpy(
-                            np.array(state[f"adam.{name}.exp_avg_sq"], np.float32)
-                        ),
-                    }
-                else:
-                    self.optimizer.state.pop(parameter, None)
+        load_dense_state(self._parameters, self.optimizer, state, "TwoTowerModel")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Id tables (``users.*``, ``items.*``, ``history.*`` when not shared), dense weights (``dense.*``)
