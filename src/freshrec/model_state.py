@@ -3,9 +3,24 @@ the publisher and the server, so it lives above all of them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
+
+Value = TypeVar("Value")
+
+
+def under_prefix(mapping: Mapping[str, Value], prefix: str) -> dict[str, Value]:
+    """The entries of a state (or of a change) named ``<prefix><name>``, as ``<name>``: how a model hands
+    each part it is composed of (a table, an index, a component) its own state.
+
+    >>> under_prefix({"items.keys": 1, "items.rows": 2, "clock": 3}, "items.")
+    {'keys': 1, 'rows': 2}
+    """
+    n = len(prefix)
+    return {name[n:]: value for name, value in mapping.items() if name.startswith(prefix)}
 
 
 @dataclass
@@ -29,6 +44,12 @@ class StateChanges:
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     replaced: dict[str, np.ndarray] = field(default_factory=dict)
     complete: bool = True
+
+    def under(self, prefix: str) -> StateChanges:
+        """The part of these changes named under `prefix`, with the prefix taken off (see `under_prefix`)."""
+        return StateChanges(
+            under_prefix(self.rows, prefix), under_prefix(self.replaced, prefix), self.complete
+        )
 
     @property
     def changed_rows(self) -> int:

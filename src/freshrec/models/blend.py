@@ -49,6 +49,7 @@ import torch
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
+from freshrec.model_state import under_prefix
 from freshrec.models.base import LearnStats, PublishableModel, Recommender, StateChanges
 
 _MASKED = -1e9
@@ -391,7 +392,7 @@ class BlendedModel:
         """Restore `state_dict` output of a blend of the same components and config."""
         for component in self.components:
             prefix = f"{component.name}."
-            component.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})  # type: ignore[attr-defined]
+            component.load_state_dict(under_prefix(state, prefix))  # type: ignore[attr-defined]
         self._load_own(state)
         self._changed = False
 
@@ -426,14 +427,7 @@ class BlendedModel:
         """Apply another instance's `drain_changes` in place, component by component."""
         for component in self.components:
             prefix = f"{component.name}."
-            n = len(prefix)
-            component.apply_changes(  # type: ignore[attr-defined]
-                StateChanges(
-                    rows={k[n:]: v for k, v in changes.rows.items() if k.startswith(prefix)},
-                    replaced={k[n:]: v for k, v in changes.replaced.items() if k.startswith(prefix)},
-                    complete=changes.complete,
-                )
-            )
+            component.apply_changes(changes.under(prefix))  # type: ignore[attr-defined]
         if "blend.weights" in changes.replaced:
             self._load_own(changes.replaced)
 

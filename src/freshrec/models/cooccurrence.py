@@ -21,6 +21,7 @@ import numpy as np
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
+from freshrec.model_state import under_prefix
 from freshrec.models.base import LearnStats, StateChanges
 from freshrec.models.popularity import DecayClock
 
@@ -366,7 +367,7 @@ class CooccurrenceModel:
                 f"state neighbor_keys have shape {neighbor_keys.shape}, this model's are "
                 f"{self._neighbor_keys.shape} (capacity, max_neighbors); use the saved config"
             )
-        self._items.load_state_arrays({n[6:]: a for n, a in state.items() if n.startswith("items.")})
+        self._items.load_state_arrays(under_prefix(state, "items."))
         self._neighbor_keys = neighbor_keys.copy()
         self._weights = np.asarray(state["weights"], dtype=np.float32).copy()
         self._counts = np.asarray(state["counts"], dtype=np.float64).copy()
@@ -385,7 +386,7 @@ class CooccurrenceModel:
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, in O(changed slots x max_neighbors)."""
-        index_rows = {n[6:]: pair for n, pair in changes.rows.items() if n.startswith("items.")}
+        index_rows = under_prefix(changes.rows, "items.")
         if index_rows:
             self._items.apply_state_rows(index_rows)
         for name, array in (

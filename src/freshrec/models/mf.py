@@ -24,6 +24,7 @@ from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableC
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import as_keys
+from freshrec.model_state import under_prefix
 from freshrec.models.base import LearnStats, StateChanges
 
 
@@ -209,8 +210,8 @@ class BPRMatrixFactorization:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore `state_dict` output of a model built with the same config."""
-        self.users.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("users.")})
-        self.items.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("items.")})
+        self.users.load_state_dict(under_prefix(state, "users."))
+        self.items.load_state_dict(under_prefix(state, "items."))
 
     def drain_changes(self) -> StateChanges:
         """Both tables' `DynamicEmbeddingTable.drain_state_changes`, names prefixed like `state_dict`:
@@ -226,14 +227,7 @@ class BPRMatrixFactorization:
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place (O(changed rows), weights under no_grad)."""
         for prefix, table in (("users.", self.users), ("items.", self.items)):
-            n = len(prefix)
-            table.apply_state_changes(
-                StateChanges(
-                    rows={k[n:]: v for k, v in changes.rows.items() if k.startswith(prefix)},
-                    replaced={k[n:]: v for k, v in changes.replaced.items() if k.startswith(prefix)},
-                    complete=changes.complete,
-                )
-            )
+            table.apply_state_changes(changes.under(prefix))
 
 
 def bpr_gradients(

@@ -15,6 +15,7 @@ import numpy as np
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys
+from freshrec.model_state import under_prefix
 from freshrec.models.base import LearnStats, StateChanges
 
 _SECONDS_PER_DAY = 86_400.0
@@ -195,7 +196,7 @@ class PopularityModel:
                 f"state counts have shape {counts.shape}, this model has capacity={self.config.capacity}; "
                 "build the model with the capacity it was saved with"
             )
-        self._items.load_state_arrays({n[6:]: a for n, a in state.items() if n.startswith("items.")})
+        self._items.load_state_arrays(under_prefix(state, "items."))
         self._counts = counts.copy()
         self.clock.load_state_array(state["clock"])
         self._dirty[:] = False
@@ -210,7 +211,7 @@ class PopularityModel:
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, in O(changed slots)."""
-        index_rows = {n[6:]: pair for n, pair in changes.rows.items() if n.startswith("items.")}
+        index_rows = under_prefix(changes.rows, "items.")
         if index_rows:
             self._items.apply_state_rows(index_rows)
         if "counts" in changes.rows:

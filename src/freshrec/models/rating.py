@@ -36,6 +36,7 @@ from freshrec.errors import ConfigError
 from freshrec.hashing import mix64
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
+from freshrec.model_state import under_prefix
 from freshrec.models.base import LearnStats, StateChanges
 
 __all__ = ["RatingConfig", "RatingModel"]
@@ -422,10 +423,7 @@ class RatingModel:
                         "(capacity, dim); build the model with the config it was saved with"
                     )
         for prefix, side in (("users.", self.users), ("items.", self.items)):
-            n = len(prefix) + 6
-            side.index.load_state_arrays(
-                {name[n:]: a for name, a in state.items() if name.startswith(prefix + "index.")}
-            )
+            side.index.load_state_arrays(under_prefix(state, prefix + "index."))
             for name, array in side.arrays().items():
                 array[...] = state[prefix + name]
             side.dirty[:] = False
@@ -452,8 +450,7 @@ class RatingModel:
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, in O(changed slots x dim)."""
         for prefix, side in (("users.", self.users), ("items.", self.items)):
-            n = len(prefix) + 6
-            index_rows = {k[n:]: v for k, v in changes.rows.items() if k.startswith(prefix + "index.")}
+            index_rows = under_prefix(changes.rows, prefix + "index.")
             if index_rows:
                 side.index.apply_state_rows(index_rows)
             for name, array in side.arrays().items():

@@ -31,6 +31,7 @@ from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableC
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
+from freshrec.model_state import under_prefix
 from freshrec.models.base import LearnStats, StateChanges
 from freshrec.models.dense_state import dense_state, load_dense_state
 
@@ -468,7 +469,7 @@ class SASRecModel:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore `state_dict` output of a model built with the same config."""
-        self.items.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("items.")})
+        self.items.load_state_dict(under_prefix(state, "items."))
         self._load_dense_state(state)
         self._dense_changed = False
 
@@ -488,13 +489,7 @@ class SASRecModel:
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place (item rows by row, dense arrays whole)."""
-        self.items.apply_state_changes(
-            StateChanges(
-                rows={k[6:]: v for k, v in changes.rows.items() if k.startswith("items.")},
-                replaced={k[6:]: v for k, v in changes.replaced.items() if k.startswith("items.")},
-                complete=changes.complete,
-            )
-        )
+        self.items.apply_state_changes(changes.under("items."))
         if any(name.startswith("dense.") for name in changes.replaced):
             self._load_dense_state(changes.replaced)
 

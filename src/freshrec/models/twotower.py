@@ -52,6 +52,7 @@ from freshrec.features.items import ItemFeatureTable
 from freshrec.hashing import mix64
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
+from freshrec.model_state import under_prefix
 from freshrec.models.base import LearnStats, StateChanges
 from freshrec.models.dense_state import dense_state, load_dense_state
 
@@ -617,10 +618,9 @@ class TwoTowerModel:
                 f"{int(self._fingerprint[0])}; build the model with the same ItemFeatureTable (or none)"
             )
         for prefix, table in self._tables():
-            n = len(prefix)
-            table.load_state_dict({k[n:]: v for k, v in state.items() if k.startswith(prefix)})
+            table.load_state_dict(under_prefix(state, prefix))
         self._load_dense_state(state)
-        self.frequency.load_state_dict({k[10:]: v for k, v in state.items() if k.startswith("frequency.")})
+        self.frequency.load_state_dict(under_prefix(state, "frequency."))
         self._dense_changed = False
 
     def drain_changes(self) -> StateChanges:
@@ -647,14 +647,7 @@ class TwoTowerModel:
         targets: list[tuple[str, DynamicEmbeddingTable | StreamingFrequency]] = [*self._tables()]
         targets.append(("frequency.", self.frequency))
         for prefix, target in targets:
-            n = len(prefix)
-            target.apply_state_changes(
-                StateChanges(
-                    rows={k[n:]: v for k, v in changes.rows.items() if k.startswith(prefix)},
-                    replaced={k[n:]: v for k, v in changes.replaced.items() if k.startswith(prefix)},
-                    complete=changes.complete,
-                )
-            )
+            target.apply_state_changes(changes.under(prefix))
         if changes_every_item_vector(changes):
             self._load_dense_state(changes.replaced)
 
