@@ -149,6 +149,12 @@ class ModelPublisher:
         self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, query, k), query)
         if not self.due():
             return None
+        return self._decide(loss, events_trained)
+
+    def _decide(self, loss: float | None, events_trained: int) -> GateDecision:
+        """Judge the held-back window (empty when idle: the loss alone decides), publish or hold, and
+        record the decision in the store's status file. The window starts afresh: its serving figures
+        were scored by a shadow that a publish replaces."""
         window, self._window = self._window, _Window()
         decision = self.gate.decide(
             window.candidate_hr,
@@ -186,13 +192,7 @@ class ModelPublisher:
         a fresh one; otherwise only the loss is checked (there is no new window to score)."""
         if not self.due() or (self.last_decision is not None and not self.last_decision.published):
             return None
-        decision = self.gate.decide(float("nan"), float("nan"), 0, loss)
-        self.last_decision = decision
-        self._last_publish = self._clock()
-        if decision.published:
-            decision.version = self._publish_changes(events_trained, decision)
-            self._events_since_publish = 0
-        return decision
+        return self._decide(loss, events_trained)
 
     def serve_rollback_request(self) -> int | None:
         """Answer a pending rollback request (at most every `rollback_poll_ms`): roll the store back and
