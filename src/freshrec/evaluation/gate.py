@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from freshrec.evaluation.prequential import ranks_of_targets
+from freshrec.evaluation.prequential import RankingTask, ranks_of_targets
 from freshrec.interactions import Query
 from freshrec.models.base import Recommender
 
@@ -135,22 +135,17 @@ class ScoredBatch:
     """A held-back micro-batch as the prequential evaluation ranked it with the candidate model.
 
     The gate reads the candidate's HR from `ranks` and scores only the serving version again, with the
-    same candidates, targets and exclusions, so both are judged alike and the candidate is scored once.
+    same task (candidates, targets, exclusions), so both are judged alike and the candidate is scored once.
     """
 
-    candidate_keys: np.ndarray
-    target_columns: np.ndarray
+    task: RankingTask
     ranks: np.ndarray
-    excluded_rows: np.ndarray
-    excluded_columns: np.ndarray
 
     def rescore(self, model: Recommender, query: Query, k: int) -> float:
         """HR@k of another `model` on the same batch."""
-        if len(self.target_columns) == 0:
+        if len(self.task.targets) == 0:
             return 0.0
-        scores = model.score(query, self.candidate_keys)
-        ranks = ranks_of_targets(scores, self.target_columns, self.excluded_rows, self.excluded_columns)
-        return hit_rate_of_ranks(ranks, k)
+        return hit_rate_of_ranks(self.task.ranks(model, query), k)
 
 
 class PublishGate:

@@ -9,8 +9,15 @@ never as one number per event, so memory stays bounded on an endless stream.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from freshrec.evaluation.catalogue import Catalogue
+    from freshrec.features.seen import SeenItems
+    from freshrec.interactions import Query
+    from freshrec.models.base import Recommender
 
 
 @dataclass
@@ -68,6 +75,54 @@ def ranks_of_targets(
     # A target the user had already acted on is excluded from the list, so it cannot be a hit.
     ranks[rows] = np.where(allowed[picked, targets], better + tied_before, -1)
     return ranks
+
+
+@dataclass
+class RankingTask:
+    """What ranking one micro-batch needs besides the model: the candidates (all items seen so far), each
+    event's target column (-1: not rankable) and the cells to exclude. The trainer's evaluation, the publish
+    gate's second opinion and the cadence study's four models all rank through one.
+
+    Attributes
+    ----------
+    candidates
+        uint64 [C], the catalogue's keys in column order.
+    targets
+        int64 [B], each event's item column, -1 for the event that introduces an item.
+    excluded_rows, excluded_columns
+        Cells never ranked: each user's seen items, and items first seen later in the batch.
+    """
+
+    candidates: np.ndarray
+    targets: np.ndarray
+    excluded_rows: np.ndarray
+    excluded_columns: np.ndarray
+
+    @classmethod
+    def prepare(
+        cls, catalogue: Catalogue, seen: SeenItems, query: Query, item_keys: np.ndarray
+    ) -> RankingTask:
+        """Add the batch's items to `catalogue` and build the task for `query` (seen items as they were
+        before each event; `seen` is not changed)."""
+        n = len(item_keys)
+        before = len(catalogue)
+        first_seen_at = catalogue.add(item_keys)  # batch positions where new items first appear
+        seen_rows, seen_keys = seen.pairs_before_each_event(query.user_keys, item_keys)
+        rows, columns = [seen_rows], [catalogue.columns_of(seen_keys)]
+        targets = catalogue.columns_of(item_keys)
+        if len(first_seen_at):
+            # Items first seen inside this batch are not candidates yet for the events before them, and
+            # the event that introduces an item cannot rank it: it was not "seen so far".
+            new_rows, new = np.nonzero(np.arange(n)[:, None] < first_seen_at[None, :])
+            rows.append(new_rows)
+            columns.append(before + new)
+            targets[first_seen_at] = -1
+        return cls(catalogue.keys, targets, np.concatenate(rows), np.concatenate(columns))
+
+    def ranks(self, model: Recommender, query: Query) -> np.ndarray:
+        """Each event's target rank under `model` (-1: not rankable)."""
+        scores = model.score(query, self.candidates)
+        return ranks_of_targets(scores, self.targets, self.excluded_rows, self.excluded_columns)
 
 
 @dataclass

@@ -36,7 +36,11 @@ import numpy as np
 
 from freshrec.errors import ConfigError, FreshrecError
 from freshrec.evaluation.catalogue import Catalogue
-from freshrec.evaluation.prequential import PrequentialEvaluator, RankingMetrics, ranks_of_targets
+from freshrec.evaluation.prequential import (
+    PrequentialEvaluator,
+    RankingMetrics,
+    RankingTask,
+)
 from freshrec.features.history import HistoryConfig, UserHistory
 from freshrec.features.seen import SeenConfig, SeenItems
 from freshrec.interactions import Interactions, Query
@@ -594,7 +598,7 @@ class CadenceStudy:
             query = history.query_and_record(users, items, times[part])
             stored_history_keys[part] = query.history_keys
             stored_history_times[part] = query.history_times
-            task = _RankingTask.prepare(catalogue, seen, query, items)
+            task = RankingTask.prepare(catalogue, seen, query, items)
             for cadence in CADENCES:
                 if cadence != "per-batch" and current[cadence]:
                     batch_ranks = ranks["per-batch"][part]  # the same state as the learner: rank once
@@ -741,42 +745,6 @@ def _catch_up(copy: Recommender, pending: list[StateChanges], learner: Recommend
     else:
         copy.load_state_dict(learner.state_dict())
     pending.clear()
-
-
-@dataclass
-class _RankingTask:
-    """What ranking one micro-batch needs besides the model: the candidates (all items seen so far), each
-    event's target column and the cells to exclude. Built once per batch and shared by every cadence.
-
-    The same rules as `OnlineTrainer._evaluate`: items first seen inside the batch are not candidates for
-    the events before them, an item's first event cannot rank it, a user's seen items are excluded.
-    """
-
-    candidates: np.ndarray
-    targets: np.ndarray
-    excluded_rows: np.ndarray
-    excluded_columns: np.ndarray
-
-    @classmethod
-    def prepare(
-        cls, catalogue: Catalogue, seen: SeenItems, query: Query, item_keys: np.ndarray
-    ) -> _RankingTask:
-        n = len(item_keys)
-        before = len(catalogue)
-        first_seen_at = catalogue.add(item_keys)
-        seen_rows, seen_keys = seen.pairs_before_each_event(query.user_keys, item_keys)
-        rows, columns = [seen_rows], [catalogue.columns_of(seen_keys)]
-        targets = catalogue.columns_of(item_keys)
-        if len(first_seen_at):
-            new_rows, new = np.nonzero(np.arange(n)[:, None] < first_seen_at[None, :])
-            rows.append(new_rows)
-            columns.append(before + new)
-            targets[first_seen_at] = -1
-        return cls(catalogue.keys, targets, np.concatenate(rows), np.concatenate(columns))
-
-    def ranks(self, model: Recommender, query: Query) -> np.ndarray:
-        scores = model.score(query, self.candidates)
-        return ranks_of_targets(scores, self.targets, self.excluded_rows, self.excluded_columns)
 
 
 def _windows(

@@ -18,7 +18,7 @@ import numpy as np
 from freshrec.errors import ConfigError
 from freshrec.evaluation.catalogue import Catalogue
 from freshrec.evaluation.gate import ScoredBatch
-from freshrec.evaluation.prequential import PrequentialEvaluator, ranks_of_targets
+from freshrec.evaluation.prequential import PrequentialEvaluator, RankingTask
 from freshrec.events import EventBatch
 from freshrec.features.history import HistoryConfig, UserHistory
 from freshrec.features.seen import SeenConfig, SeenItems
@@ -240,25 +240,8 @@ class OnlineTrainer:
         """Rank every event's item among the items seen before it, excluding what its user already saw.
 
         Returns the ranking, which the publish gate reuses instead of scoring the candidate again."""
-        n = len(item_keys)
-        before = len(self.catalogue)
-        first_seen_at = self.catalogue.add(item_keys)  # batch positions where new items first appear
-        candidates = self.catalogue.keys
-        scores = self.model.score(query, candidates)
-
-        seen_rows, seen_keys = self.seen.pairs_before_each_event(query.user_keys, item_keys)
-        excluded_rows, excluded_columns = [seen_rows], [self.catalogue.columns_of(seen_keys)]
-        if len(first_seen_at):
-            # Items first seen inside this batch are not candidates yet for the events before them.
-            rows, new = np.nonzero(np.arange(n)[:, None] < first_seen_at[None, :])
-            excluded_rows.append(rows)
-            excluded_columns.append(before + new)
-        targets = self.catalogue.columns_of(item_keys)
-        # The event that introduces an item cannot rank it: it was not "seen so far".
-        if len(first_seen_at):
-            targets[first_seen_at] = -1
-        excluded = np.concatenate(excluded_rows), np.concatenate(excluded_columns)
-        ranks = ranks_of_targets(scores, targets, *excluded)
+        task = RankingTask.prepare(self.catalogue, self.seen, query, item_keys)
+        ranks = task.ranks(self.model, query)
 
         predicted = None
         predict_ratings = getattr(self.model, "predict_ratings", None)
@@ -266,4 +249,4 @@ class OnlineTrainer:
             predicted = predict_ratings(query, item_keys)
         self.evaluator.add(ranks, predicted, values if predicted is not None else None)
         self.seen.record(query.user_keys, item_keys, timestamps)
-        return ScoredBatch(candidates, targets, ranks, *excluded)
+        return ScoredBatch(task, ranks)
