@@ -12,8 +12,6 @@ import json
 import os
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +27,7 @@ from prometheus_client import (
 from pydantic import BaseModel, Field
 
 from freshrec.publishing.rollback import RollbackTimeoutError, rollback
-from freshrec.publishing.store import STATUS, VersionNotFoundError
+from freshrec.publishing.store import VersionNotFoundError
 from freshrec.serving.runtime import ServingConfig, ServingRuntime
 
 #: Largest accepted request body for `POST /events`.
@@ -56,7 +54,6 @@ def create_app(
     """
     runtime = ServingRuntime(config)
     admin_token = admin_token if admin_token is not None else os.environ.get("FRESHREC_ADMIN_TOKEN")
-    gate_status = _GateStatus(Path(config.store_dir))
     registry = CollectorRegistry()
     latency = Histogram(
         "freshrec_request_seconds",
@@ -82,7 +79,7 @@ def create_app(
         ("freshrec_gate_held", "Candidates the trainer's gate held back", "held"),
         ("freshrec_gate_level", "Running HR@K of published windows", "level"),
     ):
-        Gauge(name, help_text, registry=registry).set_function(lambda f=field: gate_status.figure(f))
+        Gauge(name, help_text, registry=registry).set_function(lambda f=field: _gate_figure(runtime, f))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -152,7 +149,7 @@ def create_app(
             "serving": runtime.version,
             "current": runtime.store.current_version(),
             "versions": [info.as_json() for info in runtime.store.versions()],
-            "gate": gate_status.read(),
+            "gate": runtime.store.read_status().get("gate"),
         }
 
     @app.post("/admin/rollback")
@@ -207,28 +204,7 @@ def _parse_records(body: bytes) -> list[object]:
         return records
 
 
-class _GateStatus:
-    """The trainer's gate figures from the store's status file, re-read only when the file changed."""
-
-    def __init__(self, store_dir: Path) -> None:
-        self._path = store_dir / STATUS
-        self._signature: tuple[int, int] | None = None
-        self._gate: dict[str, Any] | None = None
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            stat = os.stat(self._path)
-        except FileNotFoundError:
-            return None
-        signature = (stat.st_mtime_ns, stat.st_size)
-        if signature != self._signature:
-            try:
-                self._gate = json.loads(self._path.read_bytes()).get("gate")
-                self._signature = signature
-            except (OSError, ValueError):
-                return self._gate  # replaced while reading: keep the previous figures
-        return self._gate
-
-    def figure(self, name: str) -> float:
-        value = (self.read() or {}).get(name)
-        return float(value) if isinstance(value, int | float) else float("nan")
+def _gate_figure(runtime: ServingRuntime, name: str) -> float:
+    """One figure of the trainer's gate from the store's status file (NaN before the trainer wrote one)."""
+    value = runtime.store.read_status().get("gate", {}).get(name)
+    return float(value) if isinstance(value, int | float) else float("nan")
