@@ -262,13 +262,11 @@ def rollback_command(
     """Serve a kept version again. With a trainer running, it rolls back and continues learning from that
     version; without one, the store is rolled back directly. Servers follow within their poll interval."""
     from freshrec.publishing.rollback import rollback
-    from freshrec.publishing.store import ModelStore
 
     try:
         outcome = rollback(store, to, reason, timeout)
-    except FreshrecError as error:
-        kept = ", ".join(str(v.version) for v in ModelStore.open(store).versions()) or "none"
-        console.print(f"[red]error:[/] {error}  (kept versions: {kept})")
+    except FreshrecError as error:  # names the kept versions when `to` is not one of them
+        console.print(f"[red]error:[/] {error}")
         raise typer.Exit(code=2) from None
     console.print(f"rolled back from version {outcome.previous} to {outcome.version} (via the {outcome.via})")
 

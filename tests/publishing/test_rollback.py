@@ -124,3 +124,9 @@ def test_the_trainer_resets_its_model_to_the_rolled_back_version(tmp_path: Path)
         trainer.process(batches[4])
         after = [info for info in store.versions() if info.version > latest_before]
         assert after and after[0].kind == "snapshot" and store.current_version() == after[-1].version
+
+
+def test_a_missing_store_is_named_and_not_created(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no model store"):
+        rollback(tmp_path / "nowhere", to=1)
+    assert not (tmp_path / "nowhere").exists()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from freshrec.publishing.store import (
+    MANIFEST,
     ModelStore,
     StoreConfig,
     StoreError,
@@ -82,6 +83,8 @@ def rollback(directory: str | Path, to: int, reason: str = "", timeout: float = 
     RollbackOutcome(version=1, previous=2, via='store')
     """
     directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        raise StoreError(f"no model store at {directory} (no {MANIFEST}): check the store directory")
     try:
         store = ModelStore(StoreConfig(directory))
     except StoreLockedError:
