@@ -206,3 +206,10 @@ def test_the_server_rebuilds_a_model_with_the_config_the_trainer_used(tmp_path):
             assert answer["model_version"] == store.current_version()
             served = client.app.state.runtime.model
             assert served.config.max_neighbors == 7 and served.config.capacity == 512
+
+
+def test_admin_rollback_before_anything_was_published_is_a_conflict(tmp_path):
+    config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)
+    with TestClient(create_app(config, admin_token="t")) as client:
+        answer = client.post("/admin/rollback", json={"to": 1}, headers={"authorization": "Bearer t"})
+        assert answer.status_code == 409 and "no model store" in answer.json()["detail"]

@@ -27,7 +27,7 @@ from prometheus_client import (
 from pydantic import BaseModel, Field
 
 from freshrec.publishing.rollback import RollbackTimeoutError, rollback
-from freshrec.publishing.store import VersionNotFoundError
+from freshrec.publishing.store import StoreError, VersionNotFoundError
 from freshrec.serving.runtime import ServingConfig, ServingRuntime
 
 #: Largest accepted request body for `POST /events`.
@@ -170,6 +170,8 @@ def create_app(
             raise HTTPException(status_code=404, detail=str(error)) from None
         except RollbackTimeoutError as error:
             raise HTTPException(status_code=504, detail=str(error)) from None
+        except StoreError as error:  # e.g. nothing published yet: there is no version to go back to
+            raise HTTPException(status_code=409, detail=str(error)) from None
         return {"version": outcome.version, "previous": outcome.previous, "via": outcome.via}
 
     @app.get("/metrics")
