@@ -49,6 +49,16 @@ class Query:
     def history_length(self) -> int:
         return self.history_keys.shape[1]
 
+    def take(self, rows: np.ndarray) -> Query:
+        """The query of the given rows only (integer positions), in that order."""
+        return Query(
+            self.user_keys[rows],
+            self.timestamps[rows],
+            self.history_keys[rows],
+            self.history_times[rows],
+            None if self.history_values is None else self.history_values[rows],
+        )
+
     @classmethod
     def without_history(cls, user_keys: np.ndarray, timestamps: np.ndarray) -> Query:
         n = len(user_keys)

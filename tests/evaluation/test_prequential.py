@@ -56,3 +56,30 @@ def test_rating_errors():
     summary = evaluator.summary()
     assert summary.rmse == pytest.approx(np.sqrt((1 + 4) / 2))
     assert summary.mae == pytest.approx(1.5)
+
+
+@given(
+    scores=arrays(np.float32, (6, 9), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0, np.nan])),
+    targets=arrays(np.int64, 6, elements=st.integers(-1, 8)),
+    excluded=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 8)), max_size=15),
+    chosen=st.sets(st.integers(0, 5)),
+)
+@settings(max_examples=100, deadline=None)
+def test_a_task_of_some_rows_ranks_them_as_the_whole_task_does(scores, targets, excluded, chosen):
+    from freshrec.evaluation.prequential import RankingTask
+    from freshrec.interactions import Query
+
+    class FixedScores:
+        def score(self, query, candidates):
+            return scores[query.user_keys.astype(np.int64)]
+
+    rows = np.array(sorted(chosen), dtype=np.int64)
+    task = RankingTask(
+        np.arange(1, 10, dtype=np.uint64),
+        targets,
+        np.array([r for r, _ in excluded], dtype=np.int64),
+        np.array([c for _, c in excluded], dtype=np.int64),
+    )
+    query = Query.without_history(np.arange(6, dtype=np.uint64), np.zeros(6))
+    whole = task.ranks(FixedScores(), query)
+    assert task.take(rows).ranks(FixedScores(), query.take(rows)).tolist() == whole[rows].tolist()

@@ -85,3 +85,34 @@ def test_sampler_draws_only_recent_items():
     sampler.add(np.array([9, 9, 9, 1, 2, 3], dtype=np.uint64))
     assert set(sampler.sample(200).tolist()) == {1, 2, 3}
     assert sampler.sample(4, 2).shape == (4, 2)
+
+
+def test_evaluate_fraction_ranks_an_unbiased_sample_and_keeps_feature_state_whole():
+    from freshrec.models.popularity import PopularityModel
+
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 300, 20_000), rng.zipf(1.3, 20_000).clip(1, 500)
+    pairs = list(zip(users.tolist(), items.tolist(), strict=True))
+    events = stream(pairs)
+    full = OnlineTrainer(PopularityModel(), TrainerConfig(batch_size=64))
+    sampled = OnlineTrainer(PopularityModel(), TrainerConfig(batch_size=64, evaluate_fraction=0.25))
+    full.process(events)
+    sampled.process(events)
+
+    ranked = sampled.evaluator.events
+    assert abs(ranked - 5_000) < 4 * np.sqrt(20_000 * 0.25 * 0.75)  # Binomial(20,000, 0.25)
+    standard_error = np.sqrt(0.25 / ranked)
+    assert abs(sampled.evaluator.summary().hr - full.evaluator.summary().hr) < 4 * standard_error
+    # The sample only decides what is ranked: the catalogue and every user's seen items follow all events.
+    assert len(sampled.catalogue) == len(full.catalogue)
+    for user in encode_ids(np.array([0, 1, 2, 299])):
+        seen_sampled, seen_full = sampled.seen.items_of(int(user)), full.seen.items_of(int(user))
+        assert np.array_equal(np.sort(seen_sampled), np.sort(seen_full))
+
+
+def test_evaluate_fraction_outside_zero_one_is_refused():
+    from freshrec.errors import ConfigError
+
+    for fraction in (0.0, -0.5, 1.5):
+        with pytest.raises(ConfigError, match="evaluate_fraction"):
+            TrainerConfig(evaluate_fraction=fraction)

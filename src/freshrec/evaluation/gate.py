@@ -132,20 +132,23 @@ def hit_rate_of_ranks(ranks: np.ndarray, k: int) -> float:
 
 @dataclass
 class ScoredBatch:
-    """A held-back micro-batch as the prequential evaluation ranked it with the candidate model.
+    """Events of a held-back micro-batch as the prequential evaluation ranked them with the candidate model
+    (all of the batch, or the sample `TrainerConfig.evaluate_fraction` asks for).
 
     The gate reads the candidate's HR from `ranks` and scores only the serving version again, with the
-    same task (candidates, targets, exclusions), so both are judged alike and the candidate is scored once.
+    same task (candidates, targets, exclusions) and query, so both are judged alike on the same events and
+    the candidate is scored once.
     """
 
     task: RankingTask
     ranks: np.ndarray
+    query: Query
 
-    def rescore(self, model: Recommender, query: Query, k: int) -> float:
-        """HR@k of another `model` on the same batch."""
+    def rescore(self, model: Recommender, k: int) -> float:
+        """HR@k of another `model` on the same events."""
         if len(self.task.targets) == 0:
             return 0.0
-        return hit_rate_of_ranks(self.task.ranks(model, query), k)
+        return hit_rate_of_ranks(self.task.ranks(model, self.query), k)
 
 
 class PublishGate:

@@ -134,7 +134,6 @@ class ModelPublisher:
 
     def consider(
         self,
-        query: Query,
         scored: ScoredBatch,
         loss: float | None,
         events_trained: int,
@@ -146,7 +145,7 @@ class ModelPublisher:
         window the gate can judge (it passes windows under `GateConfig.min_window_events` on the loss alone).
         """
         k = self.config.gate.k
-        self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, query, k), query)
+        self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, k), scored.query)
         if not self.due():
             return None
         return self._decide(loss, events_trained)
