@@ -348,3 +348,27 @@ def test_finite_state_arrays_round_trip_never_seen() -> None:
     copy = KeyIndex(capacity=3)
     copy.load_state_arrays(state)
     np.testing.assert_array_equal(copy.last_seen, index.last_seen)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    capacity=st.integers(4, 64),
+    rounds=st.lists(
+        st.tuples(st.lists(st.integers(1, 200), max_size=4), st.lists(st.integers(0, 200), max_size=10)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_lookups_of_a_few_keys_agree_with_the_vectorised_probe(capacity: int, rounds: list) -> None:
+    # Small tables, many removals: long probe sequences through deleted cells, where the Python-int path for
+    # a handful of keys (a request's lookups) and the vectorised rounds must still agree key by key.
+    index = KeyIndex(capacity, "lru")
+    for clock, (assigned, removed) in enumerate(rounds):
+        if assigned:
+            index.assign(np.array(assigned, dtype=U), float(clock))
+        index.remove(np.array(removed, dtype=U))
+        probe = np.arange(0, 201, dtype=U)
+        whole = index.lookup(probe)  # 201 keys: the vectorised rounds
+        few = np.concatenate([index.lookup(probe[i : i + 3]) for i in range(0, len(probe), 3)])
+        assert few.tolist() == whole.tolist()
+        assert index._find(probe[:2])[0].tolist() == index._find(probe)[0][:2].tolist()

@@ -32,3 +32,22 @@ def mix64(keys: np.ndarray, seed: int = 0) -> np.ndarray:
         x *= _M2
         x ^= x >> _S31
     return x
+
+
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def mix64_int(key: int, seed: int = 0) -> int:
+    """`mix64` of one key as a Python int: the same bijection without numpy's per-call overhead (~1 µs
+    instead of ~20 µs), for lookups of a handful of keys on a request's path.
+
+    >>> keys = [0, 1, 42, 2**63 + 5, 2**64 - 1]
+    >>> [mix64_int(k, 3) for k in keys] == mix64(np.array(keys, dtype=np.uint64), seed=3).tolist()
+    True
+    """
+    x = (key + seed * GOLDEN_GAMMA) & _MASK64
+    x ^= x >> 30
+    x = (x * MULTIPLIER_1) & _MASK64
+    x ^= x >> 27
+    x = (x * MULTIPLIER_2) & _MASK64
+    return x ^ (x >> 31)

@@ -44,7 +44,7 @@ from typing import Literal
 import numpy as np
 
 from freshrec.errors import CapacityError, ConfigError
-from freshrec.hashing import mix64
+from freshrec.hashing import mix64, mix64_int
 
 Eviction = Literal["lru", "lfu", "none"]
 
@@ -52,6 +52,8 @@ _EMPTY = -1  # cell never used: a probe for a missing key stops here
 _TOMBSTONE = -2  # cell whose key was deleted: probes continue past it, inserts do not reuse it
 _WINDOW = 8  # cells read per probe round after the first (one 64-byte cache line of keys)
 _OFFSETS = np.arange(_WINDOW, dtype=np.int64)
+#: Lookups of at most this many keys probe with Python ints (`KeyIndex._find_few`): cheaper below ~8.
+_FEW_KEYS = 4
 #: Rebuild the hash array when live + tombstone cells would exceed this fraction of it.
 MAX_USED_FRACTION = 0.625
 #: `last_seen` of a free slot in finite state arrays (``state_arrays(finite=True)``): the model store refuses
@@ -456,6 +458,8 @@ class KeyIndex:
         cost a handful of vectorised rounds instead of one round per cell.
         """
         n = len(keys)
+        if n <= _FEW_KEYS:
+            return self._find_few(keys)
         cells = np.full(n, -1, dtype=np.int64)
         slots = np.full(n, -1, dtype=np.int64)
         if keys.all():
@@ -484,6 +488,25 @@ class KeyIndex:
             pending, pending_keys = pending[go_on], pending_keys[go_on]
             pos = (pos[go_on] + _WINDOW) & self._mask_int
         return cells, slots
+
+    def _find_few(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`_find` for a handful of keys, probing cell by cell with Python ints: a request looks up one
+        user or a few items, where the vectorised rounds' dozen numpy calls (~70 µs) would be most of it."""
+        cells, slots = [-1] * len(keys), [-1] * len(keys)
+        cell_keys, cell_slots = self._cell_keys, self._cell_slots
+        shift, mask = int(self._shift), self._mask_int
+        for i, key in enumerate(keys.tolist()):
+            if key == 0:  # key 0 is never live
+                continue
+            pos = mix64_int(key) >> shift
+            while True:
+                if int(cell_keys[pos]) == key:
+                    cells[i], slots[i] = pos, int(cell_slots[pos])
+                    break
+                if int(cell_slots[pos]) == _EMPTY:
+                    break
+                pos = (pos + 1) & mask
+        return np.array(cells, dtype=np.int64), np.array(slots, dtype=np.int64)
 
     def _insert(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Insert distinct keys known to be absent into EMPTY cells.

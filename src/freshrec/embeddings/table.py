@@ -238,12 +238,28 @@ class DynamicEmbeddingTable:
         return self._tbe(index, self._offsets[: n + 1])
 
     def weights(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """float32 [n, dim] copy of the rows, outside autograd (the fast path for scoring)."""
-        return self._weights.index_select(0, self._row_tensor(rows))
+        """float32 [n, dim] copy of the rows, outside autograd (the fast path for scoring).
+
+        Gathered by numpy, which keeps the GIL: a torch op releases it, and in a server a request that lets
+        go of the GIL for a one-row lookup may then wait for a background thread's whole switch interval.
+        """
+        return torch.from_numpy(self._weights_array()[self._row_array(rows)])
+
+    def _weights_array(self) -> np.ndarray:
+        """The weights as a numpy array over the same memory; re-made when the storage is another one (a
+        deep copy of the table gets its own storage and must not read the original's)."""
+        cached = self.__dict__.get("_weights_numpy")
+        if cached is None or cached.ctypes.data != self._weights.data_ptr():
+            cached = self._weights_numpy = self._weights.detach().numpy()
+        return cached
 
     def _row_tensor(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Rows as a flat int64 tensor (sharing memory where it can), range-checked: fbgemm runs without
         its own bounds check, so an out-of-range row must never reach it."""
+        return torch.from_numpy(self._row_array(rows))
+
+    def _row_array(self, rows: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Rows as a flat int64 array, range-checked (see `_row_tensor`)."""
         if isinstance(rows, torch.Tensor):
             array = rows.detach().reshape(-1).to(torch.int64).numpy()
         else:
@@ -255,7 +271,7 @@ class DynamicEmbeddingTable:
                     f"rows must lie in [0, {self.num_rows}), got values in [{low}, {high}]; "
                     "get rows from rows_for_training or rows_for_serving"
                 )
-        return torch.from_numpy(array)
+        return array
 
     # ------------------------------------------------------------------ changes and state
     def drain_changes(self) -> TableChanges:
