@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -297,6 +298,15 @@ def main() -> int:
         "--events-per-second", type=float, default=300.0, help="events posted while measuring"
     )
     parser.add_argument("--publish-ms", type=int, default=1000)
+    parser.add_argument(
+        "--evaluate-fraction",
+        type=float,
+        default=0.25,
+        help="share of events the trainer ranks for its metrics and gate (`freshrec train "
+        "--evaluate-fraction`): each costs a pass over the 100,000 items, so ranking all 300/s would take "
+        "most of a core",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the store, log and process logs")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -311,7 +321,17 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     dirs = ["--store", str(work / "store"), "--log", str(work / "log")]
     cli = [sys.executable, "-m", "freshrec.cli"]
-    train = [*cli, "train", *dirs, "--model", "bpr-mf", "--publish-ms", str(args.publish_ms)]
+    train = [
+        *cli,
+        "train",
+        *dirs,
+        "--model",
+        "bpr-mf",
+        "--publish-ms",
+        str(args.publish_ms),
+        "--evaluate-fraction",
+        str(args.evaluate_fraction),
+    ]
     with open(work / "processes.log", "w") as logs:
         children = [
             subprocess.Popen([*cli, "serve", *dirs, "--port", str(port)], stdout=logs, stderr=logs),
@@ -353,6 +373,10 @@ def main() -> int:
                 except subprocess.TimeoutExpired:  # a trainer deep in a backlog stops between batches
                     child.kill()
                     child.wait()
+            if args.keep:
+                print(f"kept {work}", flush=True)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
 
     rows, verdicts = [], []
     for phase in phases:
@@ -391,8 +415,10 @@ def main() -> int:
     machine = machine_line("fastapi", "uvicorn", "uvloop", "httptools", "faiss-cpu")
     setup = (
         f"Real `freshrec serve` and `freshrec train --model bpr-mf --publish-ms {args.publish_ms}` processes "
-        f"on 127.0.0.1 (dimension 64, registry capacity 100,000 items). Warm-up: {len(warmup):,} events "
-        f"posted so that all {args.items:,} items were seen ({warm_seconds:.0f} s until served). Then one "
+        f"on 127.0.0.1 (dimension 64, registry capacity 100,000 items; the trainer ranks "
+        f"{args.evaluate_fraction:.0%} of the events for its metrics and publish gate). Warm-up: "
+        f"{len(warmup):,} events posted so that all {args.items:,} items were seen ({warm_seconds:.0f} s "
+        "until served). Then one "
         f"phase of {args.seconds:g} s per rate: an open-loop generator (asyncio, keep-alive connections, in "
         f"the benchmark process) sends `GET /recommend?k={args.k}` to {args.users:,} known users "
         "(5% unknown: cold start), latency from each request's *scheduled* send time; meanwhile "

@@ -169,6 +169,10 @@ def serve_command(
     from freshrec.serving.runtime import ServingConfig
 
     console.print(f"[bold]freshrec serve[/] http://{host}:{port}  store={store} log={log}")
+    # Requests run on the event loop's thread while the store and log followers run Python of their own:
+    # each time a request releases the GIL (a faiss search, a torch lookup) a busy follower may keep it for
+    # the whole switch interval before the request gets it back. 1 ms instead of CPython's 5 ms bounds that.
+    sys.setswitchinterval(0.001)
     uvicorn.run(
         create_app(ServingConfig(store_dir=store, log_dir=log)), host=host, port=port, log_level="warning"
     )
@@ -184,6 +188,13 @@ def train_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Events per micro-batch (B).")] = 256,
     publish_ms: Annotated[int, typer.Option(min=0, help="Publish at most this often.")] = 1000,
     tolerance: Annotated[float, typer.Option(help="Largest HR@10 drop the publish gate allows.")] = 0.01,
+    evaluate_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of events (0 < f <= 1) ranked for the metrics and the publish gate (each costs a "
+            "pass over the catalogue); lower it for large catalogues at high event rates.",
+        ),
+    ] = 1.0,
 ) -> None:
     """Learn from the event log as it grows and publish gated versions, until SIGINT / SIGTERM."""
     import signal
@@ -205,7 +216,7 @@ def train_command(
     try:
         # Everything slow to start (torch's import: ~2 s) happens before the first version is published,
         # so that a served version means a trainer ready to learn the next events.
-        trainer_config = TrainerConfig(batch_size=batch_size)
+        trainer_config = TrainerConfig(batch_size=batch_size, evaluate_fraction=evaluate_fraction)
         if trainer_config.torch_threads is not None:
             import torch
 

@@ -36,6 +36,19 @@ MAX_BODY_BYTES = 1 << 20
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
+class RecommendedItem(BaseModel):
+    item_id: str | int = Field(description="The item's id as clients sent it in events.")
+    score: float = Field(description="The model's score; higher is better, comparable within one answer.")
+
+
+class RecommendationBody(BaseModel):
+    """``GET /recommend``: the top items for a user and the model version that ranked them."""
+
+    user_id: str
+    model_version: int
+    items: list[RecommendedItem]
+
+
 class RollbackBody(BaseModel):
     """``POST /admin/rollback``: which kept version to serve again, and why (recorded in the store)."""
 
@@ -101,24 +114,28 @@ def create_app(
             {"ready": ready, "model_version": runtime.version}, status_code=200 if ready else 503
         )
 
-    @app.get("/recommend")
+    @app.get("/recommend", response_model=RecommendationBody)
     async def recommend(
         user_id: str = Query(..., min_length=1, max_length=256),
         k: int = Query(10, ge=1, le=1000),
         exclude_seen: bool = True,
-    ) -> dict[str, object]:
+    ) -> JSONResponse:
         started = time.perf_counter()
         if not runtime.ready:
             raise HTTPException(status_code=503, detail="no model version is loaded yet")
         result = runtime.recommend(user_id, k, exclude_seen)
         latency.labels("recommend").observe(time.perf_counter() - started)
-        return {
-            "user_id": user_id,
-            "model_version": result.model_version,
-            "items": [
-                {"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)
-            ],
-        }
+        # A JSONResponse skips FastAPI's validation and re-serialisation of the return value through the
+        # response model (a tenth of a request's CPU); the model stays declared for the OpenAPI schema.
+        return JSONResponse(
+            {
+                "user_id": user_id,
+                "model_version": result.model_version,
+                "items": [
+                    {"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)
+                ],
+            }
+        )
 
     @app.post("/events", status_code=202)
     async def events(request: Request) -> JSONResponse:

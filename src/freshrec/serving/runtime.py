@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -78,6 +79,10 @@ class ServingConfig:
         Threads torch and faiss may use in this process (set at `ServingRuntime.start`). One request is a
         single small matrix product or one IVF probe, which gain nothing from a thread pool, while an idle
         pool's spinning and an index rebuild on every core take CPU from the requests.
+    follower_nice
+        CPU priority (Linux nice increment) of the thread that applies new versions and maintains the item
+        index: when the cores are busy, requests go first and a delta waits a little, instead of an index
+        rebuild (seconds of a core) queueing every request behind it. 0 keeps the process's priority.
     """
 
     store_dir: Path
@@ -89,6 +94,7 @@ class ServingConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     model_factory: Callable[..., Recommender] = create_model
     compute_threads: int = 1
+    follower_nice: int = 5
 
 
 @dataclass
@@ -264,6 +270,13 @@ class ServingRuntime:
 
     def _follow_store(self) -> None:
         self._limit_faiss_threads()
+        if self.config.follower_nice and hasattr(os, "setpriority"):
+            try:  # on Linux a thread id names the thread alone; elsewhere this may not apply
+                thread = threading.get_native_id()
+                nice = min(19, os.getpriority(os.PRIO_PROCESS, thread) + self.config.follower_nice)
+                os.setpriority(os.PRIO_PROCESS, thread, nice)
+            except OSError:
+                _log.warning("could not lower the store follower's CPU priority; it runs at the process's")
         while not self._stop.is_set():
             current = self.store.wait_for_change(self.version, timeout=0.25, poll_interval=0.01)
             if current is None or current == self.version:
