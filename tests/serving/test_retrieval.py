@@ -426,3 +426,19 @@ def test_commit_after_a_rebuild_recomputes_the_stale_list_assignment():
     found, scores = index.search(queries[3], k=1)
     assert found[0, 0] == target
     assert scores[0, 0] == pytest.approx(float(queries[3] @ new_vector), rel=1e-5)
+
+
+def test_drift_counts_distinct_items_so_hot_items_updated_again_and_again_do_not_rebuild():
+    config = RetrievalConfig(exact_below=256, nprobe=8, initial_capacity=64, rebuild_after_changes=0.2)
+    index, keys, items, _ = index_with(config, 1000)
+    built = index._ann
+    rng = np.random.default_rng(1)
+    for _ in range(50):  # 50 x 50 upserts of the same 50 popular items: 2.5x the catalogue, 5% of it distinct
+        hot = keys[:50]
+        index.upsert(hot, items[:50] + rng.standard_normal((50, DIM)).astype(np.float32) * 0.1)
+    assert index._ann is built
+    index.upsert(keys[50:250], items[50:250] * 1.01)  # 250 distinct items changed: a quarter of them
+    assert index._ann is not built
+    rebuilt = index._ann
+    index.upsert(keys[:100], items[:100])  # counting starts afresh after a rebuild
+    assert index._ann is rebuilt
