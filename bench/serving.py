@@ -307,6 +307,11 @@ def main() -> int:
         "most of a core",
     )
     parser.add_argument("--keep", action="store_true", help="keep the store, log and process logs")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="give the server core 0 and the trainer and this process (load generator, feeder) core 1",
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -332,10 +337,16 @@ def main() -> int:
         "--evaluate-fraction",
         str(args.evaluate_fraction),
     ]
+    server_cpus, trainer_cpus = [], []
+    if args.pin:
+        server_cpus, trainer_cpus = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
+        os.sched_setaffinity(0, {1})
     with open(work / "processes.log", "w") as logs:
         children = [
-            subprocess.Popen([*cli, "serve", *dirs, "--port", str(port)], stdout=logs, stderr=logs),
-            subprocess.Popen(train, stdout=logs, stderr=logs),
+            subprocess.Popen(
+                [*server_cpus, *cli, "serve", *dirs, "--port", str(port)], stdout=logs, stderr=logs
+            ),
+            subprocess.Popen([*trainer_cpus, *train], stdout=logs, stderr=logs),
         ]
         try:
             deadline = time.monotonic() + 60

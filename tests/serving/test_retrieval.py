@@ -442,3 +442,19 @@ def test_drift_counts_distinct_items_so_hot_items_updated_again_and_again_do_not
     rebuilt = index._ann
     index.upsert(keys[:100], items[:100])  # counting starts afresh after a rebuild
     assert index._ann is rebuilt
+
+
+def test_a_single_query_answers_as_the_batch_path_does_with_and_without_exclusions():
+    # One query row takes a path of its own (one ANN call, a set of excluded rows); it must answer exactly
+    # as the batch path, including rows whose exclusions exceed the over-fetch (the batch path's fallback).
+    config = RetrievalConfig(exact_below=256, nprobe=8, initial_capacity=64, max_overfetch=32)
+    index, keys, _, queries = index_with(config, 1500)
+    rng = np.random.default_rng(4)
+    excluded = [rng.choice(keys, size=size, replace=False) for size in rng.integers(0, 120, len(queries))]
+    excluded[0] = np.zeros(0, np.uint64)
+    batch_keys, batch_scores = index.search(queries, 10, exclude=excluded)
+    for i in range(len(queries)):
+        one_keys, one_scores = index.search(queries[i], 10, exclude=[excluded[i]])
+        assert one_keys[0].tolist() == batch_keys[i].tolist()
+        assert np.allclose(one_scores[0], batch_scores[i])
+        assert not set(one_keys[0].tolist()) & set(excluded[i].tolist())

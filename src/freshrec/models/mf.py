@@ -153,7 +153,7 @@ class BPRMatrixFactorization:
 
     def _user_matrix(self, user_keys: np.ndarray) -> torch.Tensor:
         users = self.users.weights(self.users.rows_for_serving(as_keys(user_keys, "user_keys")))
-        users[:, -1] = 1.0
+        users.numpy()[:, -1] = 1.0  # through numpy: a torch op would let go of the GIL (see Table.weights)
         return users
 
     # ------------------------------------------------------------------ learning

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from freshrec.hashing import GOLDEN_GAMMA, MULTIPLIER_1, MULTIPLIER_2, mix64
+from freshrec.hashing import GOLDEN_GAMMA, MULTIPLIER_1, MULTIPLIER_2, mix64, mix64_int
 from freshrec.interactions import NO_KEY
 from freshrec.timeparse import T_INT, T_STR, classify_column, text_array
 
@@ -131,6 +131,17 @@ class IdEncoder:
         """The raw id of each key (object array), None where the key is unknown or forgotten."""
         get = self._raw.get
         return np.fromiter((get(k) for k in np.asarray(keys).tolist()), dtype=object, count=len(keys))
+
+
+def encode_int(number: int) -> int:
+    """`encode_ids` of one integer id of the int64 range, as a Python int, without the array machinery
+    (~1 µs instead of ~60 µs: a request encodes one user id).
+
+    >>> ids = [0, 1, -7, 2**62, -(2**63)]
+    >>> [encode_int(i) for i in ids] == encode_ids(np.array(ids, dtype=np.int64)).tolist()
+    True
+    """
+    return mix64_int(number & 0xFFFFFFFFFFFFFFFF, seed=1) or int(_ZERO_KEY_REPLACEMENT)
 
 
 def _mix_ints(x: np.ndarray) -> np.ndarray:

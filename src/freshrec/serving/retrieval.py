@@ -268,6 +268,13 @@ class ItemIndex:
             out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
             if len(self._map) == 0 or len(queries) == 0:
                 return out_keys, out_scores
+            if self._ann is not None and len(queries) == 1:
+                one = self._approximate_one(queries, k, excluded[0] if excluded else None)
+                if one is not None:
+                    found, scores = one
+                    out_keys[0, : len(found)] = self._map.keys_of(found)
+                    out_scores[0, : len(found)] = scores
+                    return out_keys, out_scores
             rows, slots = self._excluded_pairs(excluded)
             if self._ann is None:
                 found, scores = self._exact(queries, k, rows, slots)
@@ -468,6 +475,26 @@ class ItemIndex:
             f3, s3 = self._exact(queries[short], k, sub_rows, sub_slots)
             found[short, : f3.shape[1]], scores[short, : f3.shape[1]] = f3, s3
         return found, scores
+
+    def _approximate_one(
+        self, query: np.ndarray, k: int, exclude: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """`_approximate` for a single query, the serving case: one ANN call over-fetching by the number of
+        excluded items, filtered through a Python set (the batch path's sorts and masks cost more than the
+        search at one row). Returns (item rows, scores) of the eligible results, best first, or None when
+        the ANN came up short, for the batch path (refetch, then exact search) to take over."""
+        excluded: set[int] = set()
+        if exclude is not None and len(exclude):
+            slots = self._map.lookup(exclude)
+            excluded = set(slots[slots >= 0].tolist())
+        n_live = len(self._map)
+        eligible = min(k, n_live - len(excluded))
+        fetch = min(n_live, k + min(len(excluded), self.config.max_overfetch))
+        distances, ids = self._ann.search(query, fetch)
+        picked = [j for j, row in enumerate(ids[0].tolist()) if row >= 0 and row not in excluded][:k]
+        if len(picked) < eligible:
+            return None
+        return ids[0, picked], distances[0, picked].astype(np.float32, copy=False)
 
     def _filtered_ann(
         self, queries: np.ndarray, k: int, fetch: int, rows: np.ndarray, slots: np.ndarray

@@ -41,7 +41,7 @@ from freshrec.interactions import Query
 from freshrec.model_state import StateChanges
 from freshrec.models.base import Recommender
 from freshrec.models.registry import create_model
-from freshrec.preprocess.encode import IdEncoder, encode_ids
+from freshrec.preprocess.encode import IdEncoder, encode_ids, encode_int
 from freshrec.preprocess.validate import EventValidator, Rejection
 from freshrec.publishing.store import ModelStore, VersionInfo
 from freshrec.serving.retrieval import ItemIndex, RetrievalConfig
@@ -357,7 +357,7 @@ def user_key_of(user_id: str | int) -> np.ndarray:
     ):
         number = int(user_id)
         if str(number) == user_id:
-            return encode_ids(np.array([number], dtype=np.int64))
+            return np.array([encode_int(number)], dtype=np.uint64)
     return encode_ids(np.array([user_id], dtype=object))
 
 
