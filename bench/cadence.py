@@ -90,8 +90,9 @@ def main() -> int:
             "hour boundary; (c) a model retrained from scratch at every UTC day boundary on all earlier days "
             "(gradient models: several shuffled epochs of their own learn() with the recent-item negative "
             "sampler; counting models: one pass), frozen for the day; (d) the learner frozen after 50% of "
-            "the events. Feature state (histories, seen items) is live for all four. Micro-batches are cut "
-            "at hour boundaries so refreshes happen exactly there.",
+            "the events. Feature state (histories, seen items) is live for all four. The learner learns in "
+            "micro-batches of B events; scoring is cut at hour and day boundaries, so a refreshed copy "
+            "serves exactly the events after its boundary, with the learner's state as it is then.",
             "",
             *sections,
         ]

@@ -74,29 +74,43 @@ def test_the_four_cadences_run_and_report_every_event():
     assert "one pass in time order" in table
 
 
-def test_batches_never_straddle_a_refresh_boundary_nor_exceed_b():
+def learning_start(index: int, batch_size: int = 16, frozen_at: int | None = None) -> int:
+    """First event of the learner's micro-batch holding event `index`: B-event batches from 0, and again
+    from the freeze point: the events the learner has learned while that batch is scored."""
+    origin = 0 if frozen_at is None or index < frozen_at else frozen_at
+    return origin + (index - origin) // batch_size * batch_size
+
+
+def test_scoring_never_straddles_a_refresh_boundary_and_learning_goes_in_batches_of_b():
     events = tiny_stream(2_000)
     seen: list[tuple[int, int]] = []
-    CadenceStudy(small_popularity, config(batch_size=16)).run(
-        events, on_batch=lambda a, b, _: seen.append((a, b))
-    )
+
+    def observe(start, stop, served):
+        seen.append((start, stop))
+        # The learner learns whole micro-batches of B events (the protocol's), whatever the hours do.
+        assert learned_events(served["per-batch"]) == learning_start(start, 16, 1_000)
+
+    CadenceStudy(small_popularity, config(batch_size=16)).run(events, on_batch=observe)
     assert [a for a, _ in seen] == [0] + [b for _, b in seen[:-1]] and seen[-1][1] == 2_000
     hours = np.floor(events.timestamps / HOUR)
     for start, stop in seen:
         assert 0 < stop - start <= 16
         assert hours[start] == hours[stop - 1]
+        assert learning_start(start, 16, 1_000) == learning_start(stop - 1, 16, 1_000)  # one batch
     assert 1_000 in [a for a, _ in seen]  # the freeze point is a cut too
+    assert len(seen) > 2_000 / 16 + 20  # hour boundaries cut many batches into scoring segments
 
 
 def test_hourly_copy_is_refreshed_exactly_at_hour_boundaries_with_the_learners_state():
     events = tiny_stream(3_000)
-    expected = first_index_of_bucket(events.timestamps, HOUR)
+    hour_start = first_index_of_bucket(events.timestamps, HOUR)
     checked = []
 
     def observe(start, stop, served):
-        # At every batch, the served copy knows exactly the events before the current hour.
-        checked.append(learned_events(served["hourly"]) == expected[start])
-        assert learned_events(served["per-batch"]) == start
+        # The served copy holds what the learner held when the current hour began: every micro-batch
+        # learned before the hour's first event.
+        checked.append(learned_events(served["hourly"]) == learning_start(hour_start[start], 16, 1_500))
+        assert learned_events(served["per-batch"]) == learning_start(start, 16, 1_500)
 
     study = CadenceStudy(small_popularity, config())
     study.run(events, on_batch=observe)
@@ -111,17 +125,20 @@ def test_daily_retrain_happens_at_day_boundaries_and_counts_only_earlier_days_on
     events = tiny_stream(3_000)
     expected = first_index_of_bucket(events.timestamps, DAY)
     checked = []
+    # "replay" counts every event before the day in a fresh model; "snapshot" takes the learner's state at
+    # the boundary: every micro-batch learned before the day's first event, never one event of the day.
+    known = expected if counting_retrain == "replay" else [learning_start(i, 16, 1_500) for i in expected]
     study = CadenceStudy(small_popularity, config(retrain_epochs=3, counting_retrain=counting_retrain))
     study.run(
         events,
-        on_batch=lambda start, _, served: checked.append(learned_events(served["daily"]) == expected[start]),
+        on_batch=lambda start, _, served: checked.append(learned_events(served["daily"]) == known[start]),
     )
     assert all(checked)
     daily = [r for r in study.refreshes if r.cadence == "daily"]
     assert [r.event_index for r in daily] == (
         np.flatnonzero(np.diff(np.floor(events.timestamps / DAY))) + 1
     ).tolist()
-    assert all(r.epochs == 1 and r.trained_events == r.event_index for r in daily)  # counting: one pass
+    assert all(r.epochs == 1 and r.trained_events == known[r.event_index] for r in daily)  # one pass
 
 
 class PopularityWithLoss(PopularityModel):
