@@ -483,7 +483,13 @@ def main() -> int:
         f"the benchmark process) sends `GET /recommend?k={args.k}` to {args.users:,} known users "
         "(5% unknown: cold start), latency from each request's *scheduled* send time; meanwhile "
         f"{args.events_per_second:g} events/s are posted (1% on new items, which evict the least recently "
-        f"used) and the trainer publishes deltas. Server catalogue at the end: {catalogue_size} items."
+        f"used) and the trainer publishes deltas. Server catalogue at the end: {catalogue_size} items. "
+        + (
+            "Placement: the server pinned to core 0, the trainer and the benchmark process (load generator, "
+            "feeder) to core 1 (`taskset`, `--pin`), as separate machines or a cpuset would place them."
+            if args.pin
+            else "Placement: every process may run on either core (no `--pin`)."
+        )
     )
     caveat = (
         "The machine's 2 cores are shared by the server, the trainer, the load generator and other work "
@@ -509,7 +515,8 @@ def main() -> int:
         [
             "## Serving: /recommend latency while the trainer publishes every second",
             "",
-            f"`python bench/serving.py --rates {args.rates} --seconds {args.seconds:g}` — {machine}",
+            f"`python bench/serving.py --rates {args.rates} --seconds {args.seconds:g}"
+            f"{' --pin' if args.pin else ''}` — {machine}",
             "",
             f"{setup} {caveat} Target: p99 ≤ 20 ms, 0 errors, at 300 requests/s.",
             "",
