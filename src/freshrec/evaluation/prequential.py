@@ -92,24 +92,6 @@ def ranks_of_targets(
     target_excluded[cell_rows[cell_columns == targets[cell_rows]]] = True
     ranks[rows] = np.where(target_excluded, -1, better + tied_before)
     return ranks
-    # A NaN score must never look like a hit: it ranks as -inf (last, ties by column order).
-    rows = np.flatnonzero(present)
-    targets = target_columns[rows]
-    row_to_sub = np.full(n, -1, dtype=np.int64)
-    row_to_sub[rows] = np.arange(len(rows))
-    sub = np.nan_to_num(scores[rows].astype(np.float32), nan=-np.inf)
-    allowed = np.ones(sub.shape, dtype=bool)
-    sub_rows = row_to_sub[excluded_rows]
-    keep = (sub_rows >= 0) & (excluded_columns >= 0)
-    allowed[sub_rows[keep], excluded_columns[keep]] = False
-    picked = np.arange(len(rows))
-    target_scores = sub[picked, targets]
-    better = ((sub > target_scores[:, None]) & allowed).sum(axis=1)
-    columns = np.arange(sub.shape[1])[None, :]
-    tied_before = ((sub == target_scores[:, None]) & allowed & (columns < targets[:, None])).sum(axis=1)
-    # A target the user had already acted on is excluded from the list, so it cannot be a hit.
-    ranks[rows] = np.where(allowed[picked, targets], better + tied_before, -1)
-    return ranks
 
 
 @dataclass
