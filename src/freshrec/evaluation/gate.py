@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from freshrec.evaluation.prequential import RankingTask, ranks_of_targets
+from freshrec.evaluation.prequential import RankingTask
 from freshrec.interactions import Query
 from freshrec.models.base import Recommender
 
@@ -121,8 +121,8 @@ def hit_rate(
     order = np.argsort(candidate_keys, kind="stable")
     at = np.minimum(np.searchsorted(candidate_keys[order], item_keys), len(order) - 1)
     targets = np.where(candidate_keys[order][at] == item_keys, order[at], -1)
-    ranks = ranks_of_targets(model.score(query, candidate_keys), targets, excluded_rows, excluded_columns)
-    return hit_rate_of_ranks(ranks, k)
+    task = RankingTask(candidate_keys, targets, excluded_rows, excluded_columns)
+    return hit_rate_of_ranks(task.ranks(model, query), k)
 
 
 def hit_rate_of_ranks(ranks: np.ndarray, k: int) -> float:
@@ -145,9 +145,7 @@ class ScoredBatch:
     query: Query
 
     def rescore(self, model: Recommender, k: int) -> float:
-        """HR@k of another `model` on the same events."""
-        if len(self.task.targets) == 0:
-            return 0.0
+        """HR@k of another `model` on the same events (0 when none was ranked)."""
         return hit_rate_of_ranks(self.task.ranks(model, self.query), k)
 
 
