@@ -561,7 +561,6 @@ class CadenceStudy:
         refresh_bucket = np.floor(times / config.refresh_seconds)
         retrain_bucket = np.floor(times / config.retrain_seconds)
         for batch_start, batch_stop in self._learning_batches(n, frozen_at):
-            queries = []
             segments = self._scoring_segments(batch_start, batch_stop, refresh_bucket, retrain_bucket)
             for start, stop in segments:
                 new_hour = start > 0 and refresh_bucket[start] != refresh_bucket[start - 1]
@@ -608,7 +607,6 @@ class CadenceStudy:
                 query = history.query_and_record(users, items, times[part])
                 stored_history_keys[part] = query.history_keys
                 stored_history_times[part] = query.history_times
-                queries.append(query)
                 task = RankingTask.prepare(catalogue, seen, query, items)
                 for cadence in CADENCES:
                     if cadence != "per-batch" and current[cadence]:
@@ -625,9 +623,12 @@ class CadenceStudy:
             tick = time.perf_counter()
             part = slice(batch_start, batch_stop)
             items = events.item_keys[part]
+            query = Query(
+                events.user_keys[part], times[part], stored_history_keys[part], stored_history_times[part]
+            )
             negatives = sampler.sample(batch_stop - batch_start, trainer.negatives, fallback=items)
             stats = online.learn(
-                Interactions(_joined(queries), items, events.values[part], events.kinds[part], negatives)
+                Interactions(query, items, events.values[part], events.kinds[part], negatives)
             )
             sampler.add(items)
             self._learns_by_gradient |= stats.loss is not None
@@ -753,18 +754,6 @@ class CadenceStudy:
         seconds = time.perf_counter() - started
         self.refreshes.append(Refresh(cadence, index, float(timestamp), trained, epochs, seconds))
         return seconds
-
-
-def _joined(queries: list[Query]) -> Query:
-    """One query of consecutive segments' queries (the study keeps no history values)."""
-    if len(queries) == 1:
-        return queries[0]
-    return Query(
-        np.concatenate([q.user_keys for q in queries]),
-        np.concatenate([q.timestamps for q in queries]),
-        np.concatenate([q.history_keys for q in queries]),
-        np.concatenate([q.history_times for q in queries]),
-    )
 
 
 def _catch_up(copy: Recommender, pending: list[StateChanges], learner: Recommender) -> None:
