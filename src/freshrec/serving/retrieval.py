@@ -345,7 +345,7 @@ class ItemIndex:
             if len(self._map) + n_new > self._map.capacity:
                 grown = self._grown(len(self._map) + n_new)  # O(n) copy, outside the write lock
                 with self._lock.write():  # same keys in the same rows: no search result changes
-                    self._map, self._vectors, self._row_bias = grown
+                    self._map, self._vectors, self._row_bias, self._changed_rows = grown
             ann = self._ann
             lists = _coarse_lists(ann, vectors) if ann is not None and len(unique) else None
         return PreparedUpdate(unique, vectors, removed, ann, lists)
@@ -366,7 +366,7 @@ class ItemIndex:
             if len(self._map) + n_new > self._map.capacity:  # another update grew the catalogue since
                 grown = self._grown(len(self._map) + n_new)
                 with self._lock.write():
-                    self._map, self._vectors, self._row_bias = grown
+                    self._map, self._vectors, self._row_bias, self._changed_rows = grown
             with self._lock.write():
                 if len(update.removed):
                     slots = self._map.remove(update.removed)
@@ -386,10 +386,6 @@ class ItemIndex:
                             self._ann.remove_ids(replaced)
                         _add_preassigned(self._ann, vectors, slots, lists)
             if len(keys):
-                if len(self._changed_rows) < len(self._row_bias):  # the arrays grew
-                    self._changed_rows = np.pad(
-                        self._changed_rows, (0, len(self._row_bias) - len(self._changed_rows))
-                    )
                 fresh = slots[~self._changed_rows[slots]]
                 self._changed_rows[fresh] = True
                 self._changed_since_build += len(fresh)
@@ -524,9 +520,10 @@ class ItemIndex:
         return found, scores, count
 
     # ------------------------------------------------------------------ internals: maintenance
-    def _grown(self, needed: int) -> tuple[KeyIndex, np.ndarray, np.ndarray]:
-        """Copies of the key map and arrays with room for `needed` items; every key keeps its row (so the ANN
-        index, whose ids are rows, stays valid). Call under the update lock only."""
+    def _grown(self, needed: int) -> tuple[KeyIndex, np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the key map and the per-row arrays (vectors, bias, changed-since-build flags) with room
+        for `needed` items; every key keeps its row (so the ANN index, whose ids are rows, stays valid). Call
+        under the update lock only."""
         capacity = max(needed, 2 * self._map.capacity)
         old = self._map.state_arrays()
         pad = capacity - self._map.capacity
@@ -542,7 +539,7 @@ class ItemIndex:
         vectors[: self._map.capacity] = self._vectors
         bias = np.full(capacity, -np.inf, dtype=np.float32)
         bias[: self._map.capacity] = self._row_bias
-        return grown_map, vectors, bias
+        return grown_map, vectors, bias, np.pad(self._changed_rows, (0, pad))
 
     def _maintain_ann(self) -> None:
         """Build, rebuild or drop the ANN index after an update. Call under the update lock (no writer can
