@@ -299,7 +299,7 @@ def measure(base: str, events: SyntheticEvents, rate: float, args: argparse.Name
 
 def served_recall(store_dir: Path, n_users: int, k: int, seed: int = 3) -> dict[str, float]:
     """Recall@k of the server's kind of item index (default `RetrievalConfig`) against exact search, on the
-    item and user vectors of the store's current version (read after the processes stopped), for up to
+    item and user vectors of the store's current version (read after the measured phases), for up to
     `n_users` users the model knows. Also counts the distinct items among all exact top-k lists: how much
     the answers differ from user to user (a popularity-dominated model makes recall easy)."""
     from freshrec.interactions import Query
@@ -437,6 +437,7 @@ def main() -> int:
                 for line in urllib.request.urlopen(base + "/metrics").read().decode().splitlines()
                 if line.startswith("freshrec_catalogue_items ")
             ]
+            recall = served_recall(work / "store", 1000, args.k)  # a reader: the processes may still run
         finally:
             for child in children:
                 child.send_signal(signal.SIGTERM)
@@ -446,7 +447,6 @@ def main() -> int:
                 except subprocess.TimeoutExpired:  # a trainer deep in a backlog stops between batches
                     child.kill()
                     child.wait()
-            recall = served_recall(work / "store", 1000, args.k)
             if args.keep:
                 print(f"kept {work}", flush=True)
             else:
