@@ -101,6 +101,32 @@ def test_the_folded_last_block_equals_the_full_sequence_pass(layers: int) -> Non
     np.testing.assert_allclose(model.user_vectors(query)[:, :-1], full, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_steep_recency_bias_attends_only_to_the_latest_items(layers: int) -> None:
+    """The ALiBi slope is what keeps old positions out: at a steep slope the oldest history item no longer
+    moves the state, without it the same change does."""
+    rng = np.random.default_rng(6)
+    query = random_query(rng, 8)
+    query.history_keys[:] = rng.integers(1, 30, (8, N)).astype(U)
+    query.history_times[:] = 1e6 - 100.0  # same gap everywhere: only the position tells old from new
+    changed = Query(query.user_keys, query.timestamps, query.history_keys.copy(), query.history_times.copy())
+    changed.history_keys[:, 0] = (changed.history_keys[:, 0] % 29) + 1
+    moved = {}
+    for slope in (0.0, 40.0):
+        model = trained(small(layers=layers, attention_recency=slope))
+        moved[slope] = np.abs(model.user_vectors(changed) - model.user_vectors(query)).max()
+    assert moved[40.0] < 1e-5 < moved[0.0]
+
+
+def test_the_recency_slopes_are_learned_and_published() -> None:
+    model = small()
+    before = model.state_dict()["dense.blocks.0.recency_slope"].copy()
+    np.testing.assert_allclose(before, SASRecConfig().attention_recency)
+    for step in range(3):
+        model.learn(random_batch(np.random.default_rng(step), 32))
+    assert not np.allclose(model.state_dict()["dense.blocks.0.recency_slope"], before)
+
+
 def test_padding_is_ignored() -> None:
     """An item at a padded position (key 0) must not matter: only the real items and their times do."""
     model = trained(small())
