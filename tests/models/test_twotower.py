@@ -179,6 +179,25 @@ def test_item_features_change_item_vectors() -> None:
     assert not np.allclose(before, featured.item_vectors(keys))
 
 
+def test_history_time_buckets_weigh_history_items_by_their_age() -> None:
+    rng = np.random.default_rng(7)
+    batch = random_batch(rng, 1e6, 16)
+    query = batch.query
+    query.history_keys[:] = rng.integers(1, UNIVERSE, (16, HISTORY)).astype(U)  # full histories
+    query.history_times[:] = query.timestamps[:, None] - 60.0
+    older = Query(query.user_keys, query.timestamps, query.history_keys, query.history_times.copy())
+    older.history_times[:, 0] -= 30 * 86_400.0  # the oldest item a month earlier; the last one unchanged
+    off, on = TwoTowerModel(small()), TwoTowerModel(small(history_time_buckets=32))
+    np.testing.assert_array_equal(off.user_vectors(older), off.user_vectors(query))
+    np.testing.assert_array_equal(on.user_vectors(older), on.user_vectors(query))  # logits start at 0
+    for step in range(8):
+        learned = random_batch(rng, 1e6 + 1e5 * step, 12)
+        learned.query.history_times[:] -= rng.uniform(0, 1e7, learned.query.history_times.shape)
+        on.learn(learned)
+    assert np.abs(on.dense.time_logits.detach().numpy()).max() > 0  # learned, so published with dense.*
+    assert not np.allclose(on.user_vectors(older), on.user_vectors(query))
+
+
 # ---------------------------------------------------------------------- publishing
 FACTORIES = {
     "shared": lambda: TwoTowerModel(small(user_capacity=6, item_capacity=8)),
@@ -271,5 +290,7 @@ def test_config_errors_name_the_field() -> None:
         TwoTowerConfig(dim=10)
     with pytest.raises(ConfigError, match="history_decay"):
         TwoTowerConfig(history_decay=0.0)
+    with pytest.raises(ConfigError, match="history_time_buckets"):
+        TwoTowerConfig(history_time_buckets=-1)
     with pytest.raises(ConfigError, match="power of two"):
         StreamingFrequency(buckets=12, ema=0.1)
