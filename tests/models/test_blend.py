@@ -54,8 +54,9 @@ def test_is_a_recommender_and_publishable_with_the_longest_history() -> None:
     blend = with_sasrec()
     assert isinstance(blend, Recommender) and isinstance(blend, PublishableModel)
     assert blend.history_length == N + 2
-    kinds = len(BlendConfig().feature_kinds)
-    assert blend.weights.shape == (len(BlendConfig().history_buckets) + 1, 3 * kinds)
+    config = BlendConfig()
+    buckets = (len(config.history_buckets) + 1) * (len(config.gap_buckets) + 1)
+    assert blend.weights.shape == (buckets, 3 * len(config.feature_kinds))
 
 
 @pytest.mark.parametrize("training_candidates", ["recent", "sampled"])
@@ -164,6 +165,22 @@ def test_reference_ranks_count_the_reference_scores_above_with_ties_as_half() ->
     )
 
 
+def test_buckets_cross_history_length_with_the_time_since_the_last_event() -> None:
+    config = BlendConfig(history_buckets=(1, 3), gap_buckets=(60.0, 3600.0))
+    blend = BlendedModel(components(), config)
+    assert blend.weights.shape == (3 * 3, 2 * len(config.feature_kinds))
+    now = 1e6
+    history = np.array([[0, 0, 0, 0], [0, 0, 0, 7], [0, 0, 0, 7], [5, 6, 7, 8], [5, 6, 7, 8]], dtype=U)
+    last = np.array([np.nan, now - 10, now - 600, now - 60, now - 86_400])
+    times = np.where(history == 0, np.nan, last[:, None])
+    query = Query(np.arange(1, 6, dtype=U), np.full(5, now), history, times)
+    # length bucket * 3 + gap bucket; no history counts as the longest absence; a gap equal to a bound
+    # falls in the bucket above it.
+    np.testing.assert_array_equal(blend.history_bucket(query), [2, 3, 4, 7, 8])
+    without = BlendedModel(components(), BlendConfig(history_buckets=(1, 3), gap_buckets=()))
+    np.testing.assert_array_equal(without.history_bucket(query), [0, 1, 1, 2, 2])
+
+
 def test_config_round_trips_through_json() -> None:
     # The registry records dataclasses.asdict(config) in each published version and rebuilds from it.
     config = BlendConfig(feature_kinds=("score", "inverse_rank"), training_candidates="sampled")
@@ -176,6 +193,10 @@ def test_bad_components_and_configs_name_the_problem() -> None:
         BlendedModel([PopularityModel(PopularityConfig(capacity=8))] * 2)
     with pytest.raises(ConfigError, match="history_buckets"):
         BlendConfig(history_buckets=(5, 2))
+    with pytest.raises(ConfigError, match="gap_buckets"):
+        BlendConfig(gap_buckets=(60.0, 60.0))
+    with pytest.raises(ConfigError, match="gap_buckets"):
+        BlendConfig(gap_buckets=(0.0, 60.0))
     with pytest.raises(ConfigError, match="reference_size"):
         BlendConfig(reference_size=10, occurrence_window=5)
     with pytest.raises(ConfigError, match="feature_kinds"):
