@@ -18,6 +18,19 @@ from freshrec.interactions import Query
 from freshrec.keyindex import KeyIndex
 
 
+def age_buckets(query_times: np.ndarray, history_times: np.ndarray, buckets: int) -> np.ndarray:
+    """int64 [B, N]: ``floor(log2(1 + seconds))`` from each history item to its row's query time, capped at
+    ``buckets - 1``; one bucket per doubling separates seconds, minutes, hours, days and months. Padded
+    positions (NaN times) and items timed after the query fall in bucket 0.
+
+    >>> age_buckets(np.array([100.0]), np.array([[np.nan, 0.0, 99.0, 100.0]]), buckets=32).tolist()
+    [[0, 6, 1, 0]]
+    """
+    gaps = np.asarray(query_times, dtype=np.float64)[:, None] - np.asarray(history_times, dtype=np.float64)
+    gaps = np.nan_to_num(np.maximum(gaps, 0.0), nan=0.0)
+    return np.minimum(np.log2(1.0 + gaps), buckets - 1).astype(np.int64)
+
+
 @dataclass
 class HistoryConfig:
     """How much of each user's past to keep.

@@ -29,6 +29,7 @@ from torch import nn
 
 from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableConfig
 from freshrec.errors import ConfigError
+from freshrec.features.history import age_buckets
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
 from freshrec.model_state import under_prefix
@@ -368,15 +369,12 @@ class SASRecModel:
         return rows, valid
 
     def _gap_buckets(self, query: Query) -> torch.Tensor:
-        """int64 [B, N]: floor(log2(1 + seconds between each history item and the query)), capped."""
+        """int64 [B, N]: `age_buckets` of the last N history items (left-padded)."""
         n = self.history_length
         times = np.asarray(query.history_times, dtype=np.float64)[:, -n:]
         if times.shape[1] < n:
             times = np.pad(times, ((0, 0), (n - times.shape[1], 0)), constant_values=np.nan)
-        gaps = np.asarray(query.timestamps, dtype=np.float64)[:, None] - times
-        gaps = np.nan_to_num(np.maximum(gaps, 0.0), nan=0.0)
-        buckets = np.minimum(np.log2(1.0 + gaps), self.config.time_buckets - 1).astype(np.int64)
-        return torch.from_numpy(buckets)
+        return torch.from_numpy(age_buckets(query.timestamps, times, self.config.time_buckets))
 
     def _history_inputs(
         self, query: Query, training: bool, extra_rows: np.ndarray | None = None

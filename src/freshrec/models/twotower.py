@@ -48,6 +48,7 @@ from torch import nn
 
 from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableConfig
 from freshrec.errors import ConfigError
+from freshrec.features.history import age_buckets
 from freshrec.features.items import ItemFeatureTable
 from freshrec.hashing import mix64
 from freshrec.interactions import NO_KEY, Interactions, Query
@@ -510,14 +511,10 @@ class TwoTowerModel:
         )
 
     def _time_buckets(self, query: Query, history_times: np.ndarray) -> torch.Tensor:
-        """int64 [B, N]: floor(log2(1 + seconds)) between each history item and the query, capped (0 when
-        `TwoTowerConfig.history_time_buckets` is 0)."""
-        top = self.config.history_time_buckets - 1
-        if top < 1:
-            return torch.zeros(history_times.shape, dtype=torch.int64)
-        gaps = np.asarray(query.timestamps, dtype=np.float64)[:, None] - history_times
-        gaps = np.nan_to_num(np.maximum(gaps, 0.0), nan=0.0)
-        return torch.from_numpy(np.minimum(np.log2(1.0 + gaps), top).astype(np.int64))
+        """int64 [B, N]: `age_buckets` of the history items (all 0 when
+        `TwoTowerConfig.history_time_buckets` is 0: one logit, which the softmax ignores)."""
+        buckets = max(self.config.history_time_buckets, 1)
+        return torch.from_numpy(age_buckets(query.timestamps, history_times, buckets))
 
     def _item_vectors(self, keys: np.ndarray, looked_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item-tower outputs [C, dim] and biases [C] of distinct `keys` whose item rows are `looked_up`."""
