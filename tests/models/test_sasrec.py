@@ -224,6 +224,9 @@ def test_state_round_trips_through_safetensors(tmp_path) -> None:
 def test_bad_configs_name_the_field() -> None:
     with pytest.raises(ConfigError, match="heads"):
         SASRecConfig(dim=30, heads=4)
+    for slope in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="attention_recency"):
+            SASRecConfig(attention_recency=slope)
     with pytest.raises(ConfigError, match="history_length"):
         SASRecConfig(history_length=0)
     with pytest.raises(ConfigError, match="same config|shape"):

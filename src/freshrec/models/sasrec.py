@@ -140,6 +140,11 @@ class SASRecConfig:
             )
         if not self.dense_learning_rate > 0:
             raise ConfigError(f"SASRecConfig.dense_learning_rate must be > 0, got {self.dense_learning_rate}")
+        if not 0 <= self.attention_recency < math.inf:
+            raise ConfigError(
+                "SASRecConfig.attention_recency must be a finite slope >= 0 (0: no recency bias), "
+                f"got {self.attention_recency!r}"
+            )
 
     def table(self) -> EmbeddingTableConfig:
         """The item table's configuration (validates the shared embedding settings)."""
