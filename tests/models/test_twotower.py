@@ -285,6 +285,25 @@ def test_state_refuses_another_feature_table() -> None:
         other.load_state_dict(featured.state_dict())
 
 
+def test_user_and_item_rows_take_their_own_adagrad_steps() -> None:
+    # Row-wise Adagrad's first step moves a row by lr * g / sqrt(mean g^2): root-mean-square exactly lr.
+    steps = dict(embedding_learning_rate=0.2, user_embedding_learning_rate=0.05)
+    model = TwoTowerModel(small(**steps, user_capacity=64, item_capacity=64))
+    batch = random_batch(np.random.default_rng(0), 1000.0, 12)
+    every_key = np.arange(1, UNIVERSE, dtype=U)
+    for table in (model.users, model.items):  # admit first: admission re-initialises a row
+        table.rows_for_training(every_key, 0.0)
+    users_before = model.users._weights.clone()
+    items_before = model.items._weights.clone()
+    model.learn(batch)
+    for table, before, lr in ((model.users, users_before, 0.05), (model.items, items_before, 0.2)):
+        moved = table._weights - before  # the whole row: Adagrad's mean runs over every column
+        step = moved[moved.abs().sum(dim=1) > 0]
+        assert len(step) > 0
+        rms = step.pow(2).mean(dim=1).sqrt()
+        assert torch.allclose(rms, torch.full_like(rms, lr), rtol=1e-3), (lr, rms)
+
+
 def test_config_errors_name_the_field() -> None:
     with pytest.raises(ConfigError, match="dim"):
         TwoTowerConfig(dim=10)
@@ -292,5 +311,7 @@ def test_config_errors_name_the_field() -> None:
         TwoTowerConfig(history_decay=0.0)
     with pytest.raises(ConfigError, match="history_time_buckets"):
         TwoTowerConfig(history_time_buckets=-1)
+    with pytest.raises(ConfigError, match="user_embedding_learning_rate"):
+        TwoTowerConfig(user_embedding_learning_rate=0.0)
     with pytest.raises(ConfigError, match="power of two"):
         StreamingFrequency(buckets=12, ema=0.1)
