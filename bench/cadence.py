@@ -46,6 +46,12 @@ def main() -> int:
     )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--window-events", type=int, default=None, help="default: events / 60")
+    parser.add_argument(
+        "--max-events",
+        type=int,
+        default=None,
+        help="study only each stream's first N events (a quick check of the early phase)",
+    )
     parser.add_argument("--movielens-path", type=Path, default=None)
     parser.add_argument("--plot-dir", type=Path, default=None, help="where plots go with --no-write")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
@@ -64,15 +70,19 @@ def main() -> int:
             )
         )
         n = len(source) if source_name == "ml100k" else args.synthetic_events
+        n = min(n, args.max_events or n)
         config = CadenceConfig(
             trainer=TrainerConfig(batch_size=args.batch_size, k=10),
             retrain_epochs=args.epochs,
             window_events=args.window_events or max(500, n // 60),
         )
         started = time.perf_counter()
-        report = run_cadence_study(source, lambda name=model_name: create_model(name), config)
+        report = run_cadence_study(
+            source, lambda name=model_name: create_model(name), config, max_events=args.max_events
+        )
         seconds = time.perf_counter() - started
-        plot = report.write_plot(plot_dir / f"cadence-{source_name}-{model_name}.png")
+        first = f"-first{args.max_events}" if args.max_events else ""
+        plot = report.write_plot(plot_dir / f"cadence-{source_name}-{model_name}{first}.png")
         print(f"\n### {source_name}, {model_name} ({seconds:.0f} s; plot {plot})\n", flush=True)
         print(report.markdown(), flush=True)
         sections.append(section(report, source_name, model_name, plot, args))
@@ -81,7 +91,9 @@ def main() -> int:
         [
             "## Update cadence: per-batch vs hourly vs daily retrain vs frozen",
             "",
-            f"`python bench/cadence.py --runs {args.runs} --epochs {args.epochs}` — "
+            f"`python bench/cadence.py --runs {args.runs} --epochs {args.epochs}"
+            + (f" --max-events {args.max_events}" if args.max_events else "")
+            + f"` — "
             f"{machine_line('matplotlib')}",
             "",
             "One prequential replay (PROTOCOL.md: test-then-train, all items seen so far ranked, the user's "

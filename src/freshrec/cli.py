@@ -368,6 +368,10 @@ def study_cadence_command(
     synthetic_events: Annotated[int, typer.Option(min=1, help="Events of --source synthetic.")] = 150_000,
     synthetic_days: Annotated[float, typer.Option(min=0.1, help="Days --source synthetic spans.")] = 10.0,
     movielens_path: Annotated[Path | None, typer.Option(help="MovieLens-100K file, folder or wheel.")] = None,
+    max_events: Annotated[
+        int | None,
+        typer.Option(min=1, help="Study only the first N events (event-time order)."),
+    ] = None,
 ) -> None:
     """How much freshness is worth: the same model updated every micro-batch, every hour, every day (retrained
     on all earlier days) and once (frozen at 50%), with live feature state in all four."""
@@ -384,6 +388,8 @@ def study_cadence_command(
             )
         create_model(model)  # an unknown name fails before the stream is read
         encoded = EncodedEvents.from_source(stream)
+        if max_events is not None:
+            encoded = encoded.head(max_events)
         config = CadenceConfig(trainer=TrainerConfig(batch_size=batch_size), retrain_epochs=epochs)
         columns_shown = (TextColumn("[bold]cadence study[/]"), BarColumn(), TextColumn("{task.completed:,}"))
         with Progress(*columns_shown, TimeElapsedColumn(), console=console) as progress:

@@ -275,6 +275,19 @@ def test_run_cadence_study_reads_a_source_with_duplicates_and_writes_a_png(tmp_p
     assert report.write_plot(tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_max_events_studies_only_the_start_of_the_stream():
+    settings = dict(n_events=2_000, n_users=100, n_items=200, n_clusters=5, events_per_second=0.01)
+    everything = EncodedEvents.from_source(SyntheticStream(SyntheticConfig(**settings)))
+    report = run_cadence_study(
+        SyntheticStream(SyntheticConfig(**settings)), small_popularity, config(), max_events=1_200
+    )
+    assert report.events == 1_200 and report.read == 2_000
+    assert report.end_time == everything.timestamps[1_199]
+    assert len(everything.head(5_000)) == 2_000
+    with pytest.raises(ConfigError, match="max_events"):
+        everything.head(0)
+
+
 def test_new_user_day_share_and_bad_configs():
     users = np.array([1, 2, 1, 3, 2], dtype=np.uint64)
     times = np.array([0.0, 1.0, DAY, DAY + 1, DAY + 2])
