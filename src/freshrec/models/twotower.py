@@ -83,7 +83,7 @@ class TwoTowerConfig:
     """Settings of `TwoTowerModel`, the same on every data set.
 
     The defaults were chosen on MovieLens-100K (prequential, B = 256, one change at a time from a first
-    guess; HR@10 of each alternative in brackets, the default's is 0.2108) and checked on
+    guess; HR@10 of each alternative in brackets, the default's is 0.2138) and checked on
     `freshrec.sources.synthetic.SyntheticStream`.
 
     Parameters
@@ -408,8 +408,8 @@ class TwoTowerModel:
     finite vector (cold row + context), items without a row the cold row (+ their features).
 
     Measured on MovieLens-100K (B = 256, `bench/quality.py`'s loop, one torch thread, same run): HR@10
-    0.2108 (co-occurrence 0.1976, BPR-MF 0.0733), ~17k learning events/s (BPR-MF ~74k). Genres as item
-    features give 0.2112 at these defaults (seed-to-seed spread ~0.001): on a static catalogue whose items
+    0.2138 (co-occurrence 0.1976, BPR-MF 0.0733), ~18k learning events/s (BPR-MF ~70k). Genres as item
+    features give 0.2137 at these defaults (seed-to-seed spread ~0.001): on a static catalogue whose items
     all gather events quickly the id rows carry what genres would; features are for cold items.
 
     Parameters
