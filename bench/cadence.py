@@ -1,10 +1,12 @@
 """Update cadence: what a model loses when it is refreshed every hour, retrained every day, or frozen.
 
-Usage: `python bench/cadence.py [--models bpr-mf,cooccurrence] [--sources ml100k,synthetic]
-[--synthetic-events 150000] [--synthetic-days 10] [--epochs 3] [--batch-size 256] [--no-write]`
+Usage: `python bench/cadence.py [--runs ml100k:cooccurrence,synthetic:two-tower] [--synthetic-events 150000]
+[--synthetic-days 10] [--epochs 3] [--batch-size 256] [--max-events N] [--seed S] [--no-write]`
 
 Runs `freshrec.training.cadence` (four cadences of one model over one prequential replay, ../shared/
-PROTOCOL.md) on MovieLens-100K and on a drifting synthetic stream, for each model of the registry named.
+PROTOCOL.md) for each SOURCE:MODEL pair named (sources: MovieLens-100K, a drifting synthetic stream).
+--max-events studies only the first N events of each stream (a quick check of the early phase); --seed
+sets the models' seed (a second run at another seed shows how much of a difference is noise).
 Writes the plots to docs/images/cadence-<source>-<model>.png and the tables to BENCHMARKS.md (section
 "cadence"); with --no-write the plots go to --plot-dir (default: a folder under /tmp) and nothing else is
 written.
@@ -52,6 +54,9 @@ def main() -> int:
         default=None,
         help="study only each stream's first N events (a quick check of the early phase)",
     )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the models' seed setting (default: each model's own)"
+    )
     parser.add_argument("--movielens-path", type=Path, default=None)
     parser.add_argument("--plot-dir", type=Path, default=None, help="where plots go with --no-write")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
@@ -78,10 +83,14 @@ def main() -> int:
         )
         started = time.perf_counter()
         report = run_cadence_study(
-            source, lambda name=model_name: create_model(name), config, max_events=args.max_events
+            source,
+            lambda name=model_name: create_model(name, {} if args.seed is None else {"seed": args.seed}),
+            config,
+            max_events=args.max_events,
         )
         seconds = time.perf_counter() - started
         first = f"-first{args.max_events}" if args.max_events else ""
+        first += f"-seed{args.seed}" if args.seed is not None else ""
         plot = report.write_plot(plot_dir / f"cadence-{source_name}-{model_name}{first}.png")
         print(f"\n### {source_name}, {model_name} ({seconds:.0f} s; plot {plot})\n", flush=True)
         print(report.markdown(), flush=True)
@@ -93,6 +102,7 @@ def main() -> int:
             "",
             f"`python bench/cadence.py --runs {args.runs} --epochs {args.epochs}"
             + (f" --max-events {args.max_events}" if args.max_events else "")
+            + (f" --seed {args.seed}" if args.seed is not None else "")
             + f"` — "
             f"{machine_line('matplotlib')}",
             "",
