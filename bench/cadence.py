@@ -89,9 +89,10 @@ def main() -> int:
             max_events=args.max_events,
         )
         seconds = time.perf_counter() - started
-        first = f"-first{args.max_events}" if args.max_events else ""
-        first += f"-seed{args.seed}" if args.seed is not None else ""
-        plot = report.write_plot(plot_dir / f"cadence-{source_name}-{model_name}{first}.png")
+        # A partial or reseeded run never overwrites the plot of a full default one.
+        suffix = f"-first{args.max_events}" if args.max_events else ""
+        suffix += f"-seed{args.seed}" if args.seed is not None else ""
+        plot = report.write_plot(plot_dir / f"cadence-{source_name}-{model_name}{suffix}.png")
         print(f"\n### {source_name}, {model_name} ({seconds:.0f} s; plot {plot})\n", flush=True)
         print(report.markdown(), flush=True)
         sections.append(section(report, source_name, model_name, plot, args))
