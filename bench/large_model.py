@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/embeddings.py; before torch is imported
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> int:
         heads=args.heads,
         ffn_dim=args.ffn_dim,
         history_length=args.history,
-        item_capacity=args.items,
+        items=dataclasses.replace(SASRecConfig().items, capacity=args.items),
     )
     started = time.perf_counter()
     model = SASRecModel(config)

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.report import machine_line, markdown_table, write_section  # noqa: E402
+from freshrec.config import parse  # noqa: E402
 from freshrec.models.mf import BPRMatrixFactorization, MFConfig  # noqa: E402
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream  # noqa: E402
 from freshrec.training.online import OnlineTrainer, TrainerConfig  # noqa: E402
@@ -86,7 +87,15 @@ def main() -> int:
     rates, learn_rates = [], []
     for run in range(args.runs):
         model = BPRMatrixFactorization(
-            MFConfig(dim=args.dim, user_capacity=2 * args.users, item_capacity=2 * args.items)
+            parse(
+                MFConfig,
+                {
+                    "dim": args.dim,
+                    "users": {"capacity": 2 * args.users},
+                    "items": {"capacity": 2 * args.items},
+                },
+                "bench",
+            )
         )
         trainer = OnlineTrainer(
             model, TrainerConfig(batch_size=args.batch_size, negatives=args.negatives, evaluate=False)

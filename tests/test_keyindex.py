@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from freshrec.errors import CapacityError, ConfigError
 from freshrec.keyindex import KeyIndex
+from freshrec.model_state import StateChanges, public_state
 
 U = np.uint64
 
@@ -85,10 +86,10 @@ def test_matches_dict_model(capacity: int, eviction: str, min_pool: int | None, 
             victims = model.expected_victims(keys)
             arr = np.array(keys, dtype=U)
             if victims is None:
-                before = index.state_arrays()
+                before = index.state_dict()
                 with pytest.raises(CapacityError):
                     index.assign(arr, now)
-                after = index.state_arrays()
+                after = index.state_dict()
                 assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing changed
                 continue
             live_before = {k: v[0] for k, v in model.entries.items()}
@@ -137,9 +138,9 @@ def test_matches_dict_model(capacity: int, eviction: str, min_pool: int | None, 
 def test_lookup_has_no_side_effects_and_handles_absent_and_zero() -> None:
     index = KeyIndex(4)
     index.assign(np.array([5, 6], dtype=U), now=1.0)
-    state = index.state_arrays()
+    state = index.state_dict()
     assert index.lookup(np.array([6, 0, 7, 5], dtype=U)).tolist() == [1, -1, -1, 0]
-    after = index.state_arrays()
+    after = index.state_dict()
     assert all(np.array_equal(state[k], after[k]) for k in state)
 
 
@@ -223,7 +224,7 @@ def test_state_round_trip() -> None:
     index.assign(np.array([3, 4, 4, 9], dtype=U), np.array([1.0, 2.0, 3.0, 4.0]))
     index.remove(np.array([3], dtype=U))
     copy = KeyIndex(8, "lfu")
-    copy.load_state_arrays(index.state_arrays())
+    copy.load_state_dict(index.state_dict())
     probe = np.array([3, 4, 9, 11], dtype=U)
     np.testing.assert_array_equal(copy.lookup(probe), index.lookup(probe))
     a = index.assign(np.array([12, 13], dtype=U), 5.0)
@@ -231,7 +232,7 @@ def test_state_round_trip() -> None:
     np.testing.assert_array_equal(a.slots, b.slots)
     np.testing.assert_array_equal(index.counts, copy.counts)
     with pytest.raises(ConfigError, match="capacity"):
-        KeyIndex(4).load_state_arrays(index.state_arrays())
+        KeyIndex(4).load_state_dict(index.state_dict())
 
 
 def test_signed_hashes_are_reinterpreted() -> None:
@@ -267,7 +268,7 @@ def test_set_slots_replays_another_index_row_by_row(
     source, replica = KeyIndex(capacity, eviction), KeyIndex(capacity, eviction)  # type: ignore[arg-type]
     replica.min_pool = source.min_pool = 2  # small victim pools: the pool's invariant is exercised
     universe = np.arange(1, 3 * capacity + 3, dtype=U)
-    previous = source.state_arrays()
+    previous = source.state_dict()
     for step in range(30):
         op = rng.integers(0, 4)
         if op <= 1:
@@ -278,27 +279,46 @@ def test_set_slots_replays_another_index_row_by_row(
         else:
             source.expire(float(step) - 4.0)
         if step % sync_every == 0:
-            state = source.state_arrays(finite=True)
+            state = source.state_dict(finite=True)
             changed = np.flatnonzero(
                 (state["slot_keys"] != previous["slot_keys"])
                 | (source.last_seen != previous["last_seen"])
                 | (state["counts"] != previous["counts"])
             )
-            replica.apply_state_rows(source.state_rows(changed, finite=True))
-            previous = source.state_arrays()
-            for name, array in source.state_arrays().items():
-                np.testing.assert_array_equal(replica.state_arrays()[name], array, err_msg=name)
+            replica.apply_changes(source.slot_changes(changed, finite=True))
+            previous = source.state_dict()
+            # Public arrays agree; the private free-slot order is the learner's own (a replica never hands
+            # out slots).
+            for name, array in public_state(source.state_dict()).items():
+                np.testing.assert_array_equal(replica.state_dict()[name], array, err_msg=name)
             np.testing.assert_array_equal(replica.lookup(universe), source.lookup(universe))
             check_free_stack(replica)
             assert len(replica) == len(source)
     # Eviction from the replica picks the same victims as a fully loaded index.
     loaded = KeyIndex(capacity, eviction)  # type: ignore[arg-type]
-    loaded.load_state_arrays(replica.state_arrays())
+    loaded.load_state_dict(replica.state_dict())
     newcomers = np.arange(1000, 1000 + capacity, dtype=U)
     a, b = replica.assign(newcomers, 100.0), loaded.assign(newcomers, 100.0)
     assert sorted(a.evicted_keys.tolist()) == sorted(b.evicted_keys.tolist())
     assert sorted(replica.keys_of(replica.live_slots()).tolist()) == sorted(newcomers.tolist())
     check_free_stack(replica)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), capacity=st.integers(2, 12))
+def test_a_loaded_index_hands_out_the_same_slots_as_the_saved_one(seed: int, capacity: int) -> None:
+    """The private free-slot order is saved: after removals and expiries a loaded index places new keys
+    exactly where the original would."""
+    rng = np.random.default_rng(seed)
+    universe = np.arange(1, 4 * capacity, dtype=U)
+    index = KeyIndex(capacity)
+    for step in range(12):
+        index.assign(rng.choice(universe, int(rng.integers(1, capacity + 1)), replace=False), float(step))
+        index.remove(rng.choice(universe, 2))
+    loaded = KeyIndex(capacity)
+    loaded.load_state_dict(index.state_dict())
+    newcomers = rng.choice(np.arange(1000, 1100, dtype=U), capacity, replace=False)
+    assert index.assign(newcomers, 50.0).slots.tolist() == loaded.assign(newcomers, 50.0).slots.tolist()
 
 
 def test_set_slots_moves_a_key_and_frees_its_old_slot() -> None:
@@ -336,17 +356,17 @@ def test_set_slots_rejects_inconsistent_rows() -> None:
     with pytest.raises(ConfigError, match="slots must lie"):
         index.set_slots(np.array([4]), np.array([5], dtype=U), np.zeros(1), np.ones(1, np.int64))
     with pytest.raises(ConfigError, match="travel together"):
-        index.apply_state_rows({"slot_keys": (np.array([0]), np.array([5], dtype=U))})
+        index.apply_changes(StateChanges(rows={"slot_keys": (np.array([0]), np.array([5], dtype=U))}))
 
 
 def test_finite_state_arrays_round_trip_never_seen() -> None:
     index = KeyIndex(capacity=3)
     index.assign(np.array([7], dtype=U), now=5.0)
-    state = index.state_arrays(finite=True)
+    state = index.state_dict(finite=True)
     assert np.isfinite(state["last_seen"]).all()
-    assert np.isneginf(index.state_arrays()["last_seen"][1:]).all()  # the default is unchanged
+    assert np.isneginf(index.state_dict()["last_seen"][1:]).all()  # the default is unchanged
     copy = KeyIndex(capacity=3)
-    copy.load_state_arrays(state)
+    copy.load_state_dict(state)
     np.testing.assert_array_equal(copy.last_seen, index.last_seen)
 
 

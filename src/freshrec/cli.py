@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from freshrec.errors import FreshrecError
-from freshrec.models.registry import BEST_MODEL, LIVE_MODEL, MODEL_FACTORIES, create_model, model_spec
+from freshrec.models.registry import BEST_MODEL, LIVE_MODEL, MODEL_FACTORIES, ModelSpec
 from freshrec.sources.base import Source
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 from freshrec.training.replay import ReplayProgress, ReplayReport, replay
@@ -116,7 +116,7 @@ def replay_command(
     """Replay a stream through a model, test-then-train, and report HR@K / NDCG@K and speed."""
     try:
         stream, total = _open_source(source, events, columns, movielens_path, synthetic_events)
-        recommender = create_model(model)
+        recommender = ModelSpec.of(model, where="--model").build()
         trainer_config = TrainerConfig(batch_size=batch_size, k=k, evaluate=not no_evaluate)
         trainer = OnlineTrainer(recommender, trainer_config)
         console.print(f"[bold]freshrec replay[/] source={stream.name} model={model} B={batch_size}")
@@ -201,11 +201,11 @@ def train_command(
     import threading
 
     from freshrec.evaluation.gate import GateConfig
-    from freshrec.preprocess.dedupe import Deduplicator
-    from freshrec.preprocess.validate import EventValidator
+    from freshrec.preprocess.pipeline import IngestPipeline
     from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
     from freshrec.publishing.store import ModelStore, StoreConfig
     from freshrec.sources.eventlog import EventLogReader
+    from freshrec.training.loop import TrainingLoop
 
     stop = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
@@ -222,42 +222,22 @@ def train_command(
 
             torch.set_num_threads(trainer_config.torch_threads)
         with ModelStore(StoreConfig(store)) as model_store:
-            recommender = create_model(model)
+            spec = ModelSpec.of(model, where="--model")
+            recommender = spec.build()
             publisher = ModelPublisher(
                 recommender,
                 model_store,
                 PublisherConfig(interval_ms=publish_ms, gate=GateConfig(tolerance=tolerance)),
-                metadata=model_spec(model, recommender),  # the server rebuilds the model from it
+                metadata={"model": spec.as_dict()},  # the server rebuilds the model from it
             )
-            trainer = OnlineTrainer(recommender, trainer_config, publisher=publisher)
-            reader = EventLogReader(log, start_offset="earliest")
-            resume = publisher.resume_offset
+            trainer = OnlineTrainer(recommender, trainer_config)
+            loop = TrainingLoop(trainer, IngestPipeline(), publisher)
+            resume = loop.resume_offset
             console.print(
                 f"[bold]freshrec train[/] model={model} log={log} store={store} version={publisher.version}"
                 + (f", resuming learning at log offset {resume:,}" if resume else "")
             )
-            validator, deduplicator = EventValidator(), Deduplicator()
-            batch_start = 0
-            while not stop.is_set():
-                idle = True
-                for raw in reader.batches(4096):  # what the log holds now
-                    if stop.is_set():
-                        break  # a long backlog must not delay SIGTERM
-                    idle = False
-                    events, _ = deduplicator.filter(validator.validate(raw).events)
-                    if raw.end_offset <= resume:
-                        trainer.observe(events)  # learned before the restart: rebuild features only
-                    else:
-                        # Everything before this batch is in any version published while it is learned
-                        # (a restart re-learns at most this batch's first events twice, never skips one).
-                        publisher.metadata["log_offset"] = batch_start
-                        trainer.process(events)
-                    batch_start = raw.end_offset
-                if idle:
-                    publisher.serve_rollback_request()
-                    # Publish the last events learned without waiting for new ones.
-                    publisher.try_publish_idle(trainer.last_stats.loss, trainer.totals.events)
-                    stop.wait(0.002)
+            loop.run(EventLogReader(log, start_offset="earliest"), follow=True, stop=stop)
     except FreshrecError as error:
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(code=2) from None
@@ -386,7 +366,7 @@ def study_cadence_command(
             stream, _ = _open_source(
                 None if events else source, events, columns, movielens_path, synthetic_events
             )
-        create_model(model)  # an unknown name fails before the stream is read
+        spec = ModelSpec.of(model, where="--model")  # an unknown name fails before the stream is read
         encoded = EncodedEvents.from_source(stream)
         if max_events is not None:
             encoded = encoded.head(max_events)
@@ -398,7 +378,7 @@ def study_cadence_command(
             def advance(_: int, stop: int, __: object) -> None:
                 progress.update(task, completed=stop)
 
-            study = CadenceStudy(lambda: create_model(model), config)
+            study = CadenceStudy(spec.build, config)
             report = study.run(encoded, source=stream.name, on_batch=advance)
         written = report.save(out)
     except FreshrecError as error:

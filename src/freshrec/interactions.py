@@ -1,9 +1,10 @@
 """What models see: encoded events with each user's recent history as it was just before the event.
 
 Raw ids are turned into 64-bit keys by `freshrec.preprocess.encode`; key 0 is reserved for "no item"
-(history padding). `features.UserHistory` builds a `Query` per batch with the feature state updated event
-by event (the protocol's "live feature state"); the trainer adds the positives and sampled negatives to
-make `Interactions`.
+(history padding). The ingest pipeline (`freshrec.preprocess.pipeline`) turns raw records into an
+`EncodedBatch`, the one batch type every later stage takes; the live feature state
+(`freshrec.features.state`) builds a `Query` per batch, updated event by event (the protocol's "live
+feature state"), and adds sampled negatives to make `Interactions`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,90 @@ import numpy as np
 
 #: The key that never names an id: it pads history rows and marks empty slots.
 NO_KEY = np.uint64(0)
+
+
+@dataclass
+class EncodedBatch:
+    """Events after validation, deduplication and id encoding, in the order they happened.
+
+    Attributes
+    ----------
+    user_keys, item_keys
+        uint64 [n] keys of the raw ids (see `freshrec.preprocess.encode`).
+    timestamps
+        float64 [n] event times, epoch seconds.
+    values
+        float64 [n] event values (a rating), ``NaN`` where absent.
+    kinds
+        int8 [n] codes into `freshrec.events.EVENT_KINDS`.
+
+    >>> batch = EncodedBatch.of([1, 2], [10, 11], [5.0, 6.0])
+    >>> len(batch), batch.take(slice(1, 2)).item_keys.tolist()
+    (2, [11])
+    """
+
+    user_keys: np.ndarray
+    item_keys: np.ndarray
+    timestamps: np.ndarray
+    values: np.ndarray
+    kinds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    @classmethod
+    def of(
+        cls,
+        user_keys: np.ndarray | list[int],
+        item_keys: np.ndarray | list[int],
+        timestamps: np.ndarray | list[float],
+        values: np.ndarray | None = None,
+        kinds: np.ndarray | None = None,
+    ) -> EncodedBatch:
+        """A batch of encoded keys (tests, notebooks); values absent and kind ``view`` unless given."""
+        n = len(timestamps)
+        return cls(
+            np.asarray(user_keys, dtype=np.uint64),
+            np.asarray(item_keys, dtype=np.uint64),
+            np.asarray(timestamps, dtype=np.float64),
+            np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64),
+            np.zeros(n, dtype=np.int8) if kinds is None else np.asarray(kinds, dtype=np.int8),
+        )
+
+    @classmethod
+    def empty(cls) -> EncodedBatch:
+        return cls.of(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0))
+
+    def take(self, rows: np.ndarray | slice) -> EncodedBatch:
+        """The events at `rows` (positions, a boolean mask or a slice), as a new batch."""
+        return EncodedBatch(
+            self.user_keys[rows],
+            self.item_keys[rows],
+            self.timestamps[rows],
+            self.values[rows],
+            self.kinds[rows],
+        )
+
+    @classmethod
+    def concat(cls, batches: list[EncodedBatch]) -> EncodedBatch:
+        if not batches:
+            return cls.empty()
+        if len(batches) == 1:
+            return batches[0]
+        return cls(*(np.concatenate([getattr(b, name) for b in batches]) for name in _ENCODED_COLUMNS))
+
+    def in_time_order(self) -> EncodedBatch:
+        """The same events sorted by time, ties in their order here (the protocol's replay order).
+
+        >>> EncodedBatch.of([1, 2, 3], [4, 5, 6], [3.0, 1.0, 1.0]).in_time_order().user_keys.tolist()
+        [2, 3, 1]
+        """
+        if len(self) < 2 or not np.any(np.diff(self.timestamps) < 0):
+            return self
+        return self.take(np.argsort(self.timestamps, kind="stable"))
+
+
+_ENCODED_COLUMNS = ("user_keys", "item_keys", "timestamps", "values", "kinds")
 
 
 @dataclass

@@ -45,6 +45,7 @@ import numpy as np
 
 from freshrec.errors import CapacityError, ConfigError
 from freshrec.hashing import mix64, mix64_int
+from freshrec.model_state import StateChanges
 
 Eviction = Literal["lru", "lfu", "none"]
 
@@ -56,7 +57,7 @@ _OFFSETS = np.arange(_WINDOW, dtype=np.int64)
 _FEW_KEYS = 4
 #: Rebuild the hash array when live + tombstone cells would exceed this fraction of it.
 MAX_USED_FRACTION = 0.625
-#: `last_seen` of a free slot in finite state arrays (``state_arrays(finite=True)``): the model store refuses
+#: `last_seen` of a free slot in finite state arrays (``state_dict(finite=True)``): the model store refuses
 #: non-finite floats, and a free slot's ``-inf`` must survive a round trip. Loaded back as ``-inf``.
 NEVER_SEEN = float(np.finfo(np.float64).min)
 
@@ -297,38 +298,54 @@ class KeyIndex:
         return keys, slots
 
     # ------------------------------------------------------------------ state
-    def state_arrays(self, finite: bool = False) -> dict[str, np.ndarray]:
+    def state_dict(self, finite: bool = False) -> dict[str, np.ndarray]:
         """The index as plain arrays (slot -> key, last_seen, counts): enough to rebuild it exactly.
 
         With ``finite=True`` the ``-inf`` of free slots' `last_seen` is written as `NEVER_SEEN`, so every
-        value is finite (what the model store accepts); `load_state_arrays` and `set_slots` read it back.
+        value is finite (what the model store accepts); `load_state_dict` and `set_slots` read it back.
+        The private ``_free`` is the order in which free slots will be handed out, when it is not the
+        order a loaded index would use anyway (lowest slot first): empty on an index that never freed a
+        slot (see `freshrec.model_state` on private arrays).
         """
         last_seen = self.last_seen.copy()
         if finite:
             last_seen[np.isneginf(last_seen)] = NEVER_SEEN
-        return {"slot_keys": self._slot_keys.copy(), "last_seen": last_seen, "counts": self.counts.copy()}
+        free = self._free[: self._n_free]
+        canonical = np.flatnonzero(self._slot_keys == 0)[::-1]
+        order = np.zeros(0, dtype=np.int64) if np.array_equal(free, canonical) else free.copy()
+        return {
+            "slot_keys": self._slot_keys.copy(),
+            "last_seen": last_seen,
+            "counts": self.counts.copy(),
+            "_free": order,
+        }
 
-    def state_rows(self, slots: np.ndarray, finite: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Rows `slots` of `state_arrays`, as name -> (slots, values), in O(len(slots)); `set_slots` (or
-        `apply_state_rows`) applies them to another index."""
+    def slot_changes(self, slots: np.ndarray, finite: bool = False) -> StateChanges:
+        """Rows `slots` of every public `state_dict` array, as changes, in O(len(slots));
+        `apply_changes` applies them to another index."""
         slots = np.asarray(slots, dtype=np.int64)
         last_seen = self.last_seen[slots]
         if finite:
             last_seen[np.isneginf(last_seen)] = NEVER_SEEN
-        return {
-            "slot_keys": (slots, self._slot_keys[slots]),
-            "last_seen": (slots, last_seen),
-            "counts": (slots, self.counts[slots]),
-        }
+        return StateChanges(
+            rows={
+                "slot_keys": (slots, self._slot_keys[slots]),
+                "last_seen": (slots, last_seen),
+                "counts": (slots, self.counts[slots]),
+            }
+        )
 
-    def apply_state_rows(self, rows: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """Apply `state_rows` output of another index (all three arrays, same slots) with `set_slots`."""
+    def apply_changes(self, changes: StateChanges) -> None:
+        """Apply `slot_changes` output of another index (all three arrays, same slots) with `set_slots`."""
+        rows = changes.rows
+        if not rows:
+            return
         names = ("slot_keys", "last_seen", "counts")
         missing = [name for name in names if name not in rows]
         if missing:
             raise ConfigError(
                 f"index rows lack {missing}; slot_keys, last_seen and counts travel together: pass "
-                "state_rows (or a model's drain_changes) output unmodified"
+                "slot_changes (or a model's drain_changes) output unmodified"
             )
         slots = np.asarray(rows["slot_keys"][0])
         for name in names[1:]:
@@ -336,9 +353,9 @@ class KeyIndex:
                 raise ConfigError(f"index rows of {name!r} name other slots than those of 'slot_keys'")
         self.set_slots(slots, rows["slot_keys"][1], rows["last_seen"][1], rows["counts"][1])
 
-    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Replace the contents with `state_arrays` output of an index of the same capacity."""
-        slot_keys = as_keys(arrays["slot_keys"], "slot_keys")
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the contents with `state_dict` output of an index of the same capacity."""
+        slot_keys = as_keys(state["slot_keys"], "slot_keys")
         if len(slot_keys) != self.capacity:
             raise ConfigError(
                 f"slot_keys has {len(slot_keys)} entries but this KeyIndex has capacity={self.capacity}; "
@@ -348,9 +365,14 @@ class KeyIndex:
         if len(np.unique(slot_keys[live])) != len(live):
             raise ConfigError("slot_keys holds the same key in two slots; the state is corrupt")
         self._slot_keys = slot_keys.copy()
-        self.last_seen = _from_finite(np.asarray(arrays["last_seen"], dtype=np.float64).copy())
-        self.counts = np.asarray(arrays["counts"], dtype=np.int64).copy()
+        self.last_seen = _from_finite(np.asarray(state["last_seen"], dtype=np.float64).copy())
+        self.counts = np.asarray(state["counts"], dtype=np.int64).copy()
         free = np.flatnonzero(slot_keys == 0)[::-1]
+        order = np.asarray(state.get("_free", np.zeros(0)), dtype=np.int64)
+        # A saved order is used only if it names exactly the free slots: a state assembled from a snapshot
+        # and later deltas (which never carry private arrays) may hold the order of an earlier moment.
+        if len(order) == len(free) and np.array_equal(np.sort(order), free[::-1]):
+            free = order
         self._free[: len(free)] = free
         self._n_free = len(free)
         self._free_pos.fill(-1)
@@ -363,8 +385,8 @@ class KeyIndex:
     ) -> None:
         """Make each slot hold the given key with the given bookkeeping (key 0: the slot becomes free).
 
-        The in-place counterpart of `load_state_arrays` for a few slots: it applies rows of another
-        index's `state_arrays` (an incremental update) in O(len(slots)), however large the index. A key
+        The in-place counterpart of `load_state_dict` for a few slots: it applies rows of another
+        index's `state_dict` (an incremental update) in O(len(slots)), however large the index. A key
         that held another slot not in `slots` leaves it (that slot is freed), so no key is ever live
         twice; the free stack and the eviction pool stay consistent, and slots whose key does not change
         only get their bookkeeping rewritten (no hash-array churn).

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableConfig
 from freshrec.errors import CapacityError, ConfigError
+from freshrec.model_state import public_state
 
 U = np.uint64
 UNIVERSE = np.arange(1, 13, dtype=U)
@@ -112,10 +113,11 @@ def test_random_sequences_keep_rows_collisionless(
             trained.update(rows.tolist())
         if drain:
             changes = table.drain_changes()
-            live_rows = set(owner.values()) | {COLD_ROW}
-            assert set(changes.touched_rows.tolist()) == (reinitialised | trained) & live_rows
-            np.testing.assert_array_equal(changes.touched_keys, table.index.keys_of(changes.touched_rows - 1))
-            assert not set(changes.evicted_keys.tolist()) & set(owner)
+            rows_sent = changes.rows["weights"][0]
+            assert (reinitialised | trained) <= set(rows_sent.tolist())  # every row whose values moved
+            slots, keys_sent = changes.rows["index.slot_keys"]
+            np.testing.assert_array_equal(keys_sent, table.index.keys_of(slots))  # owners as they are now
+            assert set(slots.tolist()) == {row - 1 for row in rows_sent.tolist() if row != COLD_ROW}
             reinitialised.clear()
             trained.clear()
 
@@ -170,7 +172,9 @@ def test_ttl_frees_rows_by_event_time_and_reused_rows_are_fresh() -> None:
     new = table.rows_for_training(np.array([3], dtype=U), 17.6)
     assert new.tolist() == [old[0]]  # the freed row, re-initialised
     assert table._momentum[old[0]].item() == 0.0
-    assert table.drain_changes().evicted_keys.tolist() == [1]
+    slots, keys = table.drain_changes().rows["index.slot_keys"]
+    owners = dict(zip(slots.tolist(), keys.tolist(), strict=True))
+    assert owners[int(old[0]) - 1] == 3  # the freed row travels with its new owner: key 1 is gone
 
 
 def test_eviction_at_capacity_and_none_raises() -> None:
@@ -186,15 +190,17 @@ def test_eviction_at_capacity_and_none_raises() -> None:
 
 
 def test_change_tracking_stays_bounded_without_drains() -> None:
-    table = small_table(capacity=2)
+    """One flag per row: however many ids come and go between drains, a drain names each row once, with
+    its latest owner, and is never incomplete."""
+    table, replica = small_table(capacity=2), small_table(capacity=2)
+    replica.apply_changes(table.drain_changes())
     for t in range(50):
         table.rows_for_training(np.array([100 + t], dtype=U), float(t))
     changes = table.drain_changes()
-    assert not changes.complete  # 48 removals, more than capacity: the receiver needs a snapshot
-    assert len(changes.evicted_keys) <= 2 * 2 and table._removed_size == 0  # O(capacity) memory
-    table.rows_for_training(np.array([7], dtype=U), 60.0)
-    changes = table.drain_changes()
-    assert changes.complete and len(changes.evicted_keys) == 1
+    assert changes.complete and changes.changed_rows <= table.num_rows
+    replica.apply_changes(changes)
+    np.testing.assert_array_equal(replica.rows_for_serving(UNIVERSE), table.rows_for_serving(UNIVERSE))
+    assert sorted(replica.rows_for_serving(np.array([148, 149], dtype=U)).tolist()) == [1, 2]
 
 
 def test_serving_and_weights_have_no_side_effects() -> None:
@@ -206,7 +212,7 @@ def test_serving_and_weights_have_no_side_effects() -> None:
     table.weights(rows)
     with torch.no_grad():
         table.embed(rows)
-    assert table.drain_changes().touched_rows.size == 0
+    assert table.drain_changes().changed_rows == 0
     for name, array in table.state_dict().items():
         np.testing.assert_array_equal(array, state[name])
 
@@ -245,26 +251,25 @@ def test_rejects_bad_rows_and_config() -> None:
 
 
 def test_state_changes_replay_expiry_admission_and_training_exactly() -> None:
-    """drain_state_changes / apply_state_changes: freed rows travel (slot key 0), the sketch only when it
-    changed, and the tracking is independent of drain_changes."""
+    """drain_changes / apply_changes: freed rows travel (slot key 0), the sketch only when it changed, and
+    the replica's public state equals the learner's after every batch."""
     settings_ = {"capacity": 3, "admit_after": 2, "ttl_seconds": 16.0}
     table, replica = small_table(**settings_), small_table(**settings_)
-    replica.apply_state_changes(table.drain_state_changes())
+    replica.apply_changes(table.drain_changes())
     for t, keys in enumerate([[1, 2], [1, 2, 3], [3], [4, 4, 5], [5], [6, 6], [7]]):
         rows = table.rows_for_training(np.array(keys, dtype=U), 8.0 * t)
         table.embed(rows).sum().backward()
-        table.drain_changes()  # the other drain does not steal state rows
-        changes = table.drain_state_changes()
-        replica.apply_state_changes(changes)
-        for name, array in table.state_dict().items():
+        changes = table.drain_changes()
+        replica.apply_changes(changes)
+        for name, array in public_state(table.state_dict()).items():
             np.testing.assert_array_equal(replica.state_dict()[name], array, err_msg=name)
         np.testing.assert_array_equal(replica.rows_for_serving(UNIVERSE), table.rows_for_serving(UNIVERSE))
     assert table.stats().expired > 0
     # Key 1 expired at some point: its freed row was sent with slot key 0.
     table.rows_for_training(np.array([8], dtype=U), 200.0)  # expires everything else
-    changes = table.drain_state_changes()
+    changes = table.drain_changes()
     assert 0 in changes.rows["index.slot_keys"][1].tolist()
     assert "sketch.counters" in changes.replaced
     with torch.no_grad():
         table.embed(table.rows_for_serving(np.array([8], dtype=U)))
-    assert table.drain_state_changes().changed_rows == 0  # nothing since: no rows, no sketch
+    assert table.drain_changes().changed_rows == 0  # nothing since: no rows, no sketch

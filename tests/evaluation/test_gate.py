@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from freshrec.evaluation.gate import GateConfig, PublishGate, hit_rate
+from freshrec.features.catalogue import CandidateSet
 from freshrec.interactions import Interactions, Query
 from freshrec.models.popularity import PopularityModel
 
@@ -43,12 +44,9 @@ def test_hit_rate_ranks_held_back_events_among_candidates():
     window = Query.without_history(keys(4, 5, 6), np.ones(3))
     candidates = keys(11, 10, 12)
     # Item 10 is the most popular (rank 0), 11 second, 99 is unknown (a miss).
-    assert hit_rate(
-        model, window, keys(10, 11, 99), candidates, np.empty(0, np.int64), np.empty(0, np.int64), k=1
-    ) == (pytest.approx(1 / 3))
-    assert hit_rate(
-        model, window, keys(10, 11, 99), candidates, np.empty(0, np.int64), np.empty(0, np.int64), k=2
-    ) == (pytest.approx(2 / 3))
+    ranked = CandidateSet.for_keys(candidates, keys(10, 11, 99))
+    assert hit_rate(model, window, keys(10, 11, 99), ranked, k=1) == pytest.approx(1 / 3)
+    assert hit_rate(model, window, keys(10, 11, 99), ranked, k=2) == pytest.approx(2 / 3)
 
 
 def warmed_gate(level: float, windows: int = 10) -> PublishGate:

@@ -66,7 +66,8 @@ def test_rating_errors():
 )
 @settings(max_examples=100, deadline=None)
 def test_a_task_of_some_rows_ranks_them_as_the_whole_task_does(scores, targets, excluded, chosen):
-    from freshrec.evaluation.prequential import RankingTask
+    from freshrec.evaluation.prequential import rank_candidates
+    from freshrec.features.catalogue import CandidateSet
     from freshrec.interactions import Query
 
     class FixedScores:
@@ -74,12 +75,12 @@ def test_a_task_of_some_rows_ranks_them_as_the_whole_task_does(scores, targets, 
             return scores[query.user_keys.astype(np.int64)]
 
     rows = np.array(sorted(chosen), dtype=np.int64)
-    task = RankingTask(
+    task = CandidateSet(
         np.arange(1, 10, dtype=np.uint64),
         targets,
         np.array([r for r, _ in excluded], dtype=np.int64),
         np.array([c for _, c in excluded], dtype=np.int64),
     )
     query = Query.without_history(np.arange(6, dtype=np.uint64), np.zeros(6))
-    whole = task.ranks(FixedScores(), query)
-    assert task.take(rows).ranks(FixedScores(), query.take(rows)).tolist() == whole[rows].tolist()
+    whole = rank_candidates(FixedScores(), query, task)
+    assert rank_candidates(FixedScores(), query.take(rows), task.take(rows)).tolist() == whole[rows].tolist()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from freshrec.errors import ConfigError
 from freshrec.features.history import HistoryConfig, UserHistory
 from freshrec.interactions import Interactions, Query
-from freshrec.models.base import Recommender
+from freshrec.models.base import Recommender, VectorModel
 from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 
 DAY = 86_400.0
@@ -61,7 +61,7 @@ def query_of(history: list[list[int]], times: list[float] | None = None) -> Quer
 
 
 def state(model: CooccurrenceModel) -> list[np.ndarray]:
-    index = model._items.state_arrays()
+    index = model._items.state_dict()
     return [model._neighbor_keys.copy(), model._weights.copy(), model._counts.copy(), *index.values()]
 
 
@@ -69,7 +69,7 @@ def test_is_a_recommender_without_item_vectors() -> None:
     model = CooccurrenceModel(exact())
     assert isinstance(model, Recommender)
     assert model.name == "cooccurrence" and model.history_length == 2
-    assert model.item_vectors(np.array([1], dtype=np.uint64)) is None
+    assert not isinstance(model, VectorModel)
 
 
 def test_pair_weights_of_a_hand_made_sequence() -> None:

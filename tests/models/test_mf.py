@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from freshrec.config import parse
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.models.base import Recommender
@@ -18,7 +19,7 @@ U = np.uint64
 def small_model(**overrides: object) -> BPRMatrixFactorization:
     settings = {"dim": 8, "user_capacity": 64, "item_capacity": 64}
     settings.update(overrides)
-    return BPRMatrixFactorization(MFConfig(**settings))  # type: ignore[arg-type]
+    return BPRMatrixFactorization(parse(MFConfig, settings, "flat"))
 
 
 def interactions(
@@ -68,8 +69,7 @@ def test_score_is_the_dot_product_of_exported_vectors_and_has_no_side_effects() 
     rng = np.random.default_rng(1)
     model = small_model()
     model.learn(interactions(*planted_stream(rng, 300)))
-    model.users.drain_changes()
-    model.items.drain_changes()
+    model.drain_changes()
     state = model.state_dict()
     query = Query.without_history(np.array([1, 25, 999], dtype=U), np.zeros(3))  # 999: unknown user
     candidates = np.array([101, 115, 5555], dtype=U)  # 5555: unknown item
@@ -85,7 +85,7 @@ def test_score_is_the_dot_product_of_exported_vectors_and_has_no_side_effects() 
     np.testing.assert_allclose(per_row, scores, rtol=1e-5, atol=1e-6)
     for name, array in model.state_dict().items():
         np.testing.assert_array_equal(array, state[name])
-    assert model.users.drain_changes().touched_rows.size == 0
+    assert model.drain_changes().changed_rows == 0
 
 
 def test_closed_form_gradients_match_autograd() -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
-from freshrec.models.base import Recommender
+from freshrec.models.base import Recommender, VectorModel
 from freshrec.models.popularity import DecayClock, PopularityConfig, PopularityModel
 
 DAY = 86_400.0
@@ -32,7 +32,7 @@ def test_is_a_recommender_with_the_registry_names() -> None:
     assert isinstance(PopularityModel(PopularityConfig(capacity=4)), Recommender)
     assert PopularityModel(PopularityConfig(capacity=4)).name == "popularity"
     assert PopularityModel(PopularityConfig(half_life_days=7.0, capacity=4)).name == "popularity-decayed"
-    assert PopularityModel(PopularityConfig(capacity=4)).item_vectors(np.array([1], np.uint64)) is None
+    assert not isinstance(PopularityModel(PopularityConfig(capacity=4)), VectorModel)
 
 
 def test_counts_every_event_and_scores_every_row_alike() -> None:
@@ -93,14 +93,14 @@ def test_an_evicted_item_starts_again_from_zero() -> None:
 def test_scoring_changes_nothing() -> None:
     model = PopularityModel(PopularityConfig(half_life_days=3.0, capacity=8))
     model.learn(interactions([1, 2, 1], [0.0, DAY, 2 * DAY]))
-    before = (model._counts.copy(), model.clock.origin, model._items.state_arrays())
+    before = (model._counts.copy(), model.clock.origin, model._items.state_dict())
     first = ask(model, [1, 2, 3], [10 * DAY, -5 * DAY])
     second = ask(model, [1, 2, 3], [10 * DAY, -5 * DAY])
     np.testing.assert_array_equal(first, second)
     assert np.isfinite(first).all()
     np.testing.assert_array_equal(model._counts, before[0])
     assert model.clock.origin == before[1]
-    for name, array in model._items.state_arrays().items():
+    for name, array in model._items.state_dict().items():
         np.testing.assert_array_equal(array, before[2][name])
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from freshrec.errors import ConfigError
 from freshrec.events import KIND_CODES
 from freshrec.interactions import Interactions, Query
-from freshrec.models.base import PublishableModel, Recommender
+from freshrec.models.base import Model, Recommender
 from freshrec.models.rating import RatingConfig, RatingModel
 
 U = np.uint64
@@ -57,7 +57,7 @@ def prequential_errors(model: RatingModel, u, i, r, t, batch_size: int) -> np.nd
 def test_is_a_recommender_and_publishable() -> None:
     model = small()
     assert isinstance(model, Recommender)
-    assert isinstance(model, PublishableModel)
+    assert isinstance(model, Model)
     assert model.name == "rating-mf"
 
 
@@ -285,7 +285,7 @@ def test_ratings_earlier_in_the_batch_move_the_prediction_before_they_are_learne
     warm = [Event(f"w{n}", n, f"u{n % 8}", f"f{n % 6}", "rating", 3.0) for n in range(48)]
     trainer.process(EventBatch.from_events(warm))
     burst = [Event(f"b{n}", 100 + n, "newcomer", f"f{n}", "rating", 5.0) for n in range(6)]
-    query = trainer.history.query_and_record(
+    query = trainer.features.history.query_and_record(
         _keys([e.user_id for e in burst]),
         _keys([e.item_id for e in burst]),
         np.array([e.timestamp for e in burst]),

@@ -9,6 +9,7 @@ import pytest
 
 from freshrec.evaluation.gate import GateConfig, hit_rate
 from freshrec.events import EventBatch
+from freshrec.features.catalogue import CandidateSet
 from freshrec.features.history import HistoryConfig, UserHistory
 from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from freshrec.preprocess.encode import encode_ids
@@ -16,6 +17,7 @@ from freshrec.preprocess.validate import EventValidator
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 
 CLEAN, NOISE, RECOVERY = 12_000, 12_000, 8_000
@@ -49,11 +51,10 @@ def served_hr_on_clean_events(state: dict[str, np.ndarray], clean: EventBatch) -
     catalogue = np.unique(items[:CLEAN])
     history.query_and_record(users[:CLEAN], items[:CLEAN], clean.timestamp[:CLEAN])
     hits = []
-    none = np.zeros(0, dtype=np.int64)
     for start in range(CLEAN, CLEAN + NOISE, 1000):
         part = slice(start, start + 1000)
         query = history.query_and_record(users[part], items[part], clean.timestamp[part])
-        hits.append(hit_rate(served, query, items[part], catalogue, none, none, k=10))
+        hits.append(hit_rate(served, query, items[part], CandidateSet.for_keys(catalogue, items[part]), k=10))
     return float(np.mean(hits))
 
 
@@ -67,10 +68,10 @@ def run(stream: EventBatch, tmp_path, collapse_ratio: float) -> list[dict]:
         publisher = ModelPublisher(
             candidate, store, PublisherConfig(interval_ms=0, gate=gate), metadata={"model": candidate.name}
         )
-        trainer = OnlineTrainer(candidate, TrainerConfig(batch_size=256), publisher=publisher)
+        loop = TrainingLoop(OnlineTrainer(candidate, TrainerConfig(batch_size=256)), publisher=publisher)
         for start, end in [(0, CLEAN), (CLEAN, CLEAN + NOISE), (CLEAN + NOISE, len(stream))]:
             decided = publisher.gate.published + publisher.gate.held
-            trainer.process(stream.take(slice(start, end)))
+            loop.feed_events(stream.take(slice(start, end)))
             count = publisher.gate.published + publisher.gate.held - decided
             decisions = list(publisher.gate.decisions)[-count:]
             phases.append({"served": store.load()[0], "decisions": decisions})

@@ -7,6 +7,7 @@ from freshrec.preprocess.validate import EventValidator
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 
 
@@ -25,11 +26,18 @@ def events(n: int, seed: int = 1):
     stream = SyntheticStream(SyntheticConfig(n_events=n, n_users=300, n_items=400, seed=seed))
     validator = EventValidator()
     for raw in stream.batches(2048):
-        yield validator.validate(raw).events
+        batch = validator.validate(raw).events
+        batch.event_id = batch.event_id + seed * 1_000_000  # streams of other seeds are other events
+        yield batch
 
 
 def small_model() -> CooccurrenceModel:
     return CooccurrenceModel(CooccurrenceConfig(capacity=2048, max_neighbors=16))
+
+
+def live_loop(model, publisher: ModelPublisher, batch_size: int) -> TrainingLoop:
+    """The live loop: the trainer learns, the publisher decides after every micro-batch."""
+    return TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=batch_size)), publisher=publisher)
 
 
 def test_published_versions_reproduce_the_candidate(tmp_path):
@@ -42,9 +50,9 @@ def test_published_versions_reproduce_the_candidate(tmp_path):
             metadata={"model": model.name},
             clock=Ticks(),
         )
-        trainer = OnlineTrainer(model, TrainerConfig(batch_size=128), publisher=publisher)
+        loop = live_loop(model, publisher, 128)
         for batch in events(6000):
-            trainer.process(batch)
+            loop.feed_events(batch)
         assert publisher.gate.published >= 10 and publisher.gate.held == 0
         kinds = {info.kind for info in store.versions()}
         assert kinds == {"snapshot", "delta"} and len(store.versions()) <= 5 + 3
@@ -74,9 +82,9 @@ def test_a_regressing_candidate_is_held_and_its_changes_kept_for_later(tmp_path)
             PublisherConfig(interval_ms=500, gate=GateConfig(tolerance=-0.5, min_window_events=1)),
             clock=Ticks(),
         )
-        trainer = OnlineTrainer(model, TrainerConfig(batch_size=128), publisher=publisher)
+        loop = live_loop(model, publisher, 128)
         for batch in events(3000):
-            trainer.process(batch)
+            loop.feed_events(batch)
         assert publisher.gate.held > 0 and publisher.gate.published == 0
         assert store.current_version() == 1  # only the initial snapshot
         held = publisher.gate.decisions[-1]
@@ -84,7 +92,7 @@ def test_a_regressing_candidate_is_held_and_its_changes_kept_for_later(tmp_path)
         # Loosen the gate: the next version carries every change since version 1.
         publisher.gate.config.tolerance = 1.0
         for batch in events(500, seed=2):
-            trainer.process(batch)
+            loop.feed_events(batch)
         assert store.current_version() >= 2
         state, _ = store.load()
     candidate = model.state_dict()
@@ -99,7 +107,7 @@ def test_a_publisher_needs_evaluation(tmp_path):
     with ModelStore(StoreConfig(tmp_path / "store")) as store:
         publisher = ModelPublisher(model, store)
         with pytest.raises(Exception, match="evaluate=True"):
-            OnlineTrainer(model, TrainerConfig(evaluate=False), publisher=publisher)
+            TrainingLoop(OnlineTrainer(model, TrainerConfig(evaluate=False)), publisher=publisher)
 
 
 def test_small_batches_add_up_to_a_judged_window_and_every_decision_reaches_the_status_file(tmp_path):
@@ -113,9 +121,9 @@ def test_small_batches_add_up_to_a_judged_window_and_every_decision_reaches_the_
             clock=clock,
         )
         # Batches of 16: one publish attempt per 8 clock ticks, i.e. windows of about 4 batches.
-        trainer = OnlineTrainer(model, TrainerConfig(batch_size=16), publisher=publisher)
+        loop = live_loop(model, publisher, 16)
         for batch in events(2000):
-            trainer.process(batch)
+            loop.feed_events(batch)
         decisions = list(publisher.gate.decisions)
         assert decisions and all(d.window_events >= 48 for d in decisions)
         # A window of several batches is judged (here: held by the strict gate), not waved through.
@@ -135,11 +143,11 @@ def test_a_restarted_trainer_continues_from_the_served_version(tmp_path):
             PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
             metadata={"model": first.name},
         )
-        trainer = OnlineTrainer(first, TrainerConfig(batch_size=256), publisher=publisher)
+        loop = live_loop(first, publisher, 256)
         batches = list(events(3000))
         publisher.metadata["log_offset"] = 2048  # what `freshrec train` records from the event log
         for batch in batches:
-            trainer.process(batch)
+            loop.feed_events(batch)
         served_version = store.current_version()
         served, _ = store.load()
         trained = store.versions()[-1].metadata["events_trained"]
@@ -156,11 +164,11 @@ def test_a_restarted_trainer_continues_from_the_served_version(tmp_path):
         assert store.current_version() == served_version and publisher.resume_offset == 2048
         for name, array in second.state_dict().items():
             np.testing.assert_array_equal(array, served[name], err_msg=name)
-        trainer = OnlineTrainer(second, TrainerConfig(batch_size=256), publisher=publisher)
-        trainer.observe(batches[0])  # features only: the model does not move
+        loop = live_loop(second, publisher, 256)
+        loop.trainer.observe(batches[0])  # features only: the model does not move
         assert second.drain_changes().changed_rows == 0
-        trainer.process(next(events(600, seed=9)))
+        loop.feed_events(next(events(600, seed=9)))
         after = [info for info in store.versions() if info.version > served_version]
         assert after[0].kind == "snapshot"  # its deltas would not extend the adopted version's chain
-        # The last publish came before the last micro-batch (256 + 256 + 88) was learned.
-        assert after[-1].metadata["events_trained"] == trained + 512
+        # Each micro-batch (256 + 256 + 88) is published once learned: the lineage counts every event.
+        assert after[-1].metadata["events_trained"] == trained + 600

@@ -20,6 +20,7 @@ from freshrec.publishing.rollback import (
 )
 from freshrec.publishing.store import ModelStore, StoreConfig, StoreError, VersionNotFoundError
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 
 
@@ -99,9 +100,9 @@ def test_the_trainer_resets_its_model_to_the_rolled_back_version(tmp_path: Path)
             PublisherConfig(interval_ms=0, rollback_poll_ms=0, gate=GateConfig(tolerance=1.0)),
             metadata={"model": model.name},
         )
-        trainer = OnlineTrainer(model, TrainerConfig(batch_size=250), publisher=publisher)
+        loop = TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=250)), publisher=publisher)
         for batch in batches[:4]:
-            trainer.process(batch)
+            loop.feed_events(batch)
         target = 3
         assert store.current_version() > target + 1
         expected, _ = store.load(target)
@@ -121,7 +122,7 @@ def test_the_trainer_resets_its_model_to_the_rolled_back_version(tmp_path: Path)
 
         # Learning continues from there, and the next version is a snapshot newer than everything.
         latest_before = max(v.version for v in store.versions())
-        trainer.process(batches[4])
+        loop.feed_events(batches[4])
         after = [info for info in store.versions() if info.version > latest_before]
         assert after and after[0].kind == "snapshot" and store.current_version() == after[-1].version
 

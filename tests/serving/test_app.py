@@ -13,6 +13,7 @@ from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
 from freshrec.serving.app import create_app
 from freshrec.serving.runtime import ServingConfig
+from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 
 
@@ -36,7 +37,7 @@ def served(tmp_path):
         PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
         metadata={"model": "popularity"},
     )
-    trainer = OnlineTrainer(model, TrainerConfig(batch_size=4), publisher=publisher)
+    trainer = TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=4)), publisher=publisher)
     config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=1000)
     with TestClient(create_app(config, max_body_bytes=4096)) as client:
         yield client, trainer, store
@@ -112,7 +113,7 @@ def test_recommendations_follow_new_versions_and_exclude_seen_items(served):
     assert wait_for(lambda: runtime.events_applied == 12)
 
     # The trainer learns the same events and publishes: the server follows, and "hit" comes first.
-    trainer.process(EventBatch.from_events(Event(**e) for e in events))
+    trainer.feed_events(EventBatch.from_events(Event(**e) for e in events))
     assert store.current_version() > 1
     assert wait_for(lambda: runtime.version == store.current_version())
     answer = client.get("/recommend", params={"user_id": "newcomer", "k": 3}).json()
@@ -146,8 +147,8 @@ def test_admin_rollback_goes_through_the_trainer_and_the_server_follows(tmp_path
         PublisherConfig(interval_ms=0, rollback_poll_ms=0, gate=GateConfig(tolerance=1.0)),
         metadata={"model": "popularity"},
     )
-    trainer = OnlineTrainer(model, TrainerConfig(batch_size=2), publisher=publisher)
-    trainer.process(EventBatch.from_events(Event(f"e{n}", n, f"u{n % 3}", f"i{n % 4}") for n in range(8)))
+    trainer = TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=2)), publisher=publisher)
+    trainer.feed_events(EventBatch.from_events(Event(f"e{n}", n, f"u{n % 3}", f"i{n % 4}") for n in range(8)))
     newest = store.current_version()
     assert newest >= 3
     config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)
@@ -195,8 +196,8 @@ def test_the_server_rebuilds_a_model_with_the_config_the_trainer_used(tmp_path):
             PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
             metadata=model_spec("cooccurrence", model),
         )
-        trainer = OnlineTrainer(model, TrainerConfig(batch_size=4), publisher=publisher)
-        trainer.process(
+        trainer = TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=4)), publisher=publisher)
+        trainer.feed_events(
             EventBatch.from_events(Event(f"e{n}", n, f"u{n % 3}", f"i{n % 5}") for n in range(12))
         )
         config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)

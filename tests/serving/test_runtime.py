@@ -8,21 +8,18 @@ import time
 import numpy as np
 import pytest
 
+from freshrec.config import parse
 from freshrec.evaluation.gate import GateConfig
 from freshrec.events import Event, EventBatch
+from freshrec.models.base import VectorModel
 from freshrec.models.mf import BPRMatrixFactorization, MFConfig
 from freshrec.models.registry import create_model
 from freshrec.preprocess.encode import encode_ids
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
 from freshrec.serving.retrieval import RetrievalConfig
-from freshrec.serving.runtime import (
-    ServingConfig,
-    ServingRuntime,
-    apply_with_item_changes,
-    item_keys,
-    retrieval_dim,
-)
+from freshrec.serving.runtime import ServingConfig, ServingRuntime
+from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 
 EXACT = RetrievalConfig()
@@ -30,7 +27,9 @@ ANN = RetrievalConfig(exact_below=40, nprobe=64, initial_capacity=8)  # IVF from
 
 
 def small_mf(capacity: int = 64) -> BPRMatrixFactorization:
-    return BPRMatrixFactorization(MFConfig(dim=8, user_capacity=256, item_capacity=capacity, seed=3))
+    return BPRMatrixFactorization(
+        parse(MFConfig, dict(dim=8, user_capacity=256, item_capacity=capacity, seed=3), "flat")
+    )
 
 
 def wait_for(condition, timeout=10.0):
@@ -69,24 +68,19 @@ class Loop:
             PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
             metadata={"model": self.trained.name},
         )
-        self.trainer = OnlineTrainer(
-            self.trained, TrainerConfig(batch_size=16, negatives=2), publisher=publisher
-        )
+        trainer = OnlineTrainer(self.trained, TrainerConfig(batch_size=16, negatives=2))
+        self.loop = TrainingLoop(trainer, publisher=publisher)
         config = ServingConfig(
-            store_dir=tmp_path / "store",
-            log_dir=tmp_path / "log",
-            user_capacity=1000,
-            retrieval=retrieval,
-            model_factory=lambda name: make_model(),
+            store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=1000, retrieval=retrieval
         )
-        self.runtime = ServingRuntime(config)
+        self.runtime = ServingRuntime(config, build_model=lambda spec: make_model())
         self.runtime.start()
 
     def feed(self, records):
         """The server logs the events, the trainer learns them and publishes; wait until both are served."""
         applied = self.runtime.events_applied + len(records)
         assert self.runtime.ingest(records).accepted == len(records)
-        self.trainer.process(EventBatch.from_events(Event(**r) for r in records))
+        self.loop.feed_events(EventBatch.from_events(Event(**r) for r in records))
         target = self.store.current_version()
         assert wait_for(lambda: self.runtime.version == target and self.runtime.events_applied >= applied), (
             f"serving version {self.runtime.version} of {target}, "
@@ -132,10 +126,16 @@ def raw_to_keys(raw_ids):
     return encode_ids(np.array(raw_ids, dtype=object)) if raw_ids else np.zeros(0, np.uint64)
 
 
-def test_vector_models_are_detected():
-    assert retrieval_dim(create_model("bpr-mf")) == 64
-    assert retrieval_dim(create_model("popularity")) is None
-    assert retrieval_dim(create_model("cooccurrence")) is None
+def item_keys(model):
+    return model.vector_items()
+
+
+def test_vector_models_are_declared():
+    assert isinstance(create_model("bpr-mf"), VectorModel) and create_model("bpr-mf").vector_dim == 64
+    for name in ("sasrec", "two-tower"):
+        assert isinstance(create_model(name), VectorModel)
+    for name in ("popularity", "cooccurrence", "blend", "rating-mf"):
+        assert not isinstance(create_model(name), VectorModel)
 
 
 def test_index_answers_exactly_what_scoring_the_version_would(loop):
@@ -155,7 +155,7 @@ def test_index_answers_exactly_what_scoring_the_version_would(loop):
         assert (raw_to_keys(answer.item_ids) == keys).all()
         np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
         # Seen items are left out, and the rest keeps the exact order.
-        seen = runtime.seen.items_of(int(encode_ids(np.array([user], dtype=object))[0]))
+        seen = runtime.events.features.seen_items(int(encode_ids(np.array([user], dtype=object))[0]))
         answer = runtime.recommend(user, k=5)
         assert not np.isin(raw_to_keys(answer.item_ids), seen).any()
         keys = item_keys(runtime.model)
@@ -248,7 +248,7 @@ def test_every_answer_during_publishing_matches_exact_scoring_of_its_version(loo
         np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
 
 
-def test_apply_with_item_changes_names_trained_admitted_and_evicted_items():
+def test_apply_changes_for_retrieval_names_trained_admitted_and_evicted_items():
     trained, served = small_mf(capacity=4), small_mf(capacity=4)
     store_state = trained.state_dict()
     served.load_state_dict(store_state)
@@ -269,10 +269,10 @@ def test_apply_with_item_changes_names_trained_admitted_and_evicted_items():
         )
 
     learn(keys[:4], 1.0)
-    changed = apply_with_item_changes(served, trained.drain_changes())
+    changed = served.apply_changes_for_retrieval(trained.drain_changes())
     assert set(changed.keys.tolist()) == set(keys[:4].tolist()) and len(changed.removed) == 0
     learn(keys[4:], 2.0)  # admits "e", evicting the least recently seen of a-d
-    changed = apply_with_item_changes(served, trained.drain_changes())
+    changed = served.apply_changes_for_retrieval(trained.drain_changes())
     assert keys[4] in changed.keys and len(changed.removed) == 1
     assert changed.removed[0] in keys[:4] and changed.removed[0] not in item_keys(served)
     assert set(item_keys(served).tolist()) == set(item_keys(trained).tolist())
@@ -283,7 +283,11 @@ def test_a_two_tower_model_is_re_embedded_whole_when_its_item_tower_changes(loop
 
     def small_two_tower():
         return TwoTowerModel(
-            TwoTowerConfig(dim=8, hidden=8, history_length=3, user_capacity=64, item_capacity=64)
+            parse(
+                TwoTowerConfig,
+                dict(dim=8, hidden=8, history_length=3, user_capacity=64, item_capacity=64),
+                "flat",
+            )
         )
 
     served = loop(make_model=small_two_tower)

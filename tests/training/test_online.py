@@ -3,12 +3,12 @@ import pytest
 
 from freshrec.events import Event, EventBatch
 from freshrec.interactions import Interactions, Query
-from freshrec.models.base import LearnStats
+from freshrec.models.base import LearnStats, Model, StateChanges
 from freshrec.preprocess.encode import encode_ids
 from freshrec.training.online import OnlineTrainer, RecentItemSampler, TrainerConfig
 
 
-class RememberingModel:
+class RememberingModel(Model):
     """Scores 1 for every item it has learned from, 0 otherwise: any leak of a batch into its own scores
     would show up as hits that test-then-train forbids."""
 
@@ -28,8 +28,17 @@ class RememberingModel:
         self.learned.update(batch.item_keys.tolist())
         return LearnStats(loss=0.5)
 
-    def item_vectors(self, item_keys: np.ndarray) -> None:
-        return None
+    def state_dict(self):
+        return {"learned": np.array(sorted(self.learned), dtype=np.uint64)}
+
+    def load_state_dict(self, state):
+        self.learned = set(state["learned"].tolist())
+
+    def drain_changes(self):
+        return StateChanges(replaced=self.state_dict())
+
+    def apply_changes(self, changes):
+        self.load_state_dict(changes.replaced)
 
 
 def stream(pairs):
@@ -104,9 +113,9 @@ def test_evaluate_fraction_ranks_an_unbiased_sample_and_keeps_feature_state_whol
     standard_error = np.sqrt(0.25 / ranked)
     assert abs(sampled.evaluator.summary().hr - full.evaluator.summary().hr) < 4 * standard_error
     # The sample only decides what is ranked: the catalogue and every user's seen items follow all events.
-    assert len(sampled.catalogue) == len(full.catalogue)
+    assert len(sampled.features.catalogue) == len(full.features.catalogue)
     for user in encode_ids(np.array([0, 1, 2, 299])):
-        seen_sampled, seen_full = sampled.seen.items_of(int(user)), full.seen.items_of(int(user))
+        seen_sampled, seen_full = sampled.features.seen_items(int(user)), full.features.seen_items(int(user))
         assert np.array_equal(np.sort(seen_sampled), np.sort(seen_full))
 
 

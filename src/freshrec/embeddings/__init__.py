@@ -3,13 +3,13 @@ fused row-wise optimizer state (fbgemm), and tracking of the rows that changed."
 
 from freshrec.embeddings.config import EmbeddingTableConfig
 from freshrec.embeddings.sketch import CountMinSketch
-from freshrec.embeddings.table import COLD_ROW, DynamicEmbeddingTable, TableChanges, TableStats
+from freshrec.embeddings.table import COLD_ROW, DynamicEmbeddingTable, RowChanges, TableStats
 
 __all__ = [
     "COLD_ROW",
     "CountMinSketch",
     "DynamicEmbeddingTable",
     "EmbeddingTableConfig",
-    "TableChanges",
+    "RowChanges",
     "TableStats",
 ]

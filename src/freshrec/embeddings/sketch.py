@@ -98,15 +98,15 @@ class CountMinSketch:
             self.counted = 0
         return updated
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {"counters": self.counters.copy(), "counted": np.array(self.counted, dtype=np.int64)}
 
-    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        counters = np.asarray(arrays["counters"], dtype=np.uint8)
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        counters = np.asarray(state["counters"], dtype=np.uint8)
         if counters.shape != self.counters.shape:
             raise ConfigError(
                 f"sketch counters have shape {counters.shape}, this sketch has {self.counters.shape}; "
                 "use the same sketch_width and sketch_depth as the saved table"
             )
         self.counters = counters.copy()
-        self.counted = int(arrays["counted"])
+        self.counted = int(state["counted"])

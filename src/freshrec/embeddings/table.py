@@ -24,7 +24,7 @@ from freshrec.embeddings.config import EmbeddingTableConfig
 from freshrec.embeddings.sketch import CountMinSketch
 from freshrec.errors import ConfigError
 from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys
-from freshrec.model_state import StateChanges
+from freshrec.model_state import StateChanges, under_prefix, with_prefix
 
 with warnings.catch_warnings():
     # fbgemm_gpu warns at import time about optional CUDA/triton pieces a CPU build does not have.
@@ -46,28 +46,19 @@ _OPTIMIZERS = {"rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "sgd": Emb
 
 
 @dataclass
-class TableChanges:
-    """What changed in a table since the previous `DynamicEmbeddingTable.drain_changes`.
+class RowChanges:
+    """Which ids a version of a table changed (`DynamicEmbeddingTable.changed_ids`).
 
     Attributes
     ----------
-    touched_rows
-        int64, ascending: rows whose weights may have changed (trained or re-initialised) and that hold a
-        live id now, plus row 0 (the cold row) when it was trained.
-    touched_keys
-        uint64, the id now in each touched row (0 for the cold row).
-    evicted_keys
-        uint64, distinct ids that lost their rows (evicted or expired) and are not live now. Apply these
-        deletions before the touched rows: a row can change owner between two drains.
-    complete
-        False when more than `capacity` distinct ids were removed since the previous drain and some were
-        forgotten (tracking memory stays O(capacity)): the receiver must take a full snapshot instead.
+    keys
+        uint64, distinct: ids with a row now whose values may differ from before (new ids included).
+    removed
+        uint64, distinct: ids that had a row and no longer have one.
     """
 
-    touched_rows: np.ndarray
-    touched_keys: np.ndarray
-    evicted_keys: np.ndarray
-    complete: bool = True
+    keys: np.ndarray
+    removed: np.ndarray
 
 
 @dataclass
@@ -130,14 +121,9 @@ class DynamicEmbeddingTable:
         states = self._tbe.split_optimizer_states()
         self._momentum = states[0][0] if states and states[0] else torch.zeros(0)
         self._generator = torch.Generator().manual_seed(config.seed)
+        # Rows whose weights, optimizer state or index entry changed since the last `drain_changes`.
         self._dirty = np.zeros(self.num_rows, dtype=bool)
-        # Rows whose weights, optimizer state or index entry changed since the last `drain_state_changes`
-        # (tracked apart from `_dirty`, which `drain_changes` owns, so the two drains never steal rows).
-        self._state_dirty = np.zeros(self.num_rows, dtype=bool)
         self._sketch_changed = False
-        self._removed: list[np.ndarray] = []  # ids removed since the last drain, see _note_removed
-        self._removed_size = 0
-        self._removed_overflow = False
         self._offsets = torch.arange(1025, dtype=torch.int64)
         self.admitted = 0
         self.evicted = 0
@@ -205,10 +191,8 @@ class DynamicEmbeddingTable:
         if len(taken_keys):
             assignment = self._index.assign(taken_keys, times[take])
             rows[take] = assignment.slots + 1
-            self._state_dirty[rows[take]] = True  # last_seen and counts of every key seen
-            if len(assignment.evicted_keys):
-                self.evicted += len(assignment.evicted_keys)
-                self._note_removed(assignment.evicted_keys)
+            self._dirty[rows[take]] = True  # last_seen and counts of every key seen
+            self.evicted += len(assignment.evicted_keys)
             if assignment.new.any():
                 fresh = np.unique(assignment.slots[assignment.new]) + 1
                 self.admitted += len(fresh)
@@ -230,9 +214,7 @@ class DynamicEmbeddingTable:
         index = self._row_tensor(rows)
         n = len(index)
         if torch.is_grad_enabled():
-            touched = index.numpy()
-            self._dirty[touched] = True
-            self._state_dirty[touched] = True
+            self._dirty[index.numpy()] = True
         if len(self._offsets) <= n:
             self._offsets = torch.arange(2 * (n + 1), dtype=torch.int64)
         return self._tbe(index, self._offsets[: n + 1])
@@ -274,17 +256,6 @@ class DynamicEmbeddingTable:
         return array
 
     # ------------------------------------------------------------------ changes and state
-    def drain_changes(self) -> TableChanges:
-        """Rows touched and ids removed since the previous drain; resets the tracking."""
-        rows = np.flatnonzero(self._dirty)
-        self._dirty[rows] = False
-        keys = self._index.keys_of(rows - 1)  # row 0 -> slot -1 -> key 0
-        live = (rows == COLD_ROW) | (keys != 0)
-        removed = self._compact_removed()
-        complete = not self._removed_overflow
-        self._removed, self._removed_size, self._removed_overflow = [], 0, False
-        return TableChanges(rows[live], keys[live], removed, complete)
-
     def stats(self) -> TableStats:
         return TableStats(
             live_rows=len(self._index),
@@ -308,16 +279,19 @@ class DynamicEmbeddingTable:
         Every value is a finite numeric array (``-inf`` times are written as `freshrec.keyindex.NEVER_SEEN`),
         so the dict can be written with ``safetensors.numpy.save_file`` and published to the model store.
         Row r of ``weights`` and ``momentum`` belongs to ``index.slot_keys[r - 1]`` (row 0: the cold row).
+        The private ``_rng`` (the row initialiser's position) and ``index._free`` make a loaded table
+        initialise and place the next new ids exactly as this one would.
         """
         state = {
             "weights": self._weights.detach().numpy().copy(),
             "momentum": self._momentum.detach().numpy().copy(),
             "counters": self._counters(),
             "clock": self._clock_array(),
+            "_rng": self._generator.get_state().numpy().copy(),
         }
-        state.update({f"index.{name}": a for name, a in self._index.state_arrays(finite=True).items()})
+        state.update(with_prefix(self._index.state_dict(finite=True), "index."))
         if self._sketch is not None:
-            state.update({f"sketch.{name}": array for name, array in self._sketch.state_arrays().items()})
+            state.update(with_prefix(self._sketch.state_dict(), "sketch."))
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -339,31 +313,31 @@ class DynamicEmbeddingTable:
                 f"state was saved with a different admit_after setting than this table's "
                 f"admit_after={self.config.admit_after}; use the saved configuration"
             )
-        self._index.load_state_arrays({name[6:]: a for name, a in state.items() if name.startswith("index.")})
+        self._index.load_state_dict(under_prefix(state, "index."))
         if self._sketch is not None:
-            self._sketch.load_state_arrays({n[7:]: a for n, a in state.items() if n.startswith("sketch.")})
+            self._sketch.load_state_dict(under_prefix(state, "sketch."))
         with torch.no_grad():
             self._weights.copy_(torch.from_numpy(weights))
             self._momentum.copy_(torch.from_numpy(momentum))
         self.admitted, self.evicted, self.expired = (int(v) for v in state["counters"])
         self._load_clock(state["clock"])
+        if "_rng" in state:
+            self._generator.set_state(torch.from_numpy(np.asarray(state["_rng"], dtype=np.uint8).copy()))
         self._dirty[:] = False
-        self._state_dirty[:] = False
         self._sketch_changed = False
-        self._removed, self._removed_size, self._removed_overflow = [], 0, False
 
-    def drain_state_changes(self) -> StateChanges:
-        """Rows of `state_dict` changed since the previous call, as `freshrec.models.base.StateChanges`.
+    def drain_changes(self) -> StateChanges:
+        """Rows of `state_dict` changed since the previous call, as `freshrec.model_state.StateChanges`.
 
         Row-addressed: ``weights`` and ``momentum`` by row, ``index.slot_keys`` / ``index.last_seen`` /
         ``index.counts`` by slot (row - 1) — every row trained, re-initialised, seen, evicted or expired
         (a freed row has slot key 0). Replaced whole: ``counters``, ``clock``, and the admission sketch
         when it changed (``sketch.*``, ``sketch_depth x sketch_width`` bytes: with ``admit_after > 1`` it
-        changes with nearly every batch). Never incomplete: the tracking is one flag per row. Independent
-        of `drain_changes`. Cost O(changed rows) plus one scan of the flags.
+        changes with nearly every batch). Never incomplete: the tracking is one flag per row. Cost
+        O(changed rows) plus one scan of the flags.
         """
-        rows = np.flatnonzero(self._state_dirty)
-        self._state_dirty[rows] = False
+        rows = np.flatnonzero(self._dirty)
+        self._dirty[rows] = False
         index = torch.from_numpy(rows)
         changes: dict[str, tuple[np.ndarray, np.ndarray]] = {
             "weights": (rows, self._weights.index_select(0, index).numpy())
@@ -371,20 +345,18 @@ class DynamicEmbeddingTable:
         if len(self._momentum):
             changes["momentum"] = (rows, self._momentum.index_select(0, index).numpy())
         slots = rows[rows != COLD_ROW] - 1
-        changes.update({f"index.{n}": pair for n, pair in self._index.state_rows(slots, finite=True).items()})
+        changes.update(with_prefix(self._index.slot_changes(slots, finite=True).rows, "index."))
         replaced = {"counters": self._counters(), "clock": self._clock_array()}
         if self._sketch is not None and self._sketch_changed:
-            replaced.update({f"sketch.{n}": a for n, a in self._sketch.state_arrays().items()})
+            replaced.update(with_prefix(self._sketch.state_dict(), "sketch."))
             self._sketch_changed = False
         return StateChanges(rows=changes, replaced=replaced)
 
-    def apply_state_changes(self, changes: StateChanges) -> None:
-        """Apply another table's `drain_state_changes` in place: weight and optimizer rows are written
-        under ``torch.no_grad`` and the index entries with `KeyIndex.set_slots`, in O(changed rows).
-        Applied changes are not reported by this table's own drains."""
-        index_rows = {n[6:]: pair for n, pair in changes.rows.items() if n.startswith("index.")}
-        if index_rows:
-            self._index.apply_state_rows(index_rows)
+    def apply_changes(self, changes: StateChanges) -> None:
+        """Apply another table's `drain_changes` in place: weight and optimizer rows are written under
+        ``torch.no_grad`` and the index entries with `KeyIndex.set_slots`, in O(changed rows). Applied
+        changes are not reported by this table's own drains."""
+        self._index.apply_changes(changes.under("index."))
         with torch.no_grad():
             for name, tensor in (("weights", self._weights), ("momentum", self._momentum)):
                 if name in changes.rows:
@@ -397,7 +369,27 @@ class DynamicEmbeddingTable:
         if "clock" in replaced:
             self._load_clock(replaced["clock"])
         if self._sketch is not None and "sketch.counters" in replaced:
-            self._sketch.load_state_arrays({n[7:]: a for n, a in replaced.items() if n.startswith("sketch.")})
+            self._sketch.load_state_dict(under_prefix(replaced, "sketch."))
+
+    def owners_before(self, changes: StateChanges) -> np.ndarray:
+        """uint64 ids that hold, now, the slots `changes` (this table's, not yet applied) rewrite: read
+        before `apply_changes`, they tell `changed_ids` which ids lost their rows."""
+        slots, _ = changes.rows.get("index.slot_keys", (np.zeros(0, np.int64), None))
+        return self._index.keys_of(np.asarray(slots, dtype=np.int64))
+
+    def changed_ids(self, changes: StateChanges, owners_before: np.ndarray) -> RowChanges | None:
+        """After `apply_changes(changes)`: the ids whose row may now hold other values (trained,
+        re-initialised or newly admitted) and the ids that lost their row (evicted, expired), from the
+        changes and `owners_before`; None when the changes replaced the table whole. O(changed rows)."""
+        if "weights" in changes.replaced or "index.slot_keys" in changes.replaced:
+            return None
+        rows, _ = changes.rows.get("weights", (np.zeros(0, np.int64), None))
+        rows = np.asarray(rows, dtype=np.int64)
+        slots, _ = changes.rows.get("index.slot_keys", (np.zeros(0, np.int64), None))
+        owners = self._index.keys_of(rows[rows != COLD_ROW] - 1)
+        keys = np.unique(np.concatenate([owners, self._index.keys_of(np.asarray(slots, dtype=np.int64))]))
+        before = owners_before[owners_before != 0]
+        return RowChanges(keys[keys != 0], np.unique(before[self._index.lookup(before) < 0]))
 
     # ------------------------------------------------------------------ internals
     def _counters(self) -> np.ndarray:
@@ -414,23 +406,6 @@ class DynamicEmbeddingTable:
         clock[clock == NEVER_SEEN] = -np.inf
         self._clock, self._next_expiry = (float(v) for v in clock)
 
-    def _note_removed(self, keys: np.ndarray) -> None:
-        """Remember removed ids for the next drain, within O(capacity) memory however long it is delayed."""
-        self._removed.append(keys)
-        self._removed_size += len(keys)
-        if self._removed_size > 2 * self.config.capacity:
-            removed = self._compact_removed()
-            if len(removed) > self.config.capacity:
-                removed, self._removed_overflow = removed[-self.config.capacity :], True
-            self._removed, self._removed_size = [removed], len(removed)
-
-    def _compact_removed(self) -> np.ndarray:
-        """Distinct removed ids that are still not live."""
-        if not self._removed:
-            return np.zeros(0, dtype=np.uint64)
-        removed = np.unique(np.concatenate(self._removed))
-        return removed[self._index.lookup(removed) < 0]
-
     def _expire_if_due(self) -> None:
         ttl = self.config.ttl_seconds
         if ttl is None or self._clock < self._next_expiry:
@@ -438,8 +413,7 @@ class DynamicEmbeddingTable:
         keys, slots = self._index.expire(self._clock - ttl)
         if len(keys):
             self.expired += len(keys)
-            self._note_removed(keys)
-            self._state_dirty[slots + 1] = True  # freed rows change too: the receiver frees them
+            self._dirty[slots + 1] = True  # freed rows change too: the receiver frees them
         self._next_expiry = self._clock + ttl / 16
 
     def _reinit(self, rows: np.ndarray) -> None:
@@ -452,4 +426,3 @@ class DynamicEmbeddingTable:
             if len(self._momentum):
                 self._momentum.index_fill_(0, index, 0.0)
         self._dirty[rows] = True
-        self._state_dirty[rows] = True

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from freshrec.evaluation.prequential import RankingTask
+from freshrec.evaluation.prequential import rank_candidates
+from freshrec.features.catalogue import CandidateSet
 from freshrec.interactions import Query
-from freshrec.models.base import Recommender
+from freshrec.models.base import Model
 
 
 @dataclass
@@ -103,26 +104,12 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def hit_rate(
-    model: Recommender,
-    query: Query,
-    item_keys: np.ndarray,
-    candidate_keys: np.ndarray,
-    excluded_rows: np.ndarray,
-    excluded_columns: np.ndarray,
-    k: int,
-) -> float:
-    """HR@k of `model` on held-back events: each event's item ranked among `candidate_keys`.
-
-    Events whose item is not among the candidates count as misses, as in the prequential evaluation.
-    """
+def hit_rate(model: Model, query: Query, item_keys: np.ndarray, candidates: CandidateSet, k: int) -> float:
+    """HR@k of `model` on held-back events ranked against `candidates` (events whose item is not
+    rankable count as misses, as in the prequential evaluation)."""
     if len(item_keys) == 0:
         return 0.0
-    order = np.argsort(candidate_keys, kind="stable")
-    at = np.minimum(np.searchsorted(candidate_keys[order], item_keys), len(order) - 1)
-    targets = np.where(candidate_keys[order][at] == item_keys, order[at], -1)
-    task = RankingTask(candidate_keys, targets, excluded_rows, excluded_columns)
-    return hit_rate_of_ranks(task.ranks(model, query), k)
+    return hit_rate_of_ranks(rank_candidates(model, query, candidates), k)
 
 
 def hit_rate_of_ranks(ranks: np.ndarray, k: int) -> float:
@@ -136,17 +123,17 @@ class ScoredBatch:
     (all of the batch, or the sample `TrainerConfig.evaluate_fraction` asks for).
 
     The gate reads the candidate's HR from `ranks` and scores only the serving version again, with the
-    same task (candidates, targets, exclusions) and query, so both are judged alike on the same events and
-    the candidate is scored once.
+    same candidates (targets, exclusions) and query, so both are judged alike on the same events and the
+    candidate is scored once.
     """
 
-    task: RankingTask
+    candidates: CandidateSet
     ranks: np.ndarray
     query: Query
 
-    def rescore(self, model: Recommender, k: int) -> float:
+    def rescore(self, model: Model, k: int) -> float:
         """HR@k of another `model` on the same events (0 when none was ranked)."""
-        return hit_rate_of_ranks(self.task.ranks(model, self.query), k)
+        return hit_rate_of_ranks(rank_candidates(model, self.query, self.candidates), k)
 
 
 class PublishGate:

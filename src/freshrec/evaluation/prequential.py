@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from freshrec.evaluation.catalogue import Catalogue
-    from freshrec.features.seen import SeenItems
+    from freshrec.features.catalogue import CandidateSet
     from freshrec.interactions import Query
-    from freshrec.models.base import Recommender
+    from freshrec.models.base import Model
 
 
 @dataclass
@@ -94,73 +93,14 @@ def ranks_of_targets(
     return ranks
 
 
-@dataclass
-class RankingTask:
-    """What ranking one micro-batch needs besides the model: the candidates (all items seen so far), each
-    event's target column (-1: not rankable) and the cells to exclude. The trainer's evaluation, the publish
-    gate's second opinion and the cadence study's four models all rank through one.
-
-    Attributes
-    ----------
-    candidates
-        uint64 [C], the catalogue's keys in column order.
-    targets
-        int64 [B], each event's item column, -1 for the event that introduces an item.
-    excluded_rows, excluded_columns
-        Cells never ranked: each user's seen items, and items first seen later in the batch.
-    """
-
-    candidates: np.ndarray
-    targets: np.ndarray
-    excluded_rows: np.ndarray
-    excluded_columns: np.ndarray
-
-    @classmethod
-    def prepare(
-        cls, catalogue: Catalogue, seen: SeenItems, query: Query, item_keys: np.ndarray
-    ) -> RankingTask:
-        """Add the batch's items to `catalogue` and build the task for `query` (seen items as they were
-        before each event; `seen` is not changed)."""
-        n = len(item_keys)
-        before = len(catalogue)
-        first_seen_at = catalogue.add(item_keys)  # batch positions where new items first appear
-        seen_rows, seen_keys = seen.pairs_before_each_event(query.user_keys, item_keys)
-        rows, columns = [seen_rows], [catalogue.columns_of(seen_keys)]
-        targets = catalogue.columns_of(item_keys)
-        if len(first_seen_at):
-            # Items first seen inside this batch are not candidates yet for the events before them, and
-            # the event that introduces an item cannot rank it: it was not "seen so far".
-            new_rows, new = np.nonzero(np.arange(n)[:, None] < first_seen_at[None, :])
-            rows.append(new_rows)
-            columns.append(before + new)
-            targets[first_seen_at] = -1
-        return cls(catalogue.keys, targets, np.concatenate(rows), np.concatenate(columns))
-
-    def take(self, rows: np.ndarray) -> RankingTask:
-        """The task of the given batch rows only (ascending integer positions), renumbered 0..len(rows)-1.
-
-        >>> task = RankingTask(np.arange(1, 4, dtype=np.uint64), np.array([0, 2, 1]), np.array([0, 2]),
-        ...                    np.array([1, 0]))
-        >>> sub = task.take(np.array([1, 2]))
-        >>> sub.targets.tolist(), sub.excluded_rows.tolist(), sub.excluded_columns.tolist()
-        ([2, 1], [1], [0])
-        """
-        position = np.full(len(self.targets), -1, dtype=np.int64)
-        position[rows] = np.arange(len(rows))
-        kept = position[self.excluded_rows] >= 0
-        return RankingTask(
-            self.candidates,
-            self.targets[rows],
-            position[self.excluded_rows[kept]],
-            self.excluded_columns[kept],
-        )
-
-    def ranks(self, model: Recommender, query: Query) -> np.ndarray:
-        """Each event's target rank under `model` (-1: not rankable)."""
-        if len(self.targets) == 0:  # a sampled evaluation may rank no event of a small batch
-            return np.zeros(0, dtype=np.int64)
-        scores = model.score(query, self.candidates)
-        return ranks_of_targets(scores, self.targets, self.excluded_rows, self.excluded_columns)
+def rank_candidates(model: Model, query: Query, candidates: CandidateSet) -> np.ndarray:
+    """Each event's target rank under `model` among `candidates` (-1: not rankable): one `Model.score`
+    over every candidate, then `ranks_of_targets`. The trainer's evaluation, the publish gate's second
+    opinion and the cadence study all rank through it."""
+    if len(candidates.targets) == 0:  # a sampled evaluation may rank no event of a small batch
+        return np.zeros(0, dtype=np.int64)
+    scores = model.score(query, candidates.candidates)
+    return ranks_of_targets(scores, candidates.targets, candidates.excluded_rows, candidates.excluded_columns)
 
 
 @dataclass

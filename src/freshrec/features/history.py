@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from freshrec.errors import ConfigError
 from freshrec.interactions import Query
 from freshrec.keyindex import KeyIndex
+from freshrec.model_state import under_prefix, with_prefix
 
 
 def age_buckets(query_times: np.ndarray, history_times: np.ndarray, buckets: int) -> np.ndarray:
@@ -94,6 +96,39 @@ class UserHistory:
             values = np.full((len(user_keys), self.length), np.nan)
             values[known] = self._values[slots[known]]
         return Query(user_keys, timestamps, keys, times, values)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The user index (``users.*``) and the rows of the users it holds (``slots``, ``keys``, ``times``,
+        ``values``): memory proportional to the users remembered, not to the capacity."""
+        live = self._users.live_slots()
+        state = with_prefix(self._users.state_dict(finite=True), "users.")
+        state.update(
+            {"slots": live, "keys": self._keys[live], "times": np.nan_to_num(self._times[live], nan=0.0)}
+        )
+        state["padding"] = np.isnan(self._times[live])
+        if self._values is not None:
+            state["values"] = np.nan_to_num(self._values[live], nan=0.0)
+            state["absent"] = np.isnan(self._values[live])
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore `state_dict` output of a history with the same config."""
+        keys = np.asarray(state["keys"], dtype=np.uint64)
+        if keys.ndim != 2 or keys.shape[1] != self.length:
+            raise ConfigError(
+                f"history state keeps {keys.shape[-1]} items per user, this history {self.length}; "
+                "use the history length it was saved with"
+            )
+        self._users.load_state_dict(under_prefix(state, "users."))
+        slots = np.asarray(state["slots"], dtype=np.int64)
+        self._keys[:] = 0
+        self._times[:] = np.nan
+        self._keys[slots] = keys
+        self._times[slots] = np.where(state["padding"], np.nan, state["times"])
+        if self._values is not None:
+            self._values[:] = np.nan
+            if "values" in state:
+                self._values[slots] = np.where(state["absent"], np.nan, state["values"])
 
     def query_and_record(
         self,

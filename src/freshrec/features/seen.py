@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from freshrec.keyindex import KeyIndex
+from freshrec.model_state import under_prefix, with_prefix
 
 _EMPTY = np.empty(0, dtype=np.uint64)
 
@@ -46,6 +47,31 @@ class SeenItems:
     def items_of(self, user_key: int) -> np.ndarray:
         slot = int(self._users.lookup(np.array([user_key], dtype=np.uint64))[0])
         return self._items[slot] if slot >= 0 else _EMPTY
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The user index (``users.*``) and each remembered user's items (``slots``, ``lengths``,
+        ``items`` concatenated in slot order)."""
+        live = self._users.live_slots()
+        items = [self._items[slot] for slot in live.tolist()]
+        state = with_prefix(self._users.state_dict(finite=True), "users.")
+        state["slots"] = live
+        state["lengths"] = np.fromiter((len(a) for a in items), dtype=np.int64, count=len(items))
+        state["items"] = np.concatenate(items) if items else _EMPTY.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore `state_dict` output of seen items with the same capacity."""
+        self._users.load_state_dict(under_prefix(state, "users."))
+        self._items = [_EMPTY] * self.config.capacity
+        items = np.asarray(state["items"], dtype=np.uint64)
+        ends = np.cumsum(np.asarray(state["lengths"], dtype=np.int64))
+        for slot, start, end in zip(
+            np.asarray(state["slots"]).tolist(),
+            (ends - np.asarray(state["lengths"])).tolist(),
+            ends.tolist(),
+            strict=True,
+        ):
+            self._items[slot] = items[start:end].copy()
 
     def pairs_before_each_event(
         self, user_keys: np.ndarray, item_keys: np.ndarray

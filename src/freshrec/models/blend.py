@@ -49,8 +49,8 @@ import torch
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
-from freshrec.model_state import under_prefix
-from freshrec.models.base import LearnStats, PublishableModel, Recommender, StateChanges
+from freshrec.model_state import State, apply_parts, drain_parts, load_parts, state_of_parts
+from freshrec.models.base import LearnStats, Model, StateChanges
 
 _MASKED = -1e9
 
@@ -127,10 +127,15 @@ class BlendConfig:
         correction: they are all there); ``"sampled"``: only the batch's positives and negatives,
         logQ-corrected.
 
+    components
+        Registry names of the blended models (`freshrec.models.registry`); each is built from its own
+        section of the model's configuration (``[model.two-tower]``), with its defaults otherwise.
+
     >>> BlendConfig().history_buckets
     (1, 2, 5, 10, 20)
     """
 
+    components: tuple[str, ...] = ("two-tower", "sasrec", "cooccurrence", "popularity-decayed")
     history_buckets: tuple[int, ...] = (1, 2, 5, 10, 20)
     gap_buckets: tuple[float, ...] = (1.0, 60.0, 3600.0, 86_400.0)
     reference_size: int = 1024
@@ -175,9 +180,15 @@ class BlendConfig:
             )
         if not self.learning_rate > 0:
             raise ConfigError(f"BlendConfig.learning_rate must be > 0, got {self.learning_rate}")
+        names = list(self.components)
+        if not names or len(set(names)) != len(names) or "blend" in names:
+            raise ConfigError(
+                "BlendConfig.components must name one or more distinct registered models other than "
+                f"'blend', got {names}"
+            )
 
 
-class BlendedModel:
+class BlendedModel(Model):
     """Scores ``sum_f w[f, bucket(history length, gap)] * feature_f`` over the features of component models
     (`BlendConfig.feature_kinds` per component), with the weights learned online by a softmax on each batch
     before the components learn.
@@ -185,7 +196,7 @@ class BlendedModel:
     Parameters
     ----------
     components
-        The models to blend, each a `Recommender` and `PublishableModel` with a distinct ``name``.
+        The models to blend, each a `freshrec.models.base.Model` with a distinct ``name``.
     config
         Blend settings.
 
@@ -206,7 +217,7 @@ class BlendedModel:
 
     name = "blend"
 
-    def __init__(self, components: Sequence[Recommender], config: BlendConfig | None = None) -> None:
+    def __init__(self, components: Sequence[Model], config: BlendConfig | None = None) -> None:
         self.config = config = config or BlendConfig()
         self.components = list(components)
         names = [c.name for c in self.components]
@@ -216,8 +227,9 @@ class BlendedModel:
                 f"'blend' (the prefix of the blend's own state), got {names}"
             )
         for component in self.components:
-            if not isinstance(component, PublishableModel):
-                raise ConfigError(f"BlendedModel component {component.name!r} is not a PublishableModel")
+            if not isinstance(component, Model):
+                raise ConfigError(f"BlendedModel component {component.name!r} is not a Model")
+        self._parts = {f"{component.name}.": component for component in self.components}
         self.history_length = max(c.history_length for c in self.components)
         buckets = (len(config.history_buckets) + 1) * (len(config.gap_buckets) + 1)
         self.feature_count = len(self.components) * len(config.feature_kinds)
@@ -305,10 +317,6 @@ class BlendedModel:
         by_gap = np.searchsorted(self._gap_bounds, np.where(np.isfinite(gap), gap, np.inf), side="right")
         return by_length * (len(self._gap_bounds) + 1) + by_gap
 
-    def item_vectors(self, item_keys: np.ndarray) -> np.ndarray | None:
-        """None: a per-row normalised blend has no single inner-product form; retrieval uses `score`."""
-        return None
-
     def _reference(self) -> np.ndarray:
         """The most recent `reference_size` positives (fewer before the stream has filled them)."""
         filled, position = int(self._ring[1]), int(self._ring[0])
@@ -317,7 +325,7 @@ class BlendedModel:
         return self._occurrences[(position - size + np.arange(size)) % window]
 
     @staticmethod
-    def _component_query(query: Query, component: Recommender) -> Query:
+    def _component_query(query: Query, component: Model) -> Query:
         length = component.history_length
         if length == query.history_length:
             return query
@@ -407,23 +415,20 @@ class BlendedModel:
             "blend.ring": self._ring.copy(),
         }
 
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> State:
         """Each component's `state_dict` with its name as prefix (``sasrec.items.weights``...) and the
         blend's weights, Adagrad state and recent positives (``blend.*``)."""
         state = self._own_state()
-        for component in self.components:
-            state.update({f"{component.name}.{k}": v for k, v in component.state_dict().items()})  # type: ignore[attr-defined]
+        state.update(state_of_parts(self._parts))
         return state
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: State) -> None:
         """Restore `state_dict` output of a blend of the same components and config."""
-        for component in self.components:
-            prefix = f"{component.name}."
-            component.load_state_dict(under_prefix(state, prefix))  # type: ignore[attr-defined]
+        load_parts(self._parts, state)
         self._load_own(state)
         self._changed = False
 
-    def _load_own(self, state: dict[str, np.ndarray]) -> None:
+    def _load_own(self, state: State) -> None:
         weights = np.asarray(state["blend.weights"], dtype=np.float64)
         if weights.shape != self.weights.shape:
             raise ConfigError(
@@ -438,13 +443,7 @@ class BlendedModel:
     def drain_changes(self) -> StateChanges:
         """Every component's `drain_changes` with its prefix, and the blend's own arrays replaced whole
         (a few kB) when a batch was learned since the previous call."""
-        changes = StateChanges()
-        for component in self.components:
-            side = component.drain_changes()  # type: ignore[attr-defined]
-            prefix = f"{component.name}."
-            changes.rows.update({prefix + name: pair for name, pair in side.rows.items()})
-            changes.replaced.update({prefix + name: array for name, array in side.replaced.items()})
-            changes.complete = changes.complete and side.complete
+        changes = drain_parts(self._parts)
         if self._changed:
             changes.replaced.update(self._own_state())
             self._changed = False
@@ -452,9 +451,7 @@ class BlendedModel:
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, component by component."""
-        for component in self.components:
-            prefix = f"{component.name}."
-            component.apply_changes(changes.under(prefix))  # type: ignore[attr-defined]
+        apply_parts(self._parts, changes)
         if "blend.weights" in changes.replaced:
             self._load_own(changes.replaced)
 

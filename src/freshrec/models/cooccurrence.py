@@ -18,11 +18,12 @@ from typing import Literal
 
 import numpy as np
 
+from freshrec.embeddings.config import DEFAULT_CAPACITY
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
-from freshrec.model_state import under_prefix
-from freshrec.models.base import LearnStats, StateChanges
+from freshrec.model_state import State, apply_rows, under_prefix, with_prefix
+from freshrec.models.base import LearnStats, Model, StateChanges
 from freshrec.models.popularity import DecayClock
 
 _SECONDS_PER_DAY = 86_400.0
@@ -62,7 +63,7 @@ class CooccurrenceConfig:
         ``"lru"``: forget the item acted on least recently; ``"lfu"``: the one acted on least often.
     """
 
-    capacity: int = 1_000_000
+    capacity: int = DEFAULT_CAPACITY
     max_neighbors: int = 128
     history_length: int = 20
     recency_decay: float = 0.85
@@ -89,7 +90,7 @@ class CooccurrenceConfig:
             raise ConfigError(f"CooccurrenceConfig.tie_breaker must be >= 0, got {self.tie_breaker!r}")
 
 
-class CooccurrenceModel:
+class CooccurrenceModel(Model):
     """Incremental item-to-item co-occurrence recommender with a fixed number of neighbours per item.
 
     Memory is fixed at construction: per item slot, `max_neighbors` cells of 12 bytes (the neighbour's
@@ -345,20 +346,20 @@ class CooccurrenceModel:
         self._weights[target_rows] = np.where(empty, 0.0, kept_weights)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> State:
         """Item index, neighbour rows, stored weights and counts, decay origin: finite arrays (copies).
 
         Slot-addressed: ``items.slot_keys``, ``items.last_seen``, ``items.counts``, ``neighbor_keys``,
-        ``weights``, ``counts``; replaced whole: ``clock``.
+        ``weights``, ``counts``; replaced whole: ``clock.origin``.
         """
-        state = {f"items.{name}": a for name, a in self._items.state_arrays(finite=True).items()}
+        state = with_prefix(self._items.state_dict(finite=True), "items.")
         state["neighbor_keys"] = self._neighbor_keys.copy()
         state["weights"] = self._weights.copy()
         state["counts"] = self._counts.copy()
-        state["clock"] = self.clock.state_array()
+        state.update(with_prefix(self.clock.state_dict(), "clock."))
         return state
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: State) -> None:
         """Replace the whole state with `state_dict` output of a model with the same capacity and width."""
         neighbor_keys = as_keys(state["neighbor_keys"], "neighbor_keys").reshape(
             np.shape(state["neighbor_keys"])
@@ -368,42 +369,36 @@ class CooccurrenceModel:
                 f"state neighbor_keys have shape {neighbor_keys.shape}, this model's are "
                 f"{self._neighbor_keys.shape} (capacity, max_neighbors); use the saved config"
             )
-        self._items.load_state_arrays(under_prefix(state, "items."))
+        self._items.load_state_dict(under_prefix(state, "items."))
         self._neighbor_keys = neighbor_keys.copy()
         self._weights = np.asarray(state["weights"], dtype=np.float32).copy()
         self._counts = np.asarray(state["counts"], dtype=np.float64).copy()
-        self.clock.load_state_array(state["clock"])
+        self.clock.load_state_dict(under_prefix(state, "clock."))
         self._dirty[:] = False
 
     def drain_changes(self) -> StateChanges:
         """The slots changed since the previous drain (rows of every slot-addressed array) and the clock."""
         slots = np.flatnonzero(self._dirty)
         self._dirty[slots] = False
-        rows = {f"items.{n}": pair for n, pair in self._items.state_rows(slots, finite=True).items()}
-        rows["neighbor_keys"] = (slots, self._neighbor_keys[slots])
-        rows["weights"] = (slots, self._weights[slots])
-        rows["counts"] = (slots, self._counts[slots])
-        return StateChanges(rows=rows, replaced={"clock": self.clock.state_array()})
+        changes = StateChanges(
+            rows={
+                "neighbor_keys": (slots, self._neighbor_keys[slots]),
+                "weights": (slots, self._weights[slots]),
+                "counts": (slots, self._counts[slots]),
+            }
+        )
+        changes.add(self._items.slot_changes(slots, finite=True), "items.")
+        changes.replaced.update(with_prefix(self.clock.state_dict(), "clock."))
+        return changes
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, in O(changed slots x max_neighbors)."""
-        index_rows = under_prefix(changes.rows, "items.")
-        if index_rows:
-            self._items.apply_state_rows(index_rows)
-        for name, array in (
-            ("neighbor_keys", self._neighbor_keys),
-            ("weights", self._weights),
-            ("counts", self._counts),
-        ):
-            if name in changes.rows:
-                slots, values = changes.rows[name]
-                array[slots] = values
-        if "clock" in changes.replaced:
-            self.clock.load_state_array(changes.replaced["clock"])
-
-    def item_vectors(self, item_keys: np.ndarray) -> np.ndarray | None:
-        """None: co-occurrence has no factorisation; retrieval scores candidates with `score`."""
-        return None
+        self._items.apply_changes(changes.under("items."))
+        apply_rows(
+            {"neighbor_keys": self._neighbor_keys, "weights": self._weights, "counts": self._counts}, changes
+        )
+        if "clock.origin" in changes.replaced:
+            self.clock.load_state_dict(under_prefix(changes.replaced, "clock."))
 
 
 def _damping(counts: np.ndarray, exponent: float) -> np.ndarray:

@@ -14,18 +14,22 @@ constant 1. So a row of width ``dim`` holds ``dim - 1`` latent factors, and ``us
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableConfig
+from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable
+from freshrec.embeddings.config import TableConfig
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import as_keys
-from freshrec.model_state import under_prefix
-from freshrec.models.base import LearnStats, StateChanges
+from freshrec.model_state import State, apply_parts, drain_parts, load_parts, state_of_parts
+from freshrec.models.base import LearnStats, StateChanges, VectorModel
+
+#: Table settings that a flat config of earlier versions set for both sides at once.
+_SHARED_TABLE_FIELDS = ("admit_after", "ttl_seconds", "eviction", "optimizer", "learning_rate")
 
 
 @dataclass
@@ -36,18 +40,13 @@ class MFConfig:
     ----------
     dim
         Row width: ``dim - 1`` latent factors plus the bias column (a multiple of 4, for fbgemm).
-    user_capacity, item_capacity
-        Most users / items with a row of their own at once (4 bytes x (dim + 1) each, plus ~50 bytes of
-        index); beyond it the `eviction` policy frees rows.
-    admit_after
-        Sightings (as a user, or as a positive item) before an id gets its own row; until then it shares
-        the cold row 0.
-    ttl_seconds
-        Free the rows of ids unseen for this much event time (None: keep until evicted).
-    eviction
-        ``"lru"`` or ``"lfu"`` at capacity (``"none"`` raises `CapacityError` instead).
-    learning_rate
-        Row-wise Adagrad step size.
+    users, items
+        Each side's id table: capacity (4 bytes x (dim + 1) per row, plus ~50 bytes of index; beyond it the
+        `eviction` policy frees rows), admission (sightings, as a user or as a positive item, before an
+        id gets its own row; until then it shares the cold row 0), expiry, optimizer, learning rate and
+        the standard deviation of new rows. A new user's row starts at 0: their first scores are the
+        item biases alone (a popularity-like ranking) instead of noise; the first update moves the row
+        off zero.
     l2
         L2 penalty on the rows used by each event (user factors, positive and negative item rows).
     negative_correction
@@ -57,27 +56,27 @@ class MFConfig:
         objective averages over uniformly drawn negatives; alpha = 1 undoes the popularity sampling, 0
         trains on the negatives as drawn. On MovieLens-100K (B = 256, 4 negatives) it moves HR@10 from
         0.013 (alpha 0: the model learns to rank popular items down) to 0.074.
-    init_std
-        Standard deviation of new item rows.
-    user_init_std
-        Standard deviation of new user rows. 0: a new user's first scores are the item biases alone (a
-        popularity-like ranking) instead of noise; the first update moves the row off zero.
     seed
         Seeds row initialisation.
+
+    >>> MFConfig().items.init_std
+    0.1
     """
 
+    #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
+    legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "user_capacity": ("users.capacity",),
+        "item_capacity": ("items.capacity",),
+        "user_init_std": ("users.init_std",),
+        "init_std": ("items.init_std",),
+        **{name: (f"users.{name}", f"items.{name}") for name in _SHARED_TABLE_FIELDS},
+    }
+
     dim: int = 64
-    user_capacity: int = 1_000_000
-    item_capacity: int = 1_000_000
-    admit_after: int = 1
-    ttl_seconds: float | None = None
-    eviction: Literal["lru", "lfu", "none"] = "lru"
-    optimizer: Literal["rowwise_adagrad", "sgd"] = "rowwise_adagrad"
-    learning_rate: float = 0.05
+    users: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.0))
+    items: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.1))
     l2: float = 1e-4
     negative_correction: float = 1.0
-    init_std: float = 0.1
-    user_init_std: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,23 +84,10 @@ class MFConfig:
             raise ConfigError(f"l2 must be >= 0, got {self.l2}")
         if self.negative_correction < 0:
             raise ConfigError(f"negative_correction must be >= 0, got {self.negative_correction}")
-
-    def table(self, capacity: int, init_std: float, seed_offset: int) -> EmbeddingTableConfig:
-        """The embedding table configuration for one side (validates dim and the shared settings)."""
-        return EmbeddingTableConfig(
-            dim=self.dim,
-            capacity=capacity,
-            admit_after=self.admit_after,
-            ttl_seconds=self.ttl_seconds,
-            eviction=self.eviction,
-            optimizer=self.optimizer,
-            learning_rate=self.learning_rate,
-            init_std=init_std,
-            seed=self.seed + seed_offset,
-        )
+        self.users.embedding(self.dim, self.seed)  # validates dim against the kernels
 
 
-class BPRMatrixFactorization:
+class BPRMatrixFactorization(VectorModel):
     """Bayesian personalised ranking (Rendle et al. 2009) matrix factorisation, learned per micro-batch.
 
     Each event (user u, positive item i) and each of its sampled negatives j that has a row of its own
@@ -111,7 +97,8 @@ class BPRMatrixFactorization:
     step, measured) and handed to fbgemm, whose fused row-wise Adagrad updates exactly the batch's rows.
     `LearnStats.loss` is the unweighted mean BPR loss of the pairs (log 2 = 0.69 is chance).
 
-    >>> model = BPRMatrixFactorization(MFConfig(dim=8, user_capacity=16, item_capacity=16))
+    >>> small = MFConfig(dim=8, users=TableConfig(capacity=16, init_std=0.0), items=TableConfig(capacity=16))
+    >>> model = BPRMatrixFactorization(small)
     >>> users, items = np.array([1, 1, 2], dtype=np.uint64), np.array([10, 10, 11], dtype=np.uint64)
     >>> query = Query.without_history(users, np.arange(3.0))
     >>> batch = Interactions(query, items, np.full(3, np.nan), np.zeros(3, np.int8), items[::-1, None].copy())
@@ -125,8 +112,13 @@ class BPRMatrixFactorization:
 
     def __init__(self, config: MFConfig | None = None) -> None:
         self.config = config = config or MFConfig()
-        self.users = DynamicEmbeddingTable(config.table(config.user_capacity, config.user_init_std, 0))
-        self.items = DynamicEmbeddingTable(config.table(config.item_capacity, config.init_std, 1))
+        self.users = DynamicEmbeddingTable(config.users.embedding(config.dim, config.seed))
+        self.items = DynamicEmbeddingTable(config.items.embedding(config.dim, config.seed + 1))
+        self._parts = {"users.": self.users, "items.": self.items}
+
+    @property
+    def vector_dim(self) -> int:
+        return self.config.dim
 
     # ------------------------------------------------------------------ scoring
     def user_vectors(self, query: Query) -> np.ndarray:
@@ -202,32 +194,22 @@ class BPRMatrixFactorization:
         return torch.from_numpy((weights / weights.mean()).astype(np.float32))
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> State:
         """Both tables' `state_dict`, keys prefixed ``users.`` / ``items.`` (safetensors-compatible)."""
-        state = {f"users.{k}": v for k, v in self.users.state_dict().items()}
-        state.update({f"items.{k}": v for k, v in self.items.state_dict().items()})
-        return state
+        return state_of_parts(self._parts)
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: State) -> None:
         """Restore `state_dict` output of a model built with the same config."""
-        self.users.load_state_dict(under_prefix(state, "users."))
-        self.items.load_state_dict(under_prefix(state, "items."))
+        load_parts(self._parts, state)
 
     def drain_changes(self) -> StateChanges:
-        """Both tables' `DynamicEmbeddingTable.drain_state_changes`, names prefixed like `state_dict`:
-        the rows trained, (re)assigned, evicted or expired since the previous call."""
-        changes = StateChanges()
-        for prefix, table in (("users.", self.users), ("items.", self.items)):
-            side = table.drain_state_changes()
-            changes.rows.update({prefix + name: pair for name, pair in side.rows.items()})
-            changes.replaced.update({prefix + name: array for name, array in side.replaced.items()})
-            changes.complete = changes.complete and side.complete
-        return changes
+        """Both tables' `DynamicEmbeddingTable.drain_changes`, names prefixed like `state_dict`: the rows
+        trained, (re)assigned, evicted or expired since the previous call."""
+        return drain_parts(self._parts)
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place (O(changed rows), weights under no_grad)."""
-        for prefix, table in (("users.", self.users), ("items.", self.items)):
-            table.apply_state_changes(changes.under(prefix))
+        apply_parts(self._parts, changes)
 
 
 def bpr_gradients(

@@ -12,11 +12,12 @@ from typing import Literal
 
 import numpy as np
 
+from freshrec.embeddings.config import DEFAULT_CAPACITY
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys
-from freshrec.model_state import under_prefix
-from freshrec.models.base import LearnStats, StateChanges
+from freshrec.model_state import State, apply_rows, under_prefix, with_prefix
+from freshrec.models.base import LearnStats, Model, StateChanges
 
 _SECONDS_PER_DAY = 86_400.0
 
@@ -86,13 +87,14 @@ class DecayClock:
         # A query earlier than the origin (by more than a few half-lives) would overflow: clip it.
         return np.exp2(-np.maximum(self._exponent(timestamps), -60.0))
 
-    def state_array(self) -> np.ndarray:
-        """float64 [1]: the origin, `NEVER_SEEN` while there is none (state arrays stay finite)."""
-        return np.array([NEVER_SEEN if self.origin is None else self.origin], dtype=np.float64)
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``origin``: float64 [1], `NEVER_SEEN` while there is none (state arrays stay finite). A clock
+        changes with every batch, so a model publishes it whole in every delta."""
+        return {"origin": np.array([NEVER_SEEN if self.origin is None else self.origin], dtype=np.float64)}
 
-    def load_state_array(self, array: np.ndarray) -> None:
-        """Restore the origin from `state_array` output."""
-        origin = float(np.asarray(array).reshape(-1)[0])
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the origin from `state_dict` output."""
+        origin = float(np.asarray(state["origin"]).reshape(-1)[0])
         self.origin = None if origin == NEVER_SEEN else origin
 
 
@@ -111,11 +113,11 @@ class PopularityConfig:
     """
 
     half_life_days: float | None = None
-    capacity: int = 1_000_000
+    capacity: int = DEFAULT_CAPACITY
     eviction: Literal["lru", "lfu"] = "lru"
 
 
-class PopularityModel:
+class PopularityModel(Model):
     """Scores every candidate by how often it was acted on so far (decayed in event time if configured).
 
     Memory, fixed at construction: per item slot, an 8-byte count plus the item index's 65-90 bytes.
@@ -177,18 +179,18 @@ class PopularityModel:
         return LearnStats(extra={"items": float(len(self._items))})
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> State:
         """Item index, stored counts and the decay clock's origin as finite numeric arrays (copies).
 
         Slot-addressed: ``items.slot_keys``, ``items.last_seen``, ``items.counts``, ``counts``; replaced
-        whole: ``clock`` ([origin], `NEVER_SEEN` before the first event).
+        whole: ``clock.origin`` (`NEVER_SEEN` before the first event).
         """
-        state = {f"items.{name}": a for name, a in self._items.state_arrays(finite=True).items()}
+        state = with_prefix(self._items.state_dict(finite=True), "items.")
         state["counts"] = self._counts.copy()
-        state["clock"] = self.clock.state_array()
+        state.update(with_prefix(self.clock.state_dict(), "clock."))
         return state
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: State) -> None:
         """Replace the whole state with `state_dict` output of a model with the same capacity."""
         counts = np.asarray(state["counts"], dtype=np.float64)
         if counts.shape != self._counts.shape:
@@ -196,30 +198,23 @@ class PopularityModel:
                 f"state counts have shape {counts.shape}, this model has capacity={self.config.capacity}; "
                 "build the model with the capacity it was saved with"
             )
-        self._items.load_state_arrays(under_prefix(state, "items."))
+        self._items.load_state_dict(under_prefix(state, "items."))
         self._counts = counts.copy()
-        self.clock.load_state_array(state["clock"])
+        self.clock.load_state_dict(under_prefix(state, "clock."))
         self._dirty[:] = False
 
     def drain_changes(self) -> StateChanges:
         """The slots changed since the previous drain (rows of every slot-addressed array) and the clock."""
         slots = np.flatnonzero(self._dirty)
         self._dirty[slots] = False
-        rows = {f"items.{n}": pair for n, pair in self._items.state_rows(slots, finite=True).items()}
-        rows["counts"] = (slots, self._counts[slots])
-        return StateChanges(rows=rows, replaced={"clock": self.clock.state_array()})
+        changes = StateChanges(rows={"counts": (slots, self._counts[slots])})
+        changes.add(self._items.slot_changes(slots, finite=True), "items.")
+        changes.replaced.update(with_prefix(self.clock.state_dict(), "clock."))
+        return changes
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, in O(changed slots)."""
-        index_rows = under_prefix(changes.rows, "items.")
-        if index_rows:
-            self._items.apply_state_rows(index_rows)
-        if "counts" in changes.rows:
-            slots, values = changes.rows["counts"]
-            self._counts[slots] = values
-        if "clock" in changes.replaced:
-            self.clock.load_state_array(changes.replaced["clock"])
-
-    def item_vectors(self, item_keys: np.ndarray) -> np.ndarray | None:
-        """None: popularity has no factorisation."""
-        return None
+        self._items.apply_changes(changes.under("items."))
+        apply_rows({"counts": self._counts}, changes)
+        if "clock.origin" in changes.replaced:
+            self.clock.load_state_dict(under_prefix(changes.replaced, "clock."))

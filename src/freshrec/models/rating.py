@@ -32,12 +32,22 @@ from typing import Literal
 
 import numpy as np
 
+from freshrec.embeddings.config import DEFAULT_CAPACITY
 from freshrec.errors import ConfigError
 from freshrec.hashing import mix64
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
-from freshrec.model_state import under_prefix
-from freshrec.models.base import LearnStats, StateChanges
+from freshrec.model_state import (
+    State,
+    apply_parts,
+    apply_rows,
+    drain_parts,
+    load_parts,
+    state_of_parts,
+    under_prefix,
+    with_prefix,
+)
+from freshrec.models.base import LearnStats, Model, RatingPredictor, StateChanges
 
 __all__ = ["RatingConfig", "RatingModel"]
 
@@ -97,8 +107,8 @@ class RatingConfig:
     min_rating: float = 1.0
     max_rating: float = 5.0
     dim: int = 64
-    user_capacity: int = 1_000_000
-    item_capacity: int = 1_000_000
+    user_capacity: int = DEFAULT_CAPACITY
+    item_capacity: int = DEFAULT_CAPACITY
     eviction: Literal["lru", "lfu", "none"] = "lru"
     factor_learning_rate: float = 0.1
     factor_l2: float = 0.0
@@ -145,9 +155,11 @@ class RatingConfig:
 
 class _Side:
     """The rows of one side (users or items): the id -> slot index, biases and factors, and which slots
-    changed since the last drain. Slot-addressed arrays all have ``capacity`` rows."""
+    changed since the last drain. Slot-addressed arrays all have ``capacity`` rows. A stateful part:
+    ``index.*``, ``bias``, ``factors`` (and ``scale`` for users), all by slot."""
 
-    def __init__(self, capacity: int, dim: int, eviction: str, with_scale: bool) -> None:
+    def __init__(self, name: str, capacity: int, dim: int, eviction: str, with_scale: bool) -> None:
+        self.name = name
         self.index = KeyIndex(capacity, eviction)  # type: ignore[arg-type]
         self.bias = np.zeros(capacity, dtype=np.float64)
         self.factors = np.zeros((capacity, dim), dtype=np.float32)
@@ -161,8 +173,38 @@ class _Side:
             arrays["scale"] = self.scale
         return arrays
 
+    def state_dict(self) -> State:
+        state = with_prefix(self.index.state_dict(finite=True), "index.")
+        state.update({name: array.copy() for name, array in self.arrays().items()})
+        return state
 
-class RatingModel:
+    def load_state_dict(self, state: State) -> None:
+        for name, array in self.arrays().items():
+            saved = np.asarray(state[name])
+            if saved.shape != array.shape:
+                raise ConfigError(
+                    f"state {self.name}.{name} has shape {saved.shape}, this model's is {array.shape} "
+                    "(capacity, dim); "
+                    "build the model with the config it was saved with"
+                )
+        self.index.load_state_dict(under_prefix(state, "index."))
+        for name, array in self.arrays().items():
+            array[...] = state[name]
+        self.dirty[:] = False
+
+    def drain_changes(self) -> StateChanges:
+        slots = np.flatnonzero(self.dirty)
+        self.dirty[slots] = False
+        changes = StateChanges(rows={name: (slots, a[slots]) for name, a in self.arrays().items()})
+        changes.add(self.index.slot_changes(slots, finite=True), "index.")
+        return changes
+
+    def apply_changes(self, changes: StateChanges) -> None:
+        self.index.apply_changes(changes.under("index."))
+        apply_rows(self.arrays(), changes)
+
+
+class RatingModel(Model, RatingPredictor):
     """Online biased MF for explicit ratings: ``mu + b_u + c_u b_i + p_u . q_i``, drifting biases.
 
     Each micro-batch is predicted with the parameters as they were before it, then learned. A row seen
@@ -192,9 +234,8 @@ class RatingModel:
     """
 
     name = "rating-mf"
-    history_length = 0
 
-    #: The trainer keeps history values (ratings) for this model: see `RatingConfig.session_history`.
+    #: The feature state keeps history values (ratings) for this model: see `RatingConfig.session_history`.
     reads_history_values = True
 
     def __init__(self, config: RatingConfig | None = None) -> None:
@@ -203,8 +244,9 @@ class RatingModel:
         # Latest event time learned: history events at or after it may not be learned yet (ties are
         # counted as pending, the smaller error). Finite (-1 before anything), so the store accepts it.
         self._learned_through = np.array([-1.0])
-        self.users = _Side(config.user_capacity, config.dim, config.eviction, with_scale=True)
-        self.items = _Side(config.item_capacity, config.dim, config.eviction, with_scale=False)
+        self.users = _Side("users", config.user_capacity, config.dim, config.eviction, with_scale=True)
+        self.items = _Side("items", config.item_capacity, config.dim, config.eviction, with_scale=False)
+        self._parts = {"users.": self.users, "items.": self.items}
         # [sum of ratings, number of ratings]: mu is their ratio (the exact running mean).
         self._global = np.zeros(2, dtype=np.float64)
         self._global_changed = False
@@ -399,34 +441,18 @@ class RatingModel:
         return (self.config.init_std * normal).astype(np.float32)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> State:
         """Finite numeric arrays (copies). Slot-addressed: ``users.index.*``, ``users.bias``,
         ``users.scale``, ``users.factors`` and the same for ``items.`` (no scale); replaced whole:
-        ``global`` (rating sum and count)."""
-        state: dict[str, np.ndarray] = {
-            "global": self._global.copy(),
-            "learned_through": self._learned_through.copy(),
-        }
-        for prefix, side in (("users.", self.users), ("items.", self.items)):
-            state.update({f"{prefix}index.{n}": a for n, a in side.index.state_arrays(finite=True).items()})
-            state.update({prefix + n: a.copy() for n, a in side.arrays().items()})
+        ``global`` (rating sum and count) and ``learned_through``."""
+        state = state_of_parts(self._parts)
+        state["global"] = self._global.copy()
+        state["learned_through"] = self._learned_through.copy()
         return state
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: State) -> None:
         """Replace the whole state with `state_dict` output of a model built with the same config."""
-        for prefix, side in (("users.", self.users), ("items.", self.items)):
-            for name, array in side.arrays().items():
-                saved = np.asarray(state[prefix + name])
-                if saved.shape != array.shape:
-                    raise ConfigError(
-                        f"state {prefix + name} has shape {saved.shape}, this model's is {array.shape} "
-                        "(capacity, dim); build the model with the config it was saved with"
-                    )
-        for prefix, side in (("users.", self.users), ("items.", self.items)):
-            side.index.load_state_arrays(under_prefix(state, prefix + "index."))
-            for name, array in side.arrays().items():
-                array[...] = state[prefix + name]
-            side.dirty[:] = False
+        load_parts(self._parts, state)
         self._global[:] = np.asarray(state["global"], dtype=np.float64)
         self._learned_through[:] = np.asarray(state["learned_through"], dtype=np.float64)
         self._global_changed = False
@@ -434,13 +460,7 @@ class RatingModel:
     def drain_changes(self) -> StateChanges:
         """The slots learned or (re)assigned since the previous drain (every slot-addressed array, by row)
         and the global sums. Never incomplete: tracking is one flag per slot."""
-        changes = StateChanges()
-        for prefix, side in (("users.", self.users), ("items.", self.items)):
-            slots = np.flatnonzero(side.dirty)
-            side.dirty[slots] = False
-            rows = side.index.state_rows(slots, finite=True)
-            changes.rows.update({f"{prefix}index.{n}": pair for n, pair in rows.items()})
-            changes.rows.update({prefix + n: (slots, a[slots]) for n, a in side.arrays().items()})
+        changes = drain_parts(self._parts)
         if self._global_changed:
             changes.replaced["global"] = self._global.copy()
             changes.replaced["learned_through"] = self._learned_through.copy()
@@ -449,14 +469,7 @@ class RatingModel:
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, in O(changed slots x dim)."""
-        for prefix, side in (("users.", self.users), ("items.", self.items)):
-            index_rows = under_prefix(changes.rows, prefix + "index.")
-            if index_rows:
-                side.index.apply_state_rows(index_rows)
-            for name, array in side.arrays().items():
-                if prefix + name in changes.rows:
-                    slots, values = changes.rows[prefix + name]
-                    array[slots] = values
+        apply_parts(self._parts, changes)
         if "global" in changes.replaced:
             self._global[:] = changes.replaced["global"]
             self._learned_through[:] = changes.replaced["learned_through"]

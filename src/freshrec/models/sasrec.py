@@ -19,22 +19,23 @@ constant 1, the embedding with its bias) is exactly `score`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableConfig
+from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable
+from freshrec.embeddings.config import TableConfig
 from freshrec.errors import ConfigError
 from freshrec.features.history import age_buckets
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
-from freshrec.model_state import under_prefix
-from freshrec.models.base import LearnStats, StateChanges
-from freshrec.models.dense_state import dense_state, load_dense_state
+from freshrec.model_state import State, apply_parts, drain_parts, load_parts, state_of_parts
+from freshrec.models.base import LearnStats, StateChanges, VectorModel
+from freshrec.models.dense_state import DenseParameters
 
 #: Columns after the embedding in an item row: the bias, then padding up to a multiple of 4.
 _EXTRA_COLUMNS = 4
@@ -79,22 +80,19 @@ class SASRecConfig:
         MovieLens-100K N = 30 without the bias beat N = 50 (HR@10 0.1956 against 0.1884); with it
         N = 50 gives 0.1972 (2 heads; slope 0.03: 0.1948, 0.2: 0.1964, 0.4: 0.1933; N = 100: 0.1990 at
         half the speed). 0 turns it off.
-    item_capacity
-        Items with a row of their own at once (``4 (dim + 5)`` bytes each plus the index); beyond it the
-        `eviction` policy frees rows.
-    admit_after, ttl_seconds, eviction
-        Admission, expiry and eviction of item rows (see `freshrec.embeddings.EmbeddingTableConfig`).
-    embedding_learning_rate
-        Row-wise Adagrad step of item rows. Online, an item is seen a few dozen times: a large first step
-        (Adagrad shrinks it as the row's gradients add up) lets a new item matter within its first events.
-    dense_learning_rate
-        Adam step of the Transformer weights: the usual 1e-3 (on MovieLens-100K, 2e-3 gave HR@10 0.1931
-        against 0.1972 at 2 heads; Adam's step does not shrink, so it keeps following a drifting stream).
-    init_std
-        Standard deviation of new item rows (also the bias column). Rows start small so that the
+    items
+        The item id table (see `freshrec.embeddings.config.TableConfig`): items with a row of their own at
+        once (``4 (dim + 5)`` bytes each plus the index; beyond it the `eviction` policy frees rows),
+        admission, expiry, eviction. Its ``learning_rate`` is the row-wise Adagrad step of item rows.
+        Online, an item is seen a few dozen times: a large first step (Adagrad shrinks it as the row's
+        gradients add up) lets a new item matter within its first events. Its ``init_std`` is the
+        standard deviation of new item rows (also the bias column). Rows start small so that the
         sequence's early steps are not drowned by the noise of rows that have not learned yet: on
         MovieLens-100K 0.05 gave HR@10 0.1884 where 0.1 gave 0.1845 (seed 1: 0.1903 against 0.1855;
         0.02: 0.1879, 0.03: 0.1883).
+    dense_learning_rate
+        Adam step of the Transformer weights: the usual 1e-3 (on MovieLens-100K, 2e-3 gave HR@10 0.1931
+        against 0.1972 at 2 heads; Adam's step does not shrink, so it keeps following a drifting stream).
     logq_correction
         Subtract ``log q(c)`` from each candidate's logit, q being how often the candidate is sampled. The
         negatives and the in-batch positives are drawn in proportion to popularity; without the correction
@@ -110,6 +108,13 @@ class SASRecConfig:
     50
     """
 
+    #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
+    legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "item_capacity": ("items.capacity",),
+        "embedding_learning_rate": ("items.learning_rate",),
+        **{name: (f"items.{name}",) for name in ("admit_after", "ttl_seconds", "eviction", "init_std")},
+    }
+
     dim: int = 64
     history_length: int = 50
     layers: int = 1
@@ -117,19 +122,14 @@ class SASRecConfig:
     ffn_dim: int = 128
     time_buckets: int = 32
     attention_recency: float = 0.1
-    item_capacity: int = 1_000_000
-    admit_after: int = 1
-    ttl_seconds: float | None = None
-    eviction: Literal["lru", "lfu", "none"] = "lru"
-    embedding_learning_rate: float = 0.05
+    items: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.05))
     dense_learning_rate: float = 1e-3
-    init_std: float = 0.05
     logq_correction: bool = True
     mask_history_in_loss: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("dim", "history_length", "layers", "heads", "ffn_dim", "time_buckets", "item_capacity"):
+        for name in ("dim", "history_length", "layers", "heads", "ffn_dim", "time_buckets"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"SASRecConfig.{name} must be a positive integer, got {value!r}")
@@ -145,20 +145,6 @@ class SASRecConfig:
                 "SASRecConfig.attention_recency must be a finite slope >= 0 (0: no recency bias), "
                 f"got {self.attention_recency!r}"
             )
-
-    def table(self) -> EmbeddingTableConfig:
-        """The item table's configuration (validates the shared embedding settings)."""
-        return EmbeddingTableConfig(
-            dim=self.dim + _EXTRA_COLUMNS,
-            capacity=self.item_capacity,
-            admit_after=self.admit_after,
-            ttl_seconds=self.ttl_seconds,
-            eviction=self.eviction,
-            optimizer="rowwise_adagrad",
-            learning_rate=self.embedding_learning_rate,
-            init_std=self.init_std,
-            seed=self.seed,
-        )
 
 
 class _Block(nn.Module):
@@ -270,7 +256,7 @@ class SequenceEncoder(nn.Module):
         return self.final_norm(self.blocks[-1].forward_last(x, keep))
 
 
-class SASRecModel:
+class SASRecModel(VectorModel):
     """Self-attentive sequential recommendation (Kang & McAuley 2018), learned online per micro-batch.
 
     Differences from the offline paper, each for the online setting: every event is one training example
@@ -292,7 +278,8 @@ class SASRecModel:
     (0.169 before the recency bias and init_std 0.05; popularity: 0.039, co-occurrence: 0.183; over the
     last 20%: 0.209 against co-occurrence's 0.200).
 
-    >>> model = SASRecModel(SASRecConfig(dim=8, history_length=3, item_capacity=16, heads=2, ffn_dim=8))
+    >>> model = SASRecModel(SASRecConfig(dim=8, history_length=3, items=TableConfig(capacity=16), heads=2,
+    ...                                  ffn_dim=8))
     >>> users = np.array([1, 2], dtype=np.uint64)
     >>> history = np.array([[0, 10, 11], [0, 0, 0]], dtype=np.uint64)
     >>> times = np.array([100.0, 100.0])
@@ -310,16 +297,19 @@ class SASRecModel:
     def __init__(self, config: SASRecConfig | None = None) -> None:
         self.config = config = config or SASRecConfig()
         self.history_length = config.history_length
-        self.items = DynamicEmbeddingTable(config.table())
+        self.items = DynamicEmbeddingTable(config.items.embedding(config.dim + _EXTRA_COLUMNS, config.seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.encoder = SequenceEncoder(config)
-        self._parameters = dict(self.encoder.named_parameters())
         self.optimizer = torch.optim.Adam(
             self.encoder.parameters(), lr=config.dense_learning_rate, foreach=True
         )
-        # The dense state changes with every step; the first drain reports the initial weights too.
-        self._dense_changed = True
+        self._dense = DenseParameters(dict(self.encoder.named_parameters()), self.optimizer, "SASRecModel")
+        self._parts = {"items.": self.items, "": self._dense}
+
+    @property
+    def vector_dim(self) -> int:
+        return self.config.dim + 1
 
     # ------------------------------------------------------------------ scoring
     def user_vectors(self, query: Query) -> np.ndarray:
@@ -452,7 +442,7 @@ class SASRecModel:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the item rows here
         self.optimizer.step()
-        self._dense_changed = True
+        self._dense.stepped()
         value = float(loss.detach())
         return LearnStats(
             loss=value, extra={"candidates": float(len(candidates)), "items": float(len(self.items))}
@@ -482,51 +472,29 @@ class SASRecModel:
         return mask
 
     # ------------------------------------------------------------------ state
-    def _dense_state(self) -> dict[str, np.ndarray]:
-        """Dense weights (``dense.<name>``) and Adam's moments and step (``adam.<name>.*``), as copies."""
-        return dense_state(self._parameters, self.optimizer)
-
-    def _load_dense_state(self, state: dict[str, np.ndarray]) -> None:
-        load_dense_state(self._parameters, self.optimizer, state, "SASRecModel")
-
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> State:
         """The item table's `state_dict` (``items.*``), the dense weights (``dense.*``) and Adam's state
         (``adam.*``): finite numeric arrays, safetensors-compatible."""
-        state = {f"items.{k}": v for k, v in self.items.state_dict().items()}
-        state.update(self._dense_state())
-        return state
+        return state_of_parts(self._parts)
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: State) -> None:
         """Restore `state_dict` output of a model built with the same config."""
-        self.items.load_state_dict(under_prefix(state, "items."))
-        self._load_dense_state(state)
-        self._dense_changed = False
+        load_parts(self._parts, state)
 
     def drain_changes(self) -> StateChanges:
         """Item rows trained, (re)assigned, evicted or expired since the previous call (``items.*``, by
         row), and the dense weights with Adam's state replaced whole when a step ran since then."""
-        side = self.items.drain_state_changes()
-        changes = StateChanges(
-            rows={f"items.{name}": pair for name, pair in side.rows.items()},
-            replaced={f"items.{name}": array for name, array in side.replaced.items()},
-            complete=side.complete,
-        )
-        if self._dense_changed:
-            changes.replaced.update(self._dense_state())
-            self._dense_changed = False
-        return changes
+        return drain_parts(self._parts)
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place (item rows by row, dense arrays whole)."""
-        self.items.apply_state_changes(changes.under("items."))
-        if any(name.startswith("dense.") for name in changes.replaced):
-            self._load_dense_state(changes.replaced)
+        apply_parts(self._parts, changes)
 
     # ------------------------------------------------------------------ sizes
     @property
     def dense_parameters(self) -> int:
         """Number of dense (Transformer) parameters."""
-        return sum(p.numel() for p in self._parameters.values())
+        return sum(p.numel() for p in self._dense.parameters.values())
 
     @property
     def embedding_parameters(self) -> int:

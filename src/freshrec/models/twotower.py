@@ -38,24 +38,25 @@ embedding, column ``dim`` its bias, the last three are unused. ``user_vectors @ 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable, EmbeddingTableConfig
+from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable
+from freshrec.embeddings.config import TableConfig
 from freshrec.errors import ConfigError
 from freshrec.features.history import age_buckets
 from freshrec.features.items import ItemFeatureTable
 from freshrec.hashing import mix64
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
-from freshrec.model_state import under_prefix
-from freshrec.models.base import LearnStats, StateChanges
-from freshrec.models.dense_state import dense_state, load_dense_state
+from freshrec.model_state import State, apply_parts, apply_rows, drain_parts, load_parts, state_of_parts
+from freshrec.models.base import LearnStats, StateChanges, VectorModel
+from freshrec.models.dense_state import DenseParameters
 
 __all__ = [
     "StreamingFrequency",
@@ -107,36 +108,34 @@ class TwoTowerConfig:
         item rated a second ago in this session and the one rated a month ago may share a position.
         0 turns it off. [0: 0.2033 (seed 1: 0.2024) against 0.2042 (seed 1: 0.2042), both with the user
         rows at the item step]
-    user_capacity, item_capacity
-        Users / items with a row of their own at once; beyond it the `eviction` policy frees rows.
-    admit_after, ttl_seconds, eviction
-        Admission, expiry and eviction of id rows (see `freshrec.embeddings.EmbeddingTableConfig`).
+    users
+        The user id table (capacity, admission, expiry, eviction: see
+        `freshrec.embeddings.config.TableConfig`). Its ``learning_rate`` is the row-wise Adagrad step of
+        user rows. Row-wise Adagrad's first step moves every coordinate of a row by about the learning
+        rate, whatever the gradient's size: at the item step a new user's row jumps to the items of their
+        first micro-batch and keeps chasing the latest ones, noise the history pool (which reads the same
+        items, learned from every user) does better without. A small step lets the row learn only what
+        persists. [0.2 (the item step): 0.2042, seed 1: 0.2042; 0.1: 0.2101, 0.02: 0.2103, seed 1:
+        0.2095, 0.005: 0.2101, 0.3: 0.1958. Synthetic stream: 0.1783 at 0.2, 0.1846 at 0.1, 0.1878 at
+        0.02, 0.1868 at 0.05]
+    items
+        The item id table, also the history side's unless `share_history_embeddings` is False. Its
+        ``learning_rate`` is the row-wise Adagrad step of item rows. Online an item is seen a few dozen
+        times, so the first steps must be large (Adagrad shrinks them as gradients add up). [0.02: 0.145,
+        0.05: 0.174, 0.1: 0.194, 0.4: 0.173; 0.2: 0.199 before the decay was tuned; with the user step
+        above: 0.15: 0.2103, 0.3: 0.2094]. Its ``init_std`` (also that of the user rows and of the
+        feature embeddings): smaller rows let an item that has not learned yet score near its bias
+        instead of at random. [0.03: 0.173 at an earlier setting where 0.1 gave 0.174; with the user step
+        at 0.05 and the paper's full logQ: 0.1: 0.2108 (seed 1: 0.2109), 0.05: 0.2124 (seed 1: 0.2125),
+        0.03: 0.2118; synthetic: 0.1868 at 0.1, 0.1888 at 0.05]
     share_history_embeddings
         True: a history item is pooled through the same row as the item tower's id embedding (one table;
         score ~ similarity of the item to the user's recent items). False: a second item table holds the
         history-side rows ("after j comes i" need not equal "after i comes j", as in FISM). [False: 0.167
         at an earlier setting where True gave 0.174: two tables learn from half the signal each]
-    embedding_learning_rate
-        Row-wise Adagrad step of item rows. Online an item is seen a few dozen times, so the first steps
-        must be large (Adagrad shrinks them as gradients add up). [0.02: 0.145, 0.05: 0.174, 0.1: 0.194,
-        0.4: 0.173; 0.2: 0.199 before the decay was tuned; with the user step below: 0.15: 0.2103, 0.3:
-        0.2094]
-    user_embedding_learning_rate
-        Row-wise Adagrad step of user rows. Row-wise Adagrad's first step moves every coordinate of a row
-        by about the learning rate, whatever the gradient's size: at the item step a new user's row jumps
-        to the items of their first micro-batch and keeps chasing the latest ones, noise the history pool
-        (which reads the same items, learned from every user) does better without. A small step lets the
-        row learn only what persists. [0.2 (the item step): 0.2042, seed 1: 0.2042; 0.1: 0.2101, 0.02:
-        0.2103, seed 1: 0.2095, 0.005: 0.2101, 0.3: 0.1958. Synthetic stream: 0.1783 at 0.2, 0.1846 at
-        0.1, 0.1878 at 0.02, 0.1868 at 0.05]
     dense_learning_rate
         Adam step of the tower weights and feature embeddings. [1e-3: 0.167, 1e-2: 0.176 at an earlier
         setting where 3e-3 gave 0.174; 1e-2 with the tuned embedding step: 0.196 against 0.199]
-    init_std
-        Standard deviation of new id rows. Smaller rows let an item that has not learned yet score near
-        its bias instead of at random. [0.03: 0.173 at an earlier setting where 0.1 gave 0.174; with the
-        user step at 0.05 and the paper's full logQ: 0.1: 0.2108 (seed 1: 0.2109), 0.05: 0.2124 (seed 1:
-        0.2125), 0.03: 0.2118; synthetic: 0.1868 at 0.1, 0.1888 at 0.05]
     logq_weight
         Multiplier of the ``log q`` subtracted from each candidate's logit (1: the paper's correction,
         0: none). The streaming estimate of q is noisy for items seen a few times and the trainer's
@@ -145,7 +144,7 @@ class TwoTowerConfig:
         current defaults 1.0: 0.2124 (seed 1: 0.2125), 0.8: 0.2138 (seed 1: 0.2131), 0.6: 0.2135;
         synthetic 1.0: 0.1888, 0.8: 0.1920, 0.6: 0.1915]
     frequency_buckets
-        Size of `StreamingFrequency`'s hashed arrays (None: the power of two >= 2 x item_capacity).
+        Size of `StreamingFrequency`'s hashed arrays (None: the power of two >= 2 x the items' capacity).
     frequency_ema
         Weight of each new observed gap in the frequency estimate's moving average.
     mask_history_in_loss
@@ -158,21 +157,27 @@ class TwoTowerConfig:
     20
     """
 
+    #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
+    legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "user_capacity": ("users.capacity",),
+        "item_capacity": ("items.capacity",),
+        "admit_after": ("users.admit_after", "items.admit_after"),
+        "ttl_seconds": ("users.ttl_seconds", "items.ttl_seconds"),
+        "eviction": ("users.eviction", "items.eviction"),
+        "embedding_learning_rate": ("items.learning_rate",),
+        "user_embedding_learning_rate": ("users.learning_rate",),
+        "init_std": ("users.init_std", "items.init_std"),
+    }
+
     dim: int = 64
     hidden: int = 128
     history_length: int = 20
     history_decay: float = 0.8
     history_time_buckets: int = 32
-    user_capacity: int = 1_000_000
-    item_capacity: int = 1_000_000
-    admit_after: int = 1
-    ttl_seconds: float | None = None
-    eviction: Literal["lru", "lfu", "none"] = "lru"
+    users: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.05))
+    items: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.2, init_std=0.05))
     share_history_embeddings: bool = True
-    embedding_learning_rate: float = 0.2
-    user_embedding_learning_rate: float = 0.05
     dense_learning_rate: float = 3e-3
-    init_std: float = 0.05
     logq_weight: float = 0.8
     frequency_buckets: int | None = None
     frequency_ema: float = 0.05
@@ -180,7 +185,7 @@ class TwoTowerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("dim", "hidden", "history_length", "user_capacity", "item_capacity"):
+        for name in ("dim", "hidden", "history_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"TwoTowerConfig.{name} must be a positive integer, got {value!r}")
@@ -193,9 +198,6 @@ class TwoTowerConfig:
             )
         if not 0 < self.history_decay <= 1:
             raise ConfigError(f"TwoTowerConfig.history_decay must be in (0, 1], got {self.history_decay}")
-        for name in ("embedding_learning_rate", "user_embedding_learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"TwoTowerConfig.{name} must be > 0, got {getattr(self, name)}")
         if not self.dense_learning_rate > 0:
             raise ConfigError(
                 f"TwoTowerConfig.dense_learning_rate must be > 0, got {self.dense_learning_rate}"
@@ -205,29 +207,12 @@ class TwoTowerConfig:
         if not 0 < self.frequency_ema <= 1:
             raise ConfigError(f"TwoTowerConfig.frequency_ema must be in (0, 1], got {self.frequency_ema}")
 
-    def table(
-        self, capacity: int, dim: int, seed_offset: int, learning_rate: float | None = None
-    ) -> EmbeddingTableConfig:
-        """An id table's configuration (validates the shared embedding settings); `learning_rate`
-        defaults to the item rows' `embedding_learning_rate`."""
-        return EmbeddingTableConfig(
-            dim=dim,
-            capacity=capacity,
-            admit_after=self.admit_after,
-            ttl_seconds=self.ttl_seconds,
-            eviction=self.eviction,
-            optimizer="rowwise_adagrad",
-            learning_rate=self.embedding_learning_rate if learning_rate is None else learning_rate,
-            init_std=self.init_std,
-            seed=self.seed + seed_offset,
-        )
-
     @property
     def buckets(self) -> int:
         """The frequency estimator's array size."""
         if self.frequency_buckets is not None:
             return int(self.frequency_buckets)
-        return 1 << max(4, int(2 * self.item_capacity - 1).bit_length())
+        return 1 << max(4, int(2 * self.items.capacity - 1).bit_length())
 
 
 class StreamingFrequency:
@@ -300,7 +285,7 @@ class StreamingFrequency:
         self.step = int(np.asarray(state["step"]).reshape(-1)[0])
         self._dirty[:] = False
 
-    def drain_state_changes(self) -> StateChanges:
+    def drain_changes(self) -> StateChanges:
         buckets = np.flatnonzero(self._dirty)
         self._dirty[buckets] = False
         return StateChanges(
@@ -308,11 +293,8 @@ class StreamingFrequency:
             replaced={"step": np.array([self.step], dtype=np.int64)},
         )
 
-    def apply_state_changes(self, changes: StateChanges) -> None:
-        for name, array in (("last_step", self.last_step), ("gap", self.gap)):
-            if name in changes.rows:
-                buckets, values = changes.rows[name]
-                array[np.asarray(buckets, dtype=np.int64)] = values
+    def apply_changes(self, changes: StateChanges) -> None:
+        apply_rows({"last_step": self.last_step, "gap": self.gap}, changes)
         if "step" in changes.replaced:
             self.step = int(np.asarray(changes.replaced["step"]).reshape(-1)[0])
 
@@ -369,7 +351,7 @@ class _DenseTowers(nn.Module):
         self.user_tower = _Tower(2 * dim + CONTEXT_FEATURES, config.hidden, dim)
         self.item_tower = _Tower(2 * dim, config.hidden, dim)
         self.features = nn.Embedding(max(num_features, 1), dim, padding_idx=0)
-        nn.init.normal_(self.features.weight, std=config.init_std)
+        nn.init.normal_(self.features.weight, std=config.items.init_std)
         with torch.no_grad():
             self.features.weight[0].zero_()
 
@@ -398,7 +380,7 @@ class _DenseTowers(nn.Module):
         return self.item_tower(items + pooled, torch.cat([items, pooled], dim=1))
 
 
-class TwoTowerModel:
+class TwoTowerModel(VectorModel):
     """Two-tower retrieval model (YouTube / Yi et al. 2019 style) learned online per micro-batch.
 
     Each event's user-tower output is scored against one column per distinct candidate: the batch's
@@ -421,8 +403,8 @@ class TwoTowerModel:
         A server must build its copy with the same table (the state stores its fingerprint and refuses
         another).
 
-    >>> model = TwoTowerModel(TwoTowerConfig(dim=8, hidden=8, history_length=3, user_capacity=8,
-    ...                                      item_capacity=16))
+    >>> model = TwoTowerModel(TwoTowerConfig(dim=8, hidden=8, history_length=3,
+    ...                                      users=TableConfig(capacity=8), items=TableConfig(capacity=16)))
     >>> users = np.array([1, 2], dtype=np.uint64)
     >>> history = np.array([[0, 10, 11], [0, 0, 0]], dtype=np.uint64)
     >>> query = Query(users, np.array([100.0, 100.0]), history, np.where(history == 0, np.nan, 50.0))
@@ -437,9 +419,6 @@ class TwoTowerModel:
     """
 
     name = "two-tower"
-    #: The item tower's dense weights shape every item vector: a server re-embeds all items when they change
-    #: (`freshrec.serving.runtime`), not only the rows a delta names.
-    item_vectors_use_dense_weights = True
 
     def __init__(
         self, config: TwoTowerConfig | None = None, item_features: ItemFeatureTable | None = None
@@ -447,35 +426,40 @@ class TwoTowerModel:
         self.config = config = config or TwoTowerConfig()
         self.history_length = config.history_length
         self.item_features = item_features
-        self.users = DynamicEmbeddingTable(
-            config.table(config.user_capacity, config.dim, 0, config.user_embedding_learning_rate)
+        self.users = DynamicEmbeddingTable(config.users.embedding(config.dim, config.seed))
+        self.items = DynamicEmbeddingTable(
+            config.items.embedding(config.dim + _EXTRA_COLUMNS, config.seed + 1)
         )
-        self.items = DynamicEmbeddingTable(config.table(config.item_capacity, config.dim + _EXTRA_COLUMNS, 1))
         self.history_items = (
             self.items
             if config.share_history_embeddings
-            else DynamicEmbeddingTable(config.table(config.item_capacity, config.dim, 2))
+            else DynamicEmbeddingTable(config.items.embedding(config.dim, config.seed + 2))
         )
         self.frequency = StreamingFrequency(config.buckets, config.frequency_ema)
         num_features = item_features.num_features if item_features is not None else 1
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.dense = _DenseTowers(config, num_features)
-        self._parameters = dict(self.dense.named_parameters())
         self.optimizer = torch.optim.Adam(
             self.dense.parameters(), lr=config.dense_learning_rate, foreach=True
         )
+        self._dense = DenseParameters(dict(self.dense.named_parameters()), self.optimizer, "TwoTowerModel")
         self._fingerprint = np.array(
             [item_features.fingerprint() if item_features is not None else 0], dtype=np.uint64
         )
-        self._dense_changed = True  # the first drain reports the initial weights too
+        self._parts = {"users.": self.users, "items.": self.items}
+        if not config.share_history_embeddings:
+            self._parts["history."] = self.history_items
+        self._parts.update({"frequency.": self.frequency, "": self._dense})
 
-    # ------------------------------------------------------------------ towers
-    def _tables(self) -> list[tuple[str, DynamicEmbeddingTable]]:
-        tables = [("users.", self.users), ("items.", self.items)]
-        if not self.config.share_history_embeddings:
-            tables.append(("history.", self.history_items))
-        return tables
+    @property
+    def vector_dim(self) -> int:
+        return self.config.dim + 1
+
+    def changes_every_item_vector(self, changes: StateChanges) -> bool:
+        """The item tower's dense weights shape every item vector: a server re-embeds all items when a
+        delta carries them, not only the rows it names."""
+        return changes_every_item_vector(changes)
 
     def _context(self, query: Query, valid: np.ndarray, history_times: np.ndarray) -> torch.Tensor:
         """float32 [B, CONTEXT_FEATURES]: time of day, day of week, log gap since the last event, ..."""
@@ -633,7 +617,7 @@ class TwoTowerModel:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the id rows here
         self.optimizer.step()
-        self._dense_changed = True
+        self._dense.stepped()
         return LearnStats(
             loss=float(loss.detach()),
             extra={
@@ -644,26 +628,15 @@ class TwoTowerModel:
         )
 
     # ------------------------------------------------------------------ state
-    def _dense_state(self) -> dict[str, np.ndarray]:
-        """Dense weights (``dense.<name>``) and Adam's moments and step (``adam.<name>.*``), as copies."""
-        return dense_state(self._parameters, self.optimizer)
-
-    def _load_dense_state(self, state: dict[str, np.ndarray]) -> None:
-        load_dense_state(self._parameters, self.optimizer, state, "TwoTowerModel")
-
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self) -> State:
         """Id tables (``users.*``, ``items.*``, ``history.*`` when not shared), dense weights (``dense.*``)
         with Adam's state (``adam.*``), the frequency estimate (``frequency.*``) and the item feature
         table's fingerprint (``features.fingerprint``): numeric arrays, safetensors-compatible."""
-        state: dict[str, np.ndarray] = {}
-        for prefix, table in self._tables():
-            state.update({prefix + k: v for k, v in table.state_dict().items()})
-        state.update(self._dense_state())
-        state.update({f"frequency.{k}": v for k, v in self.frequency.state_dict().items()})
+        state = state_of_parts(self._parts)
         state["features.fingerprint"] = self._fingerprint.copy()
         return state
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: State) -> None:
         """Restore `state_dict` output of a model built with the same config and item feature table."""
         saved = np.asarray(state.get("features.fingerprint", self._fingerprint)).reshape(-1)
         if not np.array_equal(saved, self._fingerprint):
@@ -671,11 +644,7 @@ class TwoTowerModel:
                 f"state was saved with item feature table fingerprint {int(saved[0])}, this model has "
                 f"{int(self._fingerprint[0])}; build the model with the same ItemFeatureTable (or none)"
             )
-        for prefix, table in self._tables():
-            table.load_state_dict(under_prefix(state, prefix))
-        self._load_dense_state(state)
-        self.frequency.load_state_dict(under_prefix(state, "frequency."))
-        self._dense_changed = False
+        load_parts(self._parts, state)
 
     def drain_changes(self) -> StateChanges:
         """Id rows trained, (re)assigned, evicted or expired and frequency buckets updated since the previous
@@ -683,33 +652,18 @@ class TwoTowerModel:
 
         A delta with dense weights changes every item vector (`changes_every_item_vector`); see the module
         docstring for what the server does with it."""
-        changes = StateChanges()
-        sides = [(prefix, table.drain_state_changes()) for prefix, table in self._tables()]
-        sides.append(("frequency.", self.frequency.drain_state_changes()))
-        for prefix, side in sides:
-            changes.rows.update({prefix + name: pair for name, pair in side.rows.items()})
-            changes.replaced.update({prefix + name: array for name, array in side.replaced.items()})
-            changes.complete = changes.complete and side.complete
-        if self._dense_changed:
-            changes.replaced.update(self._dense_state())
-            self._dense_changed = False
-        return changes
+        return drain_parts(self._parts)
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place (id rows and buckets by row, dense arrays
         whole)."""
-        targets: list[tuple[str, DynamicEmbeddingTable | StreamingFrequency]] = [*self._tables()]
-        targets.append(("frequency.", self.frequency))
-        for prefix, target in targets:
-            target.apply_state_changes(changes.under(prefix))
-        if changes_every_item_vector(changes):
-            self._load_dense_state(changes.replaced)
+        apply_parts(self._parts, changes)
 
     # ------------------------------------------------------------------ sizes
     @property
     def dense_parameters(self) -> int:
         """Number of dense parameters (towers, position logits, feature embeddings)."""
-        return sum(p.numel() for p in self._parameters.values())
+        return sum(p.numel() for p in self._dense.parameters.values())
 
 
 def _history_mask(history_keys: np.ndarray, candidates: np.ndarray, positives: np.ndarray) -> np.ndarray:

@@ -86,6 +86,27 @@ class Deduplicator:
         self.duplicates_dropped += int(len(keys) - np.count_nonzero(keep))
         return keep
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Both generations and the current one's count: a loaded deduplicator drops exactly what this
+        one would (`window` bytes x 32 at most, see the module docstring)."""
+        return {
+            "current": self._current.copy(),
+            "previous": self._previous.copy(),
+            "count": np.array([self._count, self.duplicates_dropped], dtype=np.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore `state_dict` output of a deduplicator with the same window."""
+        current = np.asarray(state["current"], dtype=np.uint64)
+        if current.shape != self._current.shape:
+            raise ConfigError(
+                f"dedupe state has {len(current)} slots, this window's tables have {len(self._current)}; "
+                f"use the dedupe window it was saved with"
+            )
+        self._current = current.copy()
+        self._previous = np.asarray(state["previous"], dtype=np.uint64).copy()
+        self._count, self.duplicates_dropped = (int(v) for v in np.asarray(state["count"]).reshape(-1))
+
     def _rotate(self) -> None:
         self._previous, self._current = self._current, self._previous
         self._current.fill(NO_KEY)

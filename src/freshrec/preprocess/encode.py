@@ -132,6 +132,48 @@ class IdEncoder:
         get = self._raw.get
         return np.fromiter((get(k) for k in np.asarray(keys).tolist()), dtype=object, count=len(keys))
 
+    def to_arrow(self) -> pa.Table:
+        """The remembered ids, least recent first, as a table ``key`` (uint64), ``int_id`` and ``text_id``
+        (UTF-8 bytes, lone surrogates kept; one of the two set per row): ids keep their type, no pickling.
+
+        >>> encoder = IdEncoder()
+        >>> _ = encoder.encode(np.array(["a", 7], dtype=object))
+        >>> copy = IdEncoder.from_arrow(encoder.to_arrow())
+        >>> copy.raw_ids(encode_ids(np.array([7, "a"], dtype=object))).tolist()
+        [7, 'a']
+        """
+        keys = np.fromiter(self._raw.keys(), dtype=np.uint64, count=len(self._raw))
+        values = list(self._raw.values())
+        is_int = [type(v) is int for v in values]
+        return pa.table(
+            {
+                "key": pa.array(keys, pa.uint64()),
+                "int_id": pa.array(
+                    [v if i else None for v, i in zip(values, is_int, strict=True)], pa.int64()
+                ),
+                "text_id": pa.array(
+                    [
+                        None if i else v.encode("utf-8", "surrogatepass")
+                        for v, i in zip(values, is_int, strict=True)
+                    ],
+                    pa.binary(),
+                ),
+            }
+        )
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, capacity: int = 1_000_000) -> IdEncoder:
+        """An encoder remembering what `to_arrow` wrote (the most recent `capacity` of them)."""
+        encoder = cls(capacity)
+        keys = table.column("key").to_numpy().tolist()
+        ints = table.column("int_id").to_pylist()
+        texts = table.column("text_id").to_pylist()
+        for key, number, text in zip(keys, ints, texts, strict=True):
+            encoder._raw[key] = number if number is not None else text.decode("utf-8", "surrogatepass")
+        while len(encoder._raw) > capacity:
+            encoder._raw.popitem(last=False)
+        return encoder
+
 
 def encode_int(number: int) -> int:
     """`encode_ids` of one integer id of the int64 range, as a Python int, without the array machinery

@@ -71,11 +71,13 @@ Reason = Callable[[int], str]
 
 @dataclass
 class ValidationResult:
-    """Accepted events (in input order), the rejections, and the input position of each accepted event."""
+    """Accepted events (in input order), the rejections, the input position of each accepted event and
+    its row in the validated `RawBatch`."""
 
     events: EventBatch
     rejections: list[Rejection]
     positions: np.ndarray
+    rows: np.ndarray
 
     @property
     def accepted(self) -> int:
@@ -202,7 +204,7 @@ class EventValidator:
             record = _jsonable(originals[row]) if originals is not None else _row_record(columns, row)
             rejections.append(Rejection(int(raw.positions[row]), field, reason, record))
         rejections.sort(key=lambda r: r.position)
-        return ValidationResult(events, rejections, positions)
+        return ValidationResult(events, rejections, positions, np.flatnonzero(keep))
 
     def _ids(
         self, column: np.ndarray | None, n: int, field: str, failures: _FirstFailure

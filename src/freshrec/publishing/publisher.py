@@ -20,7 +20,7 @@ import numpy as np
 from freshrec.errors import FreshrecError
 from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, ScoredBatch, hit_rate_of_ranks
 from freshrec.interactions import Query
-from freshrec.models.base import PublishableModel, Recommender
+from freshrec.models.base import Model
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
 from freshrec.publishing.store import DeltaBaseError, ModelStore
 
@@ -62,14 +62,12 @@ class ModelPublisher:
 
     def __init__(
         self,
-        model: Recommender,
+        model: Model,
         store: ModelStore,
         config: PublisherConfig | None = None,
         metadata: dict[str, Any] | None = None,
         clock: Any = time.monotonic,
     ) -> None:
-        if not isinstance(model, PublishableModel):
-            raise TypeError(f"model {model.name!r} cannot be published: it lacks state_dict/drain_changes")
         self.model = model
         self.store = store
         self.config = config or PublisherConfig()
@@ -77,7 +75,7 @@ class ModelPublisher:
         self.metadata = dict(metadata or {})
         self._clock = clock
         # The shadow starts as the candidate's twin; the first version is a snapshot of both.
-        self.shadow: Recommender = copy.deepcopy(model)
+        self.shadow: Model = copy.deepcopy(model)
         self._deltas_since_snapshot = 0
         self._version = 0
         self._last_publish = -float("inf")
@@ -120,9 +118,6 @@ class ModelPublisher:
         """The last version this publisher wrote."""
         return self._version
 
-    def note_trained(self, events: int) -> None:
-        self._events_since_publish += events
-
     def due(self) -> bool:
         """Whether a publish should be attempted now."""
         if self._events_since_publish == 0:
@@ -136,16 +131,32 @@ class ModelPublisher:
         self,
         scored: ScoredBatch,
         loss: float | None,
+        events: int,
         events_trained: int,
+        position: int | None = None,
     ) -> GateDecision | None:
-        """Add a batch the candidate has ranked but not yet learned to the held-back window (the serving
-        version's shadow ranks it too), and when a publish is due, judge the window and publish or hold.
+        """Take a batch the candidate ranked before learning it (`scored`) into the held-back window (the
+        serving version's shadow ranks it too); then, when a publish is due, judge the window and publish
+        the candidate as it stands now, or hold it.
+
+        Parameters
+        ----------
+        events
+            Events the candidate learned in the step (they count toward `PublisherConfig.every_events`).
+        events_trained
+            Events the candidate has learned in all, since it started.
+        position
+            The source position just after the last event learned (a log offset), recorded in the
+            version's metadata as ``log_offset``: a restarted trainer resumes learning there.
 
         The window gathers every batch since the last decision, so that small live batches add up to a
         window the gate can judge (it passes windows under `GateConfig.min_window_events` on the loss alone).
         """
         k = self.config.gate.k
         self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, k), scored.query)
+        self._events_since_publish += events
+        if position is not None:
+            self.metadata["log_offset"] = int(position)
         if not self.due():
             return None
         return self._decide(loss, events_trained)

@@ -84,7 +84,7 @@ def create_app(
         lambda: time.time() - runtime.version_created if runtime.ready else float("nan")
     )
     Gauge("freshrec_catalogue_items", "Items that can be recommended", registry=registry).set_function(
-        lambda: len(runtime.catalogue)
+        lambda: runtime.catalogue_size
     )
 
     for name, help_text, field in (

@@ -525,10 +525,10 @@ class ItemIndex:
         for `needed` items; every key keeps its row (so the ANN index, whose ids are rows, stays valid). Call
         under the update lock only."""
         capacity = max(needed, 2 * self._map.capacity)
-        old = self._map.state_arrays()
+        old = self._map.state_dict()
         pad = capacity - self._map.capacity
         grown_map = KeyIndex(capacity, eviction="none")
-        grown_map.load_state_arrays(
+        grown_map.load_state_dict(
             {
                 "slot_keys": np.pad(old["slot_keys"], (0, pad)),
                 "last_seen": np.pad(old["last_seen"], (0, pad), constant_values=-np.inf),

@@ -62,6 +62,13 @@ class RawBatch:
         line that is not JSON). They count as read and as rejected.
     end_offset
         The source offset just after this batch: commit it once the batch's events are safe.
+    offsets
+        int64, the source offset of each row when the source numbers its records one by one (the event
+        log, a stream partition), else None: a consumer can then resume exactly after any row, not only
+        after whole batches.
+    validated
+        True when the rows are events freshrec validated before writing them (its own event log): the
+        ingest pipeline then takes them as they are instead of judging them a second time.
 
     >>> batch = RawBatch({"user_id": np.array([1, 2])}, np.array([0, 1]), end_offset=2)
     >>> batch.records_read, batch.num_rows
@@ -72,6 +79,8 @@ class RawBatch:
     positions: np.ndarray
     malformed: list[Rejection] = field(default_factory=list)
     end_offset: int = 0
+    offsets: np.ndarray | None = None
+    validated: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.positions)

@@ -1330,7 +1330,11 @@ class EventLogReader:
             return None
         positions = np.arange(self.position, self.position + n, dtype=np.int64)
         self.position += n
-        return RawBatch(_combine(chunks), positions, end_offset=self.position)
+        # Only validated events are ever appended (`EventLog.append` takes an `EventBatch`), and a record's
+        # CRC proves it is what was appended: a reader's events need no second validation.
+        return RawBatch(
+            _combine(chunks), positions, end_offset=self.position, offsets=positions, validated=True
+        )
 
     def _decode(self, records: list[_RawRecord]) -> dict[str, np.ndarray]:
         try:

@@ -39,21 +39,17 @@ from typing import Any, Literal
 import numpy as np
 
 from freshrec.errors import ConfigError, FreshrecError
-from freshrec.evaluation.catalogue import Catalogue
 from freshrec.evaluation.prequential import (
     PrequentialEvaluator,
     RankingMetrics,
-    RankingTask,
+    rank_candidates,
 )
-from freshrec.features.history import HistoryConfig, UserHistory
-from freshrec.features.seen import SeenConfig, SeenItems
-from freshrec.interactions import Interactions, Query
-from freshrec.models.base import PublishableModel, Recommender, StateChanges
-from freshrec.preprocess.dedupe import Deduplicator
+from freshrec.interactions import EncodedBatch, Interactions, Query
+from freshrec.models.base import Model, StateChanges
 from freshrec.preprocess.encode import encode_ids
-from freshrec.preprocess.validate import EventValidator
+from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
 from freshrec.sources.base import Source
-from freshrec.training.online import RecentItemSampler, TrainerConfig
+from freshrec.training.online import OnlineTrainer, RecentItemSampler, TrainerConfig
 
 __all__ = [
     "CADENCES",
@@ -71,8 +67,8 @@ __all__ = [
 #: The four update cadences, in the order they are reported.
 CADENCES: tuple[str, ...] = ("per-batch", "hourly", "daily", "frozen")
 
-ModelFactory = Callable[[], Recommender]
-BatchObserver = Callable[[int, int, Mapping[str, Recommender]], None]
+ModelFactory = Callable[[], Model]
+BatchObserver = Callable[[int, int, Mapping[str, Model]], None]
 
 
 class PlotUnavailableError(FreshrecError):
@@ -170,17 +166,12 @@ def _period(seconds: float) -> str:
 
 
 @dataclass
-class EncodedEvents:
-    """A whole stream after validation, deduplication and id encoding, in event-time order.
+class EncodedEvents(EncodedBatch):
+    """A whole stream after the ingest pipeline (validated, deduplicated, encoded), in event-time order,
+    with the pipeline's counts: what a study replays.
 
     Attributes
     ----------
-    user_keys, item_keys
-        uint64 [n] keys (see `freshrec.preprocess.encode`).
-    timestamps
-        float64 [n] event times, non-decreasing.
-    values, kinds
-        float64 [n] values (NaN where absent) and int8 [n] kind codes.
     read, rejected, duplicates
         Records read from the source, rejected by validation, dropped as repeats.
 
@@ -189,63 +180,20 @@ class EncodedEvents:
     ([1.0, 2.0, 3.0], 3)
     """
 
-    user_keys: np.ndarray
-    item_keys: np.ndarray
-    timestamps: np.ndarray
-    values: np.ndarray
-    kinds: np.ndarray
     read: int = 0
     rejected: int = 0
     duplicates: int = 0
 
-    def __len__(self) -> int:
-        return len(self.timestamps)
-
     @classmethod
-    def from_source(cls, source: Source, read_size: int = 8_192) -> EncodedEvents:
-        """Read `source` to its end through the replay's validation and deduplication, then encode."""
-        validator, deduplicator = EventValidator(), Deduplicator()
-        parts: list[tuple[np.ndarray, ...]] = []
-        read = rejected = duplicates = 0
-        for raw in source.batches(read_size):
-            result = validator.validate(raw)
-            events, dropped = deduplicator.filter(result.events)
-            parts.append(
-                (
-                    encode_ids(events.user_id),
-                    encode_ids(events.item_id),
-                    np.asarray(events.timestamp, dtype=np.float64),
-                    np.asarray(events.value, dtype=np.float64),
-                    np.asarray(events.kind, dtype=np.int8),
-                )
-            )
+    def from_source(cls, source: Source, pipeline: PipelineConfig | None = None) -> EncodedEvents:
+        """Read `source` to its end through the ingest pipeline (the replay's)."""
+        ingest = IngestPipeline(pipeline)
+        parts = []
+        for raw in source.batches(ingest.config.read_size):
+            parts.append(ingest.process(raw).events)
             source.commit(raw.end_offset)
-            read += raw.records_read
-            rejected += len(result.rejections)
-            duplicates += dropped
-        columns = [np.concatenate(c) for c in zip(*parts, strict=True)] if parts else _empty_columns()
-        return cls._in_time_order(*columns, read=read, rejected=rejected, duplicates=duplicates)
-
-    def head(self, count: int) -> EncodedEvents:
-        """The first `count` events in event-time order (all of them when there are fewer): a quick study of
-        a long stream's start, where the daily retrain's cost (which grows with days x events) stays small.
-
-        >>> EncodedEvents.from_columns([1, 2, 3], [10, 11, 12], [3.0, 1.0, 2.0]).head(2).timestamps.tolist()
-        [1.0, 2.0]
-        """
-        if count < 1:
-            raise ConfigError(f"max_events must be >= 1, got {count}")
-        part = slice(0, count)
-        return EncodedEvents(
-            self.user_keys[part],
-            self.item_keys[part],
-            self.timestamps[part],
-            self.values[part],
-            self.kinds[part],
-            read=self.read,
-            rejected=self.rejected,
-            duplicates=self.duplicates,
-        )
+        counts = ingest.counts
+        return cls._of(EncodedBatch.concat(parts), counts.read, counts.rejected, counts.duplicates)
 
     @classmethod
     def from_columns(
@@ -258,32 +206,34 @@ class EncodedEvents:
     ) -> EncodedEvents:
         """Events from raw id columns (tests, notebooks): encoded, put in time order (ties keep order)."""
         users, items = encode_ids(np.asarray(user_ids)), encode_ids(np.asarray(item_ids))
-        n = len(users)
-        times = np.asarray(timestamps, dtype=np.float64)
-        values = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
-        kinds = np.zeros(n, dtype=np.int8) if kinds is None else np.asarray(kinds, dtype=np.int8)
-        return cls._in_time_order(users, items, times, values, kinds, read=n)
+        batch = EncodedBatch.of(users, items, timestamps, values, kinds)
+        return cls._of(batch, read=len(batch))
+
+    def head(self, count: int) -> EncodedEvents:
+        """The first `count` events in event-time order (all of them when there are fewer): a quick study of
+        a long stream's start, where the daily retrain's cost (which grows with days x events) stays small.
+
+        >>> EncodedEvents.from_columns([1, 2, 3], [10, 11, 12], [3.0, 1.0, 2.0]).head(2).timestamps.tolist()
+        [1.0, 2.0]
+        """
+        if count < 1:
+            raise ConfigError(f"max_events must be >= 1, got {count}")
+        return self._of(self.take(slice(0, count)), self.read, self.rejected, self.duplicates)
 
     @classmethod
-    def _in_time_order(
-        cls, *columns: np.ndarray, read: int, rejected: int = 0, duplicates: int = 0
-    ) -> EncodedEvents:
-        timestamps = columns[2]
-        if len(timestamps) > 1 and np.any(np.diff(timestamps) < 0):
-            # The protocol replays in event-time order, ties in arrival order: a stable sort keeps them.
-            order = np.argsort(timestamps, kind="stable")
-            columns = tuple(c[order] for c in columns)
-        return cls(*columns, read=read, rejected=rejected, duplicates=duplicates)
-
-
-def _empty_columns() -> list[np.ndarray]:
-    return [
-        np.empty(0, np.uint64),
-        np.empty(0, np.uint64),
-        np.empty(0, np.float64),
-        np.empty(0, np.float64),
-        np.empty(0, np.int8),
-    ]
+    def _of(cls, batch: EncodedBatch, read: int, rejected: int = 0, duplicates: int = 0) -> EncodedEvents:
+        # The protocol replays in event-time order, ties in arrival order: a stable sort keeps them.
+        ordered = batch.in_time_order()
+        return cls(
+            ordered.user_keys,
+            ordered.item_keys,
+            ordered.timestamps,
+            ordered.values,
+            ordered.kinds,
+            read=read,
+            rejected=rejected,
+            duplicates=duplicates,
+        )
 
 
 @dataclass(frozen=True)
@@ -504,7 +454,7 @@ class CadenceStudy:
     ----------
     model_factory
         Builds a fresh model with fixed settings: the online model, the served copies and each daily
-        retrain come from it. Its models must implement `PublishableModel`.
+        retrain come from it.
     config
         Cadences and the online loop's settings.
 
@@ -552,7 +502,7 @@ class CadenceStudy:
         served = self._copy_of(online)
         daily = self._copy_of(online)  # serves, untrained, until the first day boundary
         online.drain_changes()  # from here on, drained changes are exactly what the copies lack
-        frozen: Recommender | None = None
+        frozen: Model | None = None
         frozen_at = int(n * config.frozen_fraction)
         # Deltas drained from the learner that a copy has not applied yet (the daily copy takes them only
         # while the model counts: a gradient model's daily model is retrained instead).
@@ -560,10 +510,8 @@ class CadenceStudy:
         # Whether a cadence's served state equals the learner's right now: it then ranks like it.
         current = {"hourly": True, "daily": False, "frozen": True}
 
-        history = UserHistory(HistoryConfig(online.history_length, trainer.user_capacity))
-        seen = SeenItems(SeenConfig(capacity=trainer.user_capacity))
-        catalogue = Catalogue()
-        sampler = RecentItemSampler(trainer.negative_window, trainer.seed)
+        # The online learner is the trainer's own loop: its feature state and its learning step.
+        learner = OnlineTrainer(online, trainer, features=trainer.features(online, rankable=True))
         evaluators = {c: PrequentialEvaluator(k=trainer.k) for c in CADENCES}
         self.ranks = ranks = {c: np.full(n, -1, dtype=np.int32) for c in CADENCES}
         scoring_seconds = dict.fromkeys(CADENCES, 0.0)
@@ -575,13 +523,21 @@ class CadenceStudy:
         stored_history_times = np.full((n, length), np.nan, dtype=np.float64)
         self._learns_by_gradient = False
         self._retrain_epochs = 1
-        self._retrain_model: Recommender | None = None
+        self._retrain_model: Model | None = None
         self.refreshes = []
 
         times = events.timestamps
         refresh_bucket = np.floor(times / config.refresh_seconds)
         retrain_bucket = np.floor(times / config.retrain_seconds)
         for batch_start, batch_stop in self._learning_batches(n, frozen_at):
+            batch_part = slice(batch_start, batch_stop)
+            # Feature state moves event by event over the whole micro-batch at once: each event's query
+            # and candidates hold what came before it, whatever segment it is scored in.
+            observed = learner.features.observe(
+                events.take(batch_part), negatives=trainer.negatives, candidates=True
+            )
+            stored_history_keys[batch_part] = observed.query.history_keys
+            stored_history_times[batch_part] = observed.query.history_times
             segments = self._scoring_segments(batch_start, batch_stop, refresh_bucket, retrain_bucket)
             for start, stop in segments:
                 new_hour = start > 0 and refresh_bucket[start] != refresh_bucket[start - 1]
@@ -624,34 +580,21 @@ class CadenceStudy:
                     on_batch(start, stop, models)
 
                 part = slice(start, stop)
-                users, items = events.user_keys[part], events.item_keys[part]
-                query = history.query_and_record(users, items, times[part])
-                stored_history_keys[part] = query.history_keys
-                stored_history_times[part] = query.history_times
-                task = RankingTask.prepare(catalogue, seen, query, items)
+                rows = np.arange(start - batch_start, stop - batch_start)
+                query, candidates = observed.query.take(rows), observed.candidates.take(rows)
                 for cadence in CADENCES:
                     if cadence != "per-batch" and current[cadence]:
                         segment_ranks = ranks["per-batch"][part]  # the same state as the learner: rank once
                     else:
                         tick = time.perf_counter()
-                        segment_ranks = task.ranks(models[cadence], query)
+                        segment_ranks = rank_candidates(models[cadence], query, candidates)
                         scoring_seconds[cadence] += time.perf_counter() - tick
                     ranks[cadence][part] = segment_ranks
                     evaluators[cadence].add(segment_ranks)
-                seen.record(users, items, times[part])
 
             # Every segment of the micro-batch was scored: now the learner learns all of it at once.
             tick = time.perf_counter()
-            part = slice(batch_start, batch_stop)
-            items = events.item_keys[part]
-            query = Query(
-                events.user_keys[part], times[part], stored_history_keys[part], stored_history_times[part]
-            )
-            negatives = sampler.sample(batch_stop - batch_start, trainer.negatives, fallback=items)
-            stats = online.learn(
-                Interactions(query, items, events.values[part], events.kinds[part], negatives)
-            )
-            sampler.add(items)
+            stats = learner.learn(observed)
             self._learns_by_gradient |= stats.loss is not None
             learning_seconds += time.perf_counter() - tick
             current = {"hourly": False, "daily": False, "frozen": frozen is None}
@@ -672,7 +615,7 @@ class CadenceStudy:
         days, sizes, window_hr, window_ndcg = _windows(ranks, times, trainer.k, config.window_events)
         return CadenceReport(
             source=source,
-            model=getattr(online, "name", type(online).__name__),
+            model=online.name,
             config=config,
             events=n,
             start_time=float(times[0]) if n else 0.0,
@@ -694,16 +637,10 @@ class CadenceStudy:
         )
 
     # ------------------------------------------------------------------ internals
-    def _new_model(self) -> Recommender:
-        model = self.model_factory()
-        if not isinstance(model, PublishableModel):
-            raise ConfigError(
-                f"model {getattr(model, 'name', type(model).__name__)!r} is not a PublishableModel: the "
-                "study copies served state with state_dict/load_state_dict and drain/apply_changes"
-            )
-        return model
+    def _new_model(self) -> Model:
+        return self.model_factory()
 
-    def _copy_of(self, model: Recommender) -> Recommender:
+    def _copy_of(self, model: Model) -> Model:
         copy = self._new_model()
         copy.load_state_dict(model.state_dict())
         return copy
@@ -733,7 +670,7 @@ class CadenceStudy:
 
     def _retrain(
         self, events: EncodedEvents, history_keys: np.ndarray, history_times: np.ndarray, upto: int
-    ) -> Recommender:
+    ) -> Model:
         """A fresh model trained on events [0, upto) only (all of them before the day boundary)."""
         config, trainer = self.config, self.config.trainer
         # Building a model can cost a second (dense tables); resetting one to the state of a model never
@@ -777,7 +714,7 @@ class CadenceStudy:
         return seconds
 
 
-def _catch_up(copy: Recommender, pending: list[StateChanges], learner: Recommender) -> None:
+def _catch_up(copy: Model, pending: list[StateChanges], learner: Model) -> None:
     """Bring `copy` to the learner's state by applying the deltas it missed, in order (a full copy when
     one of them could not track every change)."""
     if all(changes.complete for changes in pending):
@@ -838,7 +775,7 @@ def run_cadence_study(
         A finite source in event-time order (read once through validation and deduplication; events out
         of order are sorted, ties kept in arrival order).
     model_factory
-        A fresh `Recommender` + `PublishableModel` per call, always with the same settings (for a
+        A fresh `Model` per call, always with the same settings (for a
         registry model: ``lambda: create_model(name)``).
     max_events
         Study only the first this many events (in event-time order; None: all).

@@ -1,9 +1,11 @@
-"""The online training loop: for each micro-batch, score it with the model as it stands (evaluation), then
-take one learning step on it (test-then-train).
+"""The online trainer: for each micro-batch, advance the live feature state, score the batch with the model
+as it stands (evaluation), then take one learning step on it (test-then-train).
 
-Feature state (user histories, seen items) moves event by event inside a batch; learned parameters move once
-per batch, after the batch was scored. The loop never looks ahead: nothing an event's score depends on was
-learned from that event or a later one.
+Feature state (user histories, seen items, catalogue, negatives) moves event by event inside a batch;
+learned parameters move once per batch, after the batch was scored. The trainer never looks ahead:
+nothing an event's score depends on was learned from that event or a later one. It returns what it scored
+and what it learned (`StepResult`); deciding what to publish is the publisher's, composed with the trainer
+by the live loop (`freshrec.training.loop`), never called from here.
 """
 
 from __future__ import annotations
@@ -11,28 +13,33 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from freshrec.errors import ConfigError
-from freshrec.evaluation.catalogue import Catalogue
 from freshrec.evaluation.gate import ScoredBatch
-from freshrec.evaluation.prequential import PrequentialEvaluator, RankingTask
+from freshrec.evaluation.prequential import PrequentialEvaluator, rank_candidates
 from freshrec.events import EventBatch
-from freshrec.features.history import HistoryConfig, UserHistory
-from freshrec.features.seen import SeenConfig, SeenItems
-from freshrec.interactions import Interactions, Query
-from freshrec.models.base import LearnStats, Recommender
-from freshrec.preprocess.encode import encode_ids
+from freshrec.features.sampler import RecentItemSampler
+from freshrec.features.state import FeatureConfig, LiveFeatures, ObservedBatch
+from freshrec.interactions import EncodedBatch
+from freshrec.model_state import State, load_rng_state, rng_state, under_prefix, with_prefix
+from freshrec.models.base import LearnStats, Model, RatingPredictor
+from freshrec.preprocess.pipeline import encode_events
 
-if TYPE_CHECKING:
-    from freshrec.publishing.publisher import ModelPublisher
+__all__ = [
+    "BatchTiming",
+    "OnlineTrainer",
+    "RecentItemSampler",
+    "StepResult",
+    "TrainerConfig",
+    "TrainerTotals",
+]
 
 
 @dataclass
 class TrainerConfig:
-    """How the online loop cuts and feeds the stream.
+    """How the online loop cuts and feeds the stream (the ``[trainer]`` section of a configuration file).
 
     Parameters
     ----------
@@ -47,10 +54,10 @@ class TrainerConfig:
     evaluate_fraction
         Share of the events ranked when evaluating, drawn uniformly at random (seeded): 1.0 ranks every
         event, as the protocol's benchmarks do. Each ranked event costs a pass over the whole catalogue,
-        once for the metrics and once more for the publish gate's serving version (~1.5 ms per event at
-        100,000 items on one core), so a live trainer at that size and a few hundred events/s spends more
-        on judging than on learning; a fraction keeps the metrics and the gate unbiased at a fraction of
-        the cost (their windows take proportionally longer to fill).
+        once for the metrics and once more for the publish gate's serving version, so a live trainer with
+        a large catalogue at a few hundred events/s spends more on judging than on learning; a fraction
+        keeps the metrics and the gate unbiased at a fraction of the cost (their windows take
+        proportionally longer to fill).
     k
         Cut-off of HR@K / NDCG@K.
     user_capacity
@@ -60,8 +67,7 @@ class TrainerConfig:
     torch_threads
         Torch intra-op threads of the training process (None: leave torch's default). One is fastest
         here: a micro-batch's sparse update is too small to split, and a second thread only contends with
-        the data path and the server (measured: MF learning 232k events/s on 1 thread vs ~100k on 2, on a
-        2-core machine).
+        the data path and the server (BENCHMARKS.md, "throughput").
     """
 
     batch_size: int = 256
@@ -75,45 +81,27 @@ class TrainerConfig:
     torch_threads: int | None = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive number of events, got {self.batch_size!r}")
         if not 0.0 < self.evaluate_fraction <= 1.0:
             raise ConfigError(
                 f"evaluate_fraction must be in (0, 1] (the share of events ranked), got "
                 f"{self.evaluate_fraction!r}"
             )
 
-
-class RecentItemSampler:
-    """Uniform draws from the last `window` item occurrences: popular-now items are drawn more often.
-
-    >>> sampler = RecentItemSampler(window=4, seed=0)
-    >>> sampler.add(np.array([1, 1, 1, 2], dtype=np.uint64))
-    >>> draws = sampler.sample(1000)
-    >>> set(draws.tolist()) <= {1, 2}, bool((draws == 1).mean() > 0.6)
-    (True, True)
-    """
-
-    def __init__(self, window: int = 20_000, seed: int = 0) -> None:
-        self._ring = np.zeros(window, dtype=np.uint64)
-        self._filled = 0
-        self._next = 0
-        self._rng = np.random.default_rng(seed)
-
-    def add(self, item_keys: np.ndarray) -> None:
-        item_keys = item_keys[-len(self._ring) :]
-        n, window = len(item_keys), len(self._ring)
-        positions = (self._next + np.arange(n)) % window
-        self._ring[positions] = item_keys
-        self._next = (self._next + n) % window
-        self._filled = min(window, self._filled + n)
-
-    def sample(self, n: int, per_row: int | None = None, fallback: np.ndarray | None = None) -> np.ndarray:
-        """`n` draws (shape [n] or [n, per_row]); before anything was added, draws from `fallback`."""
-        shape = (n,) if per_row is None else (n, per_row)
-        if self._filled == 0:
-            if fallback is None or len(fallback) == 0:
-                return np.zeros(shape, dtype=np.uint64)
-            return fallback[self._rng.integers(0, len(fallback), size=shape)]
-        return self._ring[self._rng.integers(0, self._filled, size=shape)]
+    def features(self, model: Model, rankable: bool | None = None) -> FeatureConfig:
+        """The feature state this trainer keeps for `model`: histories as long as the model reads, and
+        the catalogue and seen items when batches are ranked (`rankable`, by default `evaluate`)."""
+        rank = self.evaluate if rankable is None else rankable
+        return FeatureConfig(
+            history_length=model.history_length,
+            history_values=model.reads_history_values,
+            user_capacity=self.user_capacity,
+            seen_items=rank,
+            catalogue=rank,
+            negative_window=self.negative_window,
+            seed=self.seed,
+        )
 
 
 @dataclass
@@ -143,8 +131,44 @@ class TrainerTotals:
         return self.events / seconds if seconds > 0 else 0.0
 
 
+@dataclass
+class StepResult:
+    """What one micro-batch step did.
+
+    Attributes
+    ----------
+    observed
+        The batch as the feature state saw it before learning (queries, candidates, negatives).
+    scored
+        How the model ranked the batch before learning it (None without evaluation): what the publish
+        gate judges the candidate on.
+    stats
+        What the learning step reported.
+    timing
+        Where the step's time went.
+    """
+
+    observed: ObservedBatch
+    scored: ScoredBatch | None
+    stats: LearnStats
+    timing: BatchTiming
+
+    @property
+    def events(self) -> int:
+        return len(self.observed)
+
+
 class OnlineTrainer:
-    """Test-then-train over a stream of validated, deduplicated event batches.
+    """Test-then-train over a stream of encoded (validated, deduplicated) event batches.
+
+    Parameters
+    ----------
+    model
+        The model learned.
+    config
+        Micro-batch size, negatives, evaluation.
+    features
+        The feature state to keep (default: `TrainerConfig.features` of the model).
 
     >>> from freshrec.events import Event
     >>> from freshrec.models.popularity import PopularityModel
@@ -156,119 +180,96 @@ class OnlineTrainer:
     """
 
     def __init__(
-        self, model: Recommender, config: TrainerConfig | None = None, publisher: ModelPublisher | None = None
+        self, model: Model, config: TrainerConfig | None = None, features: FeatureConfig | None = None
     ) -> None:
         self.model = model
-        self.config = config or TrainerConfig()
-        if publisher is not None and not self.config.evaluate:
-            raise ConfigError("a publisher needs evaluate=True: its gate scores the held-back batch")
-        self.publisher = publisher
-        if self.config.torch_threads is not None:
+        self.config = config = config or TrainerConfig()
+        if config.torch_threads is not None:
             import torch  # here, not at module level: count-based models never need torch
 
-            torch.set_num_threads(self.config.torch_threads)
-        reads_values = bool(getattr(model, "reads_history_values", False))
-        self.history = UserHistory(
-            HistoryConfig(model.history_length, self.config.user_capacity, reads_values)
-        )
-        self.seen = SeenItems(SeenConfig(capacity=self.config.user_capacity))
-        self.catalogue = Catalogue()
-        self.evaluator = PrequentialEvaluator(k=self.config.k)
-        self.sampler = RecentItemSampler(self.config.negative_window, self.config.seed)
-        self._evaluation_rng = np.random.default_rng(self.config.seed + 1)
+            torch.set_num_threads(config.torch_threads)
+        self.features = LiveFeatures(features or config.features(model))
+        self.evaluator = PrequentialEvaluator(k=config.k)
+        self._evaluation_rng = np.random.default_rng(config.seed + 1)
         self.totals = TrainerTotals()
         self.last_stats = LearnStats()
 
-    def process(self, events: EventBatch) -> list[BatchTiming]:
-        """Score then learn every micro-batch of `events` (already in event-time order)."""
-        user_keys = encode_ids(events.user_id)
-        item_keys = encode_ids(events.item_id)
-        timings = []
+    def process(self, events: EncodedBatch | EventBatch) -> list[StepResult]:
+        """`step` through every micro-batch of `events` (already in event-time order). Raw events
+        (`EventBatch`, already valid and deduplicated) are encoded first."""
+        batch = encode_events(events) if isinstance(events, EventBatch) else events
         size = self.config.batch_size
-        for start in range(0, len(events), size):
-            part = slice(start, start + size)
-            timings.append(
-                self.step(
-                    user_keys[part],
-                    item_keys[part],
-                    events.timestamp[part],
-                    events.value[part],
-                    events.kind[part],
-                )
-            )
-        return timings
+        return [self.step(batch.take(slice(start, start + size))) for start in range(0, len(batch), size)]
 
-    def observe(self, events: EventBatch) -> None:
-        """Advance feature state (histories, seen items, catalogue, negative sampler) through `events`
-        without scoring or learning: how a restarted trainer catches up on events its model already
-        learned before the crash."""
-        user_keys = encode_ids(events.user_id)
-        item_keys = encode_ids(events.item_id)
-        self.history.query_and_record(user_keys, item_keys, events.timestamp, events.value)
-        self.seen.record(user_keys, item_keys, events.timestamp)
-        self.catalogue.add(item_keys)
-        self.sampler.add(item_keys)
-
-    def step(
-        self,
-        user_keys: np.ndarray,
-        item_keys: np.ndarray,
-        timestamps: np.ndarray,
-        values: np.ndarray,
-        kinds: np.ndarray,
-    ) -> BatchTiming:
-        """One micro-batch: features, evaluation (if enabled), one learning step."""
-        n = len(user_keys)
-        started = time.perf_counter()
-        if self.publisher is not None:
-            self.publisher.serve_rollback_request()
-        query = self.history.query_and_record(user_keys, item_keys, timestamps, values)
-        features_done = time.perf_counter()
-        if self.config.evaluate:
-            scored = self._evaluate(query, item_keys, timestamps, values)
-            if self.publisher is not None:
-                # The batch joins the gate's held-back window before the candidate learns it.
-                self.publisher.consider(scored, loss=self.last_stats.loss, events_trained=self.totals.events)
-        scored = time.perf_counter()
-        negatives = self.sampler.sample(n, self.config.negatives, fallback=item_keys)
-        self.last_stats = self.model.learn(Interactions(query, item_keys, values, kinds, negatives))
-        self.sampler.add(item_keys)
-        if self.publisher is not None:
-            self.publisher.note_trained(n)
-        learned = time.perf_counter()
-
-        timing = BatchTiming(n, features_done - started, scored - features_done, learned - scored)
+    def step(self, batch: EncodedBatch) -> StepResult:
+        """One micro-batch: feature state, evaluation (if enabled), one learning step."""
+        observed = self.features.observe(
+            batch, negatives=self.config.negatives, candidates=self.config.evaluate
+        )
+        evaluated = time.perf_counter()
+        scored = self.evaluate(observed) if self.config.evaluate else None
+        scoring = time.perf_counter() - evaluated + observed.candidate_seconds
+        learning_started = time.perf_counter()
+        stats = self.learn(observed)
+        learning = time.perf_counter() - learning_started + observed.negative_seconds
+        timing = BatchTiming(len(batch), observed.history_seconds, scoring, learning)
         totals = self.totals
-        totals.events += n
+        totals.events += len(batch)
         totals.batches += 1
         totals.features_seconds += timing.features
         totals.scoring_seconds += timing.scoring
         totals.learning_seconds += timing.learning
-        if self.last_stats.loss is not None and np.isfinite(self.last_stats.loss):
-            totals.losses.append(self.last_stats.loss)
-        return timing
+        return StepResult(observed, scored, stats, timing)
 
-    def _evaluate(
-        self, query: Query, item_keys: np.ndarray, timestamps: np.ndarray, values: np.ndarray
-    ) -> ScoredBatch:
-        """Rank every event's item among the items seen before it, excluding what its user already saw.
+    def observe(self, events: EncodedBatch | EventBatch) -> None:
+        """Advance the feature state through `events` without scoring or learning: how a restarted
+        trainer catches up on events its model already learned before the crash."""
+        batch = encode_events(events) if isinstance(events, EventBatch) else events
+        self.features.observe(batch)
+
+    def evaluate(self, observed: ObservedBatch) -> ScoredBatch:
+        """Rank every event's item among the items seen before it, excluding what its user already saw,
+        and add the ranks (and rating errors) to the evaluator.
 
         Returns the ranking, which the publish gate reuses instead of scoring the candidate again. With
         `TrainerConfig.evaluate_fraction` below 1 only a random sample of the events is ranked (and rated);
         the catalogue and the seen items follow every event all the same."""
-        task = RankingTask.prepare(self.catalogue, self.seen, query, item_keys)
+        candidates, query = observed.candidates, observed.query
+        if candidates is None:
+            raise ConfigError("evaluate needs batches observed with candidates (TrainerConfig.evaluate)")
+        items, values = observed.batch.item_keys, observed.batch.values
         if self.config.evaluate_fraction < 1.0:
-            rows = np.flatnonzero(self._evaluation_rng.random(len(item_keys)) < self.config.evaluate_fraction)
-            task, ranked_query = task.take(rows), query.take(rows)
-            ranked_items, ranked_values = item_keys[rows], values[rows]
-        else:
-            ranked_query, ranked_items, ranked_values = query, item_keys, values
-        ranks = task.ranks(self.model, ranked_query)
-
+            rows = np.flatnonzero(self._evaluation_rng.random(len(items)) < self.config.evaluate_fraction)
+            candidates, query, items, values = (
+                candidates.take(rows),
+                query.take(rows),
+                items[rows],
+                values[rows],
+            )
+        ranks = rank_candidates(self.model, query, candidates)
         predicted = None
-        predict_ratings = getattr(self.model, "predict_ratings", None)
-        if predict_ratings is not None and np.isfinite(ranked_values).any():
-            predicted = predict_ratings(ranked_query, ranked_items)
-        self.evaluator.add(ranks, predicted, ranked_values if predicted is not None else None)
-        self.seen.record(query.user_keys, item_keys, timestamps)
-        return ScoredBatch(task, ranks, ranked_query)
+        if isinstance(self.model, RatingPredictor) and np.isfinite(values).any():
+            predicted = self.model.predict_ratings(query, items)
+        self.evaluator.add(ranks, predicted, values if predicted is not None else None)
+        return ScoredBatch(candidates, ranks, query)
+
+    def learn(self, observed: ObservedBatch) -> LearnStats:
+        """One learning step of the model on an observed batch."""
+        self.last_stats = stats = self.model.learn(observed.interactions())
+        if stats.loss is not None and np.isfinite(stats.loss):
+            self.totals.losses.append(stats.loss)
+        return stats
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> State:
+        """The trainer's own state besides the model's: the feature state (``features.*``), the
+        evaluation sampler's position and the count of events learned."""
+        state = with_prefix(self.features.state_dict(), "features.")
+        state["evaluation_rng"] = rng_state(self._evaluation_rng)
+        state["totals"] = np.array([self.totals.events, self.totals.batches], dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: State) -> None:
+        self.features.load_state_dict(under_prefix(state, "features."))
+        load_rng_state(self._evaluation_rng, state["evaluation_rng"])
+        self.totals.events, self.totals.batches = (int(v) for v in np.asarray(state["totals"]).reshape(-1))

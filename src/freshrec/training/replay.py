@@ -6,6 +6,7 @@ the dead-letter file with its reason, and the counts always reconcile (read = ac
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -13,24 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from freshrec.evaluation.prequential import RankingMetrics
-from freshrec.preprocess.dedupe import Deduplicator
-from freshrec.preprocess.validate import DeadLetterWriter, EventValidator
+from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
+from freshrec.preprocess.validate import DeadLetterWriter
 from freshrec.sources.base import RawBatch, Source
+from freshrec.training.loop import LoopProgress, TrainingLoop
 from freshrec.training.online import OnlineTrainer
 
-
-@dataclass
-class ReplayProgress:
-    """What a progress display needs after each source batch."""
-
-    events_read: int
-    events_trained: int
-    elapsed_seconds: float
-    running: RankingMetrics
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events_read / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+#: What a progress display gets after each source batch (the loop's progress).
+ReplayProgress = LoopProgress
 
 
 @dataclass
@@ -83,65 +74,52 @@ def replay(
     trainer: OnlineTrainer,
     *,
     dead_letter: Path | str | None = None,
-    validator: EventValidator | None = None,
-    deduplicator: Deduplicator | None = None,
-    read_size: int = 8192,
+    pipeline: PipelineConfig | None = None,
+    read_size: int | None = None,
     window_events: int = 10_000,
-    on_progress: Callable[[ReplayProgress], None] | None = None,
+    on_progress: Callable[[LoopProgress], None] | None = None,
     config: dict[str, Any] | None = None,
     batches: Iterable[RawBatch] | None = None,
 ) -> ReplayReport:
-    """Run `source` to its end through validation, dedupe and the trainer.
+    """Run `source` to its end through the ingest pipeline and the trainer (the live loop without a
+    publisher).
 
     Parameters
     ----------
     dead_letter
         JSONL file for rejected records (created only if something is rejected).
+    pipeline
+        Validation, deduplication and encoding settings (defaults if None).
     read_size
-        Records read from the source at a time (the trainer cuts them into its own micro-batches).
+        Records read from the source at a time (default: the pipeline's); the trainer cuts them into its
+        own micro-batches.
     window_events
         Size of the sliding windows reported in `ReplayReport.windows`.
+    config
+        The settings to report with the figures (`ReplayReport.config`).
     batches
         The source's batches when they must be read another way than `source.batches(read_size)` (a log
         followed until a stop signal).
     """
-    validator = validator or EventValidator()
-    deduplicator = deduplicator or Deduplicator()
-    read = accepted = rejected = duplicates = 0
+    settings = pipeline or PipelineConfig()
+    if read_size is not None:
+        settings = dataclasses.replace(settings, read_size=read_size)
     started = time.perf_counter()
     with DeadLetterWriter(dead_letter) as dead_letters:
-        for raw in batches if batches is not None else source.batches(read_size):
-            result = validator.validate(raw)
-            rejections = result.rejections  # includes the records the source could not parse
-            dead_letters.write(rejections, source=source.name)
-            events, dropped = deduplicator.filter(result.events)
-            trainer.process(events)
-            source.commit(raw.end_offset)
-            read += raw.records_read
-            rejected += len(rejections)
-            accepted += len(result.events)
-            duplicates += dropped
-            if on_progress is not None:
-                on_progress(
-                    ReplayProgress(
-                        read,
-                        trainer.totals.events,
-                        time.perf_counter() - started,
-                        trainer.evaluator.running(),
-                    )
-                )
-    evaluator = trainer.evaluator
+        ingest = IngestPipeline(settings, dead_letters, source=source.name)
+        TrainingLoop(trainer, ingest).run(source, on_progress=on_progress, batches=batches)
+    counts, evaluator = ingest.counts, trainer.evaluator
     return ReplayReport(
         model=trainer.model.name,
-        events_read=read,
-        events_accepted=accepted,
-        events_rejected=rejected,
-        events_duplicate=duplicates,
+        events_read=counts.read,
+        events_accepted=counts.accepted,
+        events_rejected=counts.rejected,
+        events_duplicate=counts.duplicates,
         seconds=time.perf_counter() - started,
         overall=evaluator.summary(),
         last_20_percent=evaluator.final_fraction(0.2),
         windows=evaluator.windows(window_events),
         learning_events_per_second=trainer.totals.learning_events_per_second,
         config=config or {},
-        dead_letter_path=str(dead_letter) if dead_letter is not None and rejected else None,
+        dead_letter_path=str(dead_letter) if dead_letter is not None and counts.rejected else None,
     )

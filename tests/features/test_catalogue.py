@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from freshrec.evaluation.catalogue import Catalogue
+from freshrec.features.catalogue import Catalogue
 
 
 @given(st.lists(st.lists(st.integers(1, 40), max_size=20), max_size=6))

@@ -1,0 +1,266 @@
+"""The ingest pipeline: raw batch -> validated -> deduplicated -> encoded batch, written once and used by
+every process (replay, the live trainer, the server's feature follower, the studies, the library API).
+
+An event is validated once, on its way in: at the HTTP door (`IngestPipeline.validate_records`) or when read
+from a file or a stream that others wrote (`IngestPipeline.process`). Batches freshrec validated itself
+before writing them (its event log marks them `RawBatch.validated`) pass straight to deduplication. Every
+consumer of one log keeps its own deduplication window: the same events in the same order give every
+process the same decisions, so a trainer and a server agree on what happened without talking.
+
+It never drops a record silently: ``read = accepted + rejected`` per batch and in total, duplicates are
+counted among the accepted, and rejections go to the dead-letter writer with their reasons.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from freshrec.errors import ConfigError
+from freshrec.events import EventBatch, SchemaLimits
+from freshrec.interactions import EncodedBatch
+from freshrec.model_state import State, under_prefix, with_prefix
+from freshrec.preprocess.dedupe import Deduplicator
+from freshrec.preprocess.encode import IdEncoder, encode_ids
+from freshrec.preprocess.validate import DeadLetterWriter, EventValidator, Rejection, ValidationResult
+from freshrec.sources.base import EVENT_COLUMNS, RawBatch
+
+__all__ = ["IngestCounts", "IngestPipeline", "IngestedBatch", "PipelineConfig", "encode_events"]
+
+
+@dataclass
+class PipelineConfig:
+    """How raw records become encoded events (the ``[pipeline]`` section of a configuration file).
+
+    Parameters
+    ----------
+    default_kind
+        The kind of an event whose kind is absent or blank (one of `freshrec.events.EVENT_KINDS`).
+    limits
+        Bounds on timestamps, string lengths and context size (`freshrec.events.SchemaLimits`).
+    dedupe_window
+        Distinct event ids remembered to drop repeats (between ``window`` and ``2 x window``, 16-32 bytes
+        each; see `freshrec.preprocess.dedupe`).
+    read_size
+        Records read from a source at a time (the trainer cuts them into its own micro-batches).
+    item_ids
+        Raw item ids remembered for the way back from keys (what a server or the library API answers
+        with), least recently seen forgotten first; 0 remembers none.
+    """
+
+    default_kind: str = "view"
+    limits: SchemaLimits = field(default_factory=SchemaLimits)
+    dedupe_window: int = 1_000_000
+    read_size: int = 8192
+    item_ids: int = 0
+
+    def __post_init__(self) -> None:
+        EventValidator(self.limits, self.default_kind)  # names a bad kind
+        if self.read_size < 1:
+            raise ConfigError(f"read_size must be at least 1 record, got {self.read_size}")
+
+
+@dataclass
+class IngestedBatch:
+    """One raw batch after the pipeline.
+
+    Attributes
+    ----------
+    events
+        The accepted events that were not repeats, encoded, in input order.
+    rejections
+        Records rejected by validation (or that the source could not split into fields).
+    read
+        Records the batch consumed from the source (``accepted + rejected``).
+    duplicates
+        Accepted events dropped as repeats of an earlier delivery.
+    offsets
+        int64, the source offset of each event in `events`, when the source numbers its records (the
+        event log); None otherwise.
+    end_offset
+        The source offset just after the batch (what to commit once its effect is durable); None for
+        events that came from no source (`IngestPipeline.accept`).
+    raw
+        The accepted, deduplicated events with their raw ids (what a writer appends to a log).
+    """
+
+    events: EncodedBatch
+    rejections: list[Rejection]
+    read: int
+    duplicates: int
+    offsets: np.ndarray | None
+    end_offset: int | None
+    raw: EventBatch
+
+    @property
+    def accepted(self) -> int:
+        return self.read - len(self.rejections)
+
+
+@dataclass
+class IngestCounts:
+    """Running totals of a pipeline: read = accepted + rejected, and the reasons of the rejections."""
+
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def add(self, batch: IngestedBatch) -> None:
+        self.read += batch.read
+        self.accepted += batch.accepted
+        self.rejected += len(batch.rejections)
+        self.duplicates += batch.duplicates
+        self.reasons.update(f"{r.field}: {_reason_kind(r.reason)}" for r in batch.rejections)
+
+
+class IngestPipeline:
+    """Validate, deduplicate and encode raw batches, keeping counts and (optionally) dead letters.
+
+    Parameters
+    ----------
+    config
+        Validation limits, deduplication window and what to remember of raw ids.
+    dead_letters
+        Where rejected records go (None: they are only counted).
+    source
+        Name written with each dead letter.
+
+    >>> from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+    >>> pipeline = IngestPipeline()
+    >>> stream = SyntheticStream(SyntheticConfig(n_events=500, duplicate_fraction=0.1))
+    >>> batches = [pipeline.process(raw) for raw in stream.batches(200)]
+    >>> counts = pipeline.counts
+    >>> counts.read == counts.accepted + counts.rejected, counts.duplicates > 0
+    (True, True)
+    >>> sum(len(b.events) for b in batches) == counts.accepted - counts.duplicates
+    True
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig | None = None,
+        dead_letters: DeadLetterWriter | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.config = config = config or PipelineConfig()
+        self.validator = EventValidator(config.limits, config.default_kind)
+        self.deduplicator = Deduplicator(config.dedupe_window)
+        self.item_ids = IdEncoder(config.item_ids) if config.item_ids else None
+        self.dead_letters = dead_letters
+        self.source = source
+        self.counts = IngestCounts()
+
+    def process(self, raw: RawBatch) -> IngestedBatch:
+        """One raw batch through validation (unless freshrec validated it already), deduplication and
+        encoding; rejections go to the dead letters."""
+        if raw.validated:
+            events, rows, rejections = _validated_events(raw), np.arange(raw.num_rows), list(raw.malformed)
+        else:
+            result = self.validator.validate(raw)
+            events, rows, rejections = result.events, result.rows, result.rejections
+        if rejections and self.dead_letters is not None:
+            self.dead_letters.write(rejections, source=self.source)
+        offsets = None if raw.offsets is None else np.asarray(raw.offsets)[rows]
+        return self._accept(events, rejections, raw.records_read, offsets, raw.end_offset)
+
+    def accept(self, events: EventBatch) -> IngestedBatch:
+        """Events already valid (validated at a door, or built by code): deduplicated and encoded."""
+        return self._accept(events, [], len(events), None, None)
+
+    def _accept(
+        self,
+        events: EventBatch,
+        rejections: list[Rejection],
+        read: int,
+        offsets: np.ndarray | None,
+        end_offset: int | None,
+    ) -> IngestedBatch:
+        keep = self.deduplicator.first_sightings(encode_ids(events.event_id)) if len(events) else None
+        duplicates = 0 if keep is None else int(len(keep) - np.count_nonzero(keep))
+        if duplicates:
+            events = events.take(keep)
+            offsets = None if offsets is None else offsets[keep]
+        batch = IngestedBatch(
+            events=self.encode(events),
+            rejections=rejections,
+            read=read,
+            duplicates=duplicates,
+            offsets=offsets,
+            end_offset=end_offset,
+            raw=events,
+        )
+        self.counts.add(batch)
+        return batch
+
+    def validate_records(self, records: Sequence[Any], start_position: int = 0) -> ValidationResult:
+        """Validate JSON-like records at the door (HTTP ingest): what is accepted is written to a log
+        whose readers take it without validating again."""
+        return self.validator.validate_records(records, start_position)
+
+    def encode(self, events: EventBatch) -> EncodedBatch:
+        """Keys of the events' ids (remembering raw item ids when configured)."""
+        return encode_events(events, self.item_ids)
+
+    def raw_item_ids(self, keys: np.ndarray) -> np.ndarray:
+        """The raw id of each item key (object array; None where forgotten or never seen)."""
+        if self.item_ids is None:
+            return np.full(len(keys), None, dtype=object)
+        return self.item_ids.raw_ids(keys)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> State:
+        """The deduplication window and the counts (the raw-id map is saved apart: its ids are not
+        numbers, see `IdEncoder.to_arrow`)."""
+        counts = self.counts
+        state = with_prefix(self.deduplicator.state_dict(), "dedupe.")
+        state["counts"] = np.array(
+            [counts.read, counts.accepted, counts.rejected, counts.duplicates], np.int64
+        )
+        return state
+
+    def load_state_dict(self, state: State) -> None:
+        self.deduplicator.load_state_dict(under_prefix(state, "dedupe."))
+        read, accepted, rejected, duplicates = (int(v) for v in np.asarray(state["counts"]).reshape(-1))
+        self.counts = IngestCounts(read, accepted, rejected, duplicates)
+
+
+def encode_events(events: EventBatch, item_ids: IdEncoder | None = None) -> EncodedBatch:
+    """The events with their ids encoded to keys (`freshrec.preprocess.encode`), remembering raw item ids
+    in `item_ids` when given. The last step of the pipeline, for events already valid and deduplicated."""
+    items = item_ids.encode(events.item_id) if item_ids is not None else encode_ids(events.item_id)
+    return EncodedBatch(
+        encode_ids(events.user_id),
+        items,
+        np.asarray(events.timestamp, dtype=np.float64),
+        np.asarray(events.value, dtype=np.float64),
+        np.asarray(events.kind, dtype=np.int8),
+    )
+
+
+def _validated_events(raw: RawBatch) -> EventBatch:
+    """The rows of a batch freshrec validated before writing it, as events (no check repeated)."""
+    columns = raw.columns
+    n = raw.num_rows
+    return EventBatch(
+        event_id=columns["event_id"],
+        timestamp=np.asarray(columns["timestamp"], dtype=np.float64),
+        user_id=columns["user_id"],
+        item_id=columns["item_id"],
+        kind=np.asarray(columns.get("kind", np.zeros(n, np.int8)), dtype=np.int8),
+        value=np.asarray(columns.get("value", np.full(n, np.nan)), dtype=np.float64),
+        context={name: column for name, column in columns.items() if name not in EVENT_COLUMNS},
+    )
+
+
+def _reason_kind(reason: str) -> str:
+    """A rejection reason without the value it quotes, so that reasons count together: ``"timestamp out of
+    range: 1.7e+12 is after 2200-01-01 (milliseconds?)"`` -> ``"timestamp out of range (milliseconds?)"``."""
+    head, _, rest = reason.partition(":")
+    hint = rest[rest.rfind("(") :] if rest.rstrip().endswith(")") and "(" in rest else ""
+    return f"{head} {hint}".strip()
