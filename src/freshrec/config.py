@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -30,28 +31,29 @@ Config = TypeVar("Config")
 NONE = "none"
 
 
-def parse(cls: type[Config], data: Mapping[str, Any], where: str) -> Config:
+def parse(cls: type[Config], data: Mapping[str, Any], where: str = "", section: str = "") -> Config:
     """An instance of the dataclass `cls` from `data` (nested mappings for nested dataclasses), every
     field not in `data` at its default.
 
-    `where` names the origin in errors: ``"freshrec.toml: [model]"`` or ``"model"``. A dataclass may
-    declare ``legacy_keys`` (old flat name -> nested names), which are rewritten first.
+    Errors read ``WHERE: SECTION.KEY: what is wrong``: `where` names the origin (a file, ``--set``, a
+    published version), `section` the dotted path of `data` in it (``model``, ``trainer``). A dataclass
+    may declare ``legacy_keys`` (old flat name -> nested names), which are rewritten first.
 
     >>> from freshrec.embeddings.config import TableConfig
     >>> parse(TableConfig, {"capacity": 10, "ttl_seconds": "none"}, "table").capacity
     10
-    >>> parse(TableConfig, {"eviction": "fifo"}, "table")
+    >>> parse(TableConfig, {"eviction": "fifo"}, "a.toml", "t")
     Traceback (most recent call last):
     ...
-    freshrec.errors.ConfigError: table.eviction: 'fifo' is not allowed; use one of 'lru', 'lfu', 'none'
+    freshrec.errors.ConfigError: a.toml: t.eviction: 'fifo' is not allowed; use one of 'lru', 'lfu', 'none'
     """
     plain = _rewrite(cls, dict(data))
     try:
         return _adapter(cls).validate_python(plain)
     except pydantic.ValidationError as error:
-        raise ConfigError(_describe(cls, error, where)) from None
+        raise ConfigError(_describe(cls, error, where, section)) from None
     except ConfigError as error:  # a __post_init__ check pydantic did not wrap
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(_located(where, section, str(error))) from None
 
 
 def as_plain(config: Any) -> Any:
@@ -96,10 +98,27 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def to_toml(data: Mapping[str, Any]) -> str:
-    """`data` (plain, see `as_plain`) as TOML text."""
+    """`data` (plain, see `as_plain`) as TOML text, short arrays on one line.
+
+    >>> print(to_toml({"model": {"name": "blend", "buckets": [1, 2, 5]}}), end="")
+    [model]
+    name = "blend"
+    buckets = [1, 2, 5]
+    """
     import tomli_w
 
-    return tomli_w.dumps(_tables_last(data))
+    text = tomli_w.dumps(_tables_last(data))
+    return _SHORT_ARRAY.sub(_one_line, text)
+
+
+# An array tomli-w wrote one element per line, whose elements are plain values (no nested arrays).
+_SHORT_ARRAY = re.compile(r"= \[\n((?:    [^\[\]\n]+,\n)*)\]")
+
+
+def _one_line(match: re.Match[str]) -> str:
+    items = [line.strip().rstrip(",") for line in match.group(1).splitlines()]
+    joined = "= [" + ", ".join(items) + "]"
+    return joined if len(joined) <= 100 else match.group(0)
 
 
 def parse_assignment(text: str) -> tuple[list[str], Any]:
@@ -178,7 +197,7 @@ def _rewrite(cls: type, data: dict[str, Any]) -> dict[str, Any]:
             merged = _merged(as_plain(base), value) if dataclasses.is_dataclass(base) else dict(value)
             data[name] = _rewrite(nested, merged)
         elif (
-            isinstance(value, str) and value.lower() == NONE and _admits_none(hint) and not _admits_text(hint)
+            isinstance(value, str) and value.lower() == NONE and _admits_none(hint) and not _names_none(hint)
         ):
             data[name] = None
     return data
@@ -211,34 +230,37 @@ def _admits_none(hint: Any) -> bool:
     return type(None) in typing.get_args(hint)
 
 
-def _admits_text(hint: Any) -> bool:
-    for inner in _types_in(hint):
-        if inner is str or (typing.get_origin(inner) is Literal and NONE in typing.get_args(inner)):
-            return True
-    return False
+def _names_none(hint: Any) -> bool:
+    """Whether ``"none"`` is itself one of the field's allowed values (``eviction = "none"``)."""
+    literals = [typing.get_args(inner) for inner in _types_in(hint) if typing.get_origin(inner) is Literal]
+    return any(NONE in choices for choices in literals)
 
 
-def _describe(cls: type, error: pydantic.ValidationError, where: str) -> str:
+def _located(where: str, key: str, message: str) -> str:
+    parts = [part for part in (where, key) if part]
+    return ": ".join([*parts, message])
+
+
+def _describe(cls: type, error: pydantic.ValidationError, where: str, section: str) -> str:
     """One line for the first problem pydantic found: where, the key, what is wrong, what is allowed."""
     problem = error.errors(include_url=False)[0]
     location = [str(part) for part in problem["loc"]]
     kind, given = problem["type"], problem.get("input")
-    key = ".".join([where, *location]) if location else where
+    key = ".".join(part for part in (section, *location) if part)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         owner = _owner(cls, location[:-1])
         known = ", ".join(known_keys(owner)) if owner is not None else "?"
-        return f"{key}: unknown key; the keys of this section are {known}"
+        return _located(where, key, f"unknown key; the keys of this section are {known}")
     if kind == "literal_error":
         choices = problem.get("ctx", {}).get("expected", "")
-        return f"{key}: {given!r} is not allowed; use one of {choices.replace(' or ', ', ')}"
+        return _located(where, key, f"{given!r} is not allowed; use one of {choices.replace(' or ', ', ')}")
     if kind == "value_error":
-        message = str(problem.get("ctx", {}).get("error", problem["msg"]))
-        return f"{key}: {message}"
+        return _located(where, key, str(problem.get("ctx", {}).get("error", problem["msg"])))
     if kind in ("dataclass_type", "dataclass_args_type", "model_type") or (
         isinstance(given, str | int | float) and _owner(cls, location) is not None
     ):
-        return f"{key}: expected a section (a table of keys), got {given!r}"
-    return f"{key}: {problem['msg'].lower()} (got {given!r})"
+        return _located(where, key, f"expected a section (a table of keys), got {given!r}")
+    return _located(where, key, f"{problem['msg'].lower()} (got {given!r})")
 
 
 def _owner(cls: type, location: list[str]) -> type | None:

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from freshrec.errors import FreshrecError
+from freshrec.events import EVENT_KINDS
+from freshrec.sources.base import RawBatch
 
 
 class LiveLoopError(FreshrecError):
@@ -37,11 +41,13 @@ class LiveLoopConfig:
     port
         The server's port on 127.0.0.1 (None: a free one).
     model
-        Registry name of the model the trainer learns.
+        Registry name of the model the trainer learns (None: the configuration's).
     publish_ms
-        The trainer publishes at most this often.
+        The trainer publishes at most this often (None: the configuration's).
     batch_size
-        The trainer's micro-batch.
+        The trainer's micro-batch (None: the configuration's).
+    config_file
+        A configuration file both processes read (``--config``); options above override it.
     train_args, serve_args
         Extra command-line options of `freshrec train` / `freshrec serve`.
     startup_timeout
@@ -50,9 +56,10 @@ class LiveLoopConfig:
 
     directory: Path
     port: int | None = None
-    model: str = "cooccurrence"
-    publish_ms: int = 1000
-    batch_size: int = 256
+    model: str | None = "cooccurrence"
+    publish_ms: int | None = 1000
+    batch_size: int | None = 256
+    config_file: Path | None = None
     train_args: tuple[str, ...] = ()
     serve_args: tuple[str, ...] = ()
     startup_timeout: float = 60.0
@@ -79,7 +86,8 @@ class LiveLoop:
 
     def _command(self, name: str, *options: str) -> list[str]:
         dirs = ["--store", str(self.directory / "store"), "--log", str(self.directory / "log")]
-        return [sys.executable, "-m", "freshrec.cli", name, *dirs, *options]
+        config = [] if self.config.config_file is None else ["--config", str(self.config.config_file)]
+        return [sys.executable, "-m", "freshrec.cli", name, *config, *dirs, *options]
 
     def _spawn(self, command: list[str]) -> subprocess.Popen:
         assert self._output is not None
@@ -99,8 +107,12 @@ class LiveLoop:
 
     def start_trainer(self) -> None:
         """Start `freshrec train` (again, after `kill_trainer`: it resumes from the served version)."""
-        options = ["--model", self.config.model, "--publish-ms", str(self.config.publish_ms)]
-        options += ["--batch-size", str(self.config.batch_size), *self.config.train_args]
+        given = {"--model": self.config.model, "--publish-ms": self.config.publish_ms}
+        given["--batch-size"] = self.config.batch_size
+        options = [
+            part for option, value in given.items() if value is not None for part in (option, str(value))
+        ]
+        options += self.config.train_args
         self.trainer = self._spawn(self._command("train", *options))
 
     def kill_trainer(self, how: signal.Signals = signal.SIGKILL) -> None:
@@ -174,6 +186,12 @@ class LiveLoop:
             raise LiveLoopError(f"POST /events answered {status}: {answer}")
         return answer
 
+    def served_events_trained(self) -> int:
+        """Events the served version was trained on (its lineage's ``events_trained``)."""
+        versions = self.get("/versions")
+        trained = {v["version"]: v["metadata"].get("events_trained", 0) for v in versions["versions"]}
+        return int(trained.get(versions["serving"], 0))
+
     def wait_until(self, condition: Any, timeout: float, what: str) -> None:
         """Poll `condition()` until true; connection errors count as not yet. Raises `LiveLoopError`
         naming `what` and the tail of the process output if it does not happen in time or a child died."""
@@ -197,6 +215,31 @@ class LiveLoop:
             return "\n".join(self.process_log.read_text().splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def records_of(raw: RawBatch) -> list[dict[str, Any]]:
+    """The rows of a source's raw batch as JSON-able records, as a client would post them: numbers as
+    numbers, kinds by name (a typed column carries codes), absent values (None, NaN) left out, so that the
+    server's door is what judges them."""
+    names = list(raw.columns)
+    columns = []
+    for name in names:
+        column = raw.columns[name]
+        if name == "kind" and column.dtype.kind in "iu":
+            codes = np.asarray(column, dtype=np.int64)
+            named = np.array(EVENT_KINDS, dtype=object)[np.clip(codes, 0, len(EVENT_KINDS) - 1)]
+            column = np.where((codes >= 0) & (codes < len(EVENT_KINDS)), named, codes.astype(object))
+        columns.append(column.tolist())
+    records = []
+    for row in zip(*columns, strict=True):
+        records.append(
+            {
+                name: value
+                for name, value in zip(names, row, strict=True)
+                if value is not None and not (isinstance(value, float) and value != value)
+            }
+        )
+    return records
 
 
 def free_port() -> int:

@@ -38,8 +38,8 @@ def served(tmp_path):
         metadata={"model": "popularity"},
     )
     trainer = TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=4)), publisher=publisher)
-    config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=1000)
-    with TestClient(create_app(config, max_body_bytes=4096)) as client:
+    config = ServingConfig(user_capacity=1000)
+    with TestClient(create_app(config, tmp_path / "store", tmp_path / "log", max_body_bytes=4096)) as client:
         yield client, trainer, store
     store.close()
 
@@ -151,7 +151,7 @@ def test_admin_rollback_goes_through_the_trainer_and_the_server_follows(tmp_path
     trainer.feed_events(EventBatch.from_events(Event(f"e{n}", n, f"u{n % 3}", f"i{n % 4}") for n in range(8)))
     newest = store.current_version()
     assert newest >= 3
-    config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)
+    config = ServingConfig(user_capacity=100)
     stop = threading.Event()
 
     def trainer_loop() -> None:  # the trainer's idle loop: answers rollback requests between batches
@@ -162,7 +162,8 @@ def test_admin_rollback_goes_through_the_trainer_and_the_server_follows(tmp_path
     answering = threading.Thread(target=trainer_loop)
     answering.start()
     try:
-        with TestClient(create_app(config, admin_token="s3cret")) as client:
+        application = create_app(config, tmp_path / "store", tmp_path / "log", admin_token="s3cret")
+        with TestClient(application) as client:
             assert wait_for(lambda: client.get("/versions").json()["serving"] == newest)
             headers = {"authorization": "Bearer s3cret"}
             assert client.post("/admin/rollback", json={"to": 1}).status_code == 403  # no token
@@ -200,8 +201,8 @@ def test_the_server_rebuilds_a_model_with_the_config_the_trainer_used(tmp_path):
         trainer.feed_events(
             EventBatch.from_events(Event(f"e{n}", n, f"u{n % 3}", f"i{n % 5}") for n in range(12))
         )
-        config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)
-        with TestClient(create_app(config)) as client:
+        config = ServingConfig(user_capacity=100)
+        with TestClient(create_app(config, tmp_path / "store", tmp_path / "log")) as client:
             assert wait_for(lambda: client.get("/readyz").status_code == 200)
             answer = client.get("/recommend?user_id=u1&k=3").json()
             assert answer["model_version"] == store.current_version()
@@ -210,7 +211,7 @@ def test_the_server_rebuilds_a_model_with_the_config_the_trainer_used(tmp_path):
 
 
 def test_admin_rollback_before_anything_was_published_is_a_conflict(tmp_path):
-    config = ServingConfig(store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=100)
-    with TestClient(create_app(config, admin_token="t")) as client:
+    config = ServingConfig(user_capacity=100)
+    with TestClient(create_app(config, tmp_path / "store", tmp_path / "log", admin_token="t")) as client:
         answer = client.post("/admin/rollback", json={"to": 1}, headers={"authorization": "Bearer t"})
         assert answer.status_code == 409 and "no model store" in answer.json()["detail"]

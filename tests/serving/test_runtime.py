@@ -70,10 +70,10 @@ class Loop:
         )
         trainer = OnlineTrainer(self.trained, TrainerConfig(batch_size=16, negatives=2))
         self.loop = TrainingLoop(trainer, publisher=publisher)
-        config = ServingConfig(
-            store_dir=tmp_path / "store", log_dir=tmp_path / "log", user_capacity=1000, retrieval=retrieval
+        config = ServingConfig(user_capacity=1000, retrieval=retrieval)
+        self.runtime = ServingRuntime(
+            config, tmp_path / "store", tmp_path / "log", build_model=lambda spec: make_model()
         )
-        self.runtime = ServingRuntime(config, build_model=lambda spec: make_model())
         self.runtime.start()
 
     def feed(self, records):

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from freshrec.embeddings import DynamicEmbeddingTable
 from freshrec.interactions import Interactions, Query
 from freshrec.model_state import State, StateChanges
+
+if TYPE_CHECKING:  # the tables import torch; counting models and the configuration never need it
+    from freshrec.embeddings import DynamicEmbeddingTable
 
 __all__ = [
     "ItemVectorChanges",

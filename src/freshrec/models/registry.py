@@ -138,10 +138,13 @@ class ModelSpec:
     components: dict[str, ModelSpec] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, name: str, overrides: Mapping[str, Any] | None = None, where: str = "model") -> ModelSpec:
+    def of(
+        cls, name: str, overrides: Mapping[str, Any] | None = None, where: str = "", section: str = "model"
+    ) -> ModelSpec:
         """The spec of model `name` with `overrides` (its config's fields; a composite's component
-        sections under their names) replacing the defaults."""
-        known = entry(name, where)
+        sections under their names) replacing the defaults. `where` and `section` locate the settings in
+        errors (see `freshrec.config.parse`)."""
+        known = entry(name, ": ".join(part for part in (where, f"{section}.name") if part))
         data = {**as_plain(dict(known.defaults)), **dict(overrides or {})}
         sections: dict[str, Mapping[str, Any]] = {}
         if known.composite:
@@ -150,25 +153,30 @@ class ModelSpec:
             ]
             names = list(data.get("components", default_names[0] if default_names else ()))
             for component in names:
-                section = data.pop(component, {})
-                if not isinstance(section, Mapping):
-                    raise ConfigError(f"{where}.{component}: expected a section of that model's settings")
-                sections[component] = section
-        config = parse(known.config_class, data, where)
+                part = data.pop(component, {})
+                if not isinstance(part, Mapping):
+                    located = ": ".join(p for p in (where, f"{section}.{component}") if p)
+                    raise ConfigError(f"{located}: expected a section of that model's settings")
+                sections[component] = part
+        config = parse(known.config_class, data, where, section)
         components = {
-            component: cls.of(component, section, f"{where}.{component}")
-            for component, section in sections.items()
+            component: cls.of(component, part, where, f"{section}.{component}")
+            for component, part in sections.items()
         }
         return cls(name, config, components)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "model") -> ModelSpec:
-        """The spec `as_dict` wrote (``name`` plus the settings)."""
+    def from_dict(
+        cls, data: Mapping[str, Any], where: str = "", section: str = "model", default: str | None = None
+    ) -> ModelSpec:
+        """The spec `as_dict` wrote (``name`` plus the settings); `default` names the model when the
+        data does not."""
         settings = dict(data)
-        name = settings.pop("name", None)
+        name = settings.pop("name", default)
         if not isinstance(name, str):
-            raise ConfigError(f"{where}.name: missing; name a model, one of {', '.join(model_names())}")
-        return cls.of(name, settings, where)
+            located = ": ".join(part for part in (where, f"{section}.name") if part)
+            raise ConfigError(f"{located}: missing; name a model, one of {', '.join(model_names())}")
+        return cls.of(name, settings, where, section)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> ModelSpec:
@@ -176,8 +184,8 @@ class ModelSpec:
         published before specs) a name with its flat ``model_config``."""
         model = metadata.get("model", "cooccurrence")
         if isinstance(model, Mapping):
-            return cls.from_dict(model, "version metadata: model")
-        return cls.of(str(model), metadata.get("model_config") or {}, "version metadata: model")
+            return cls.from_dict(model, "version metadata")
+        return cls.of(str(model), metadata.get("model_config") or {}, "version metadata")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, TOML/JSON-able data: ``name``, the config's fields, and each component's section."""

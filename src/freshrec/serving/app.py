@@ -12,6 +12,7 @@ import json
 import os
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -26,6 +27,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 
+from freshrec.preprocess.pipeline import PipelineConfig
 from freshrec.publishing.rollback import RollbackTimeoutError, rollback
 from freshrec.publishing.store import StoreError, VersionNotFoundError
 from freshrec.serving.runtime import ServingConfig, ServingRuntime
@@ -58,14 +60,21 @@ class RollbackBody(BaseModel):
 
 
 def create_app(
-    config: ServingConfig, max_body_bytes: int = MAX_BODY_BYTES, admin_token: str | None = None
+    config: ServingConfig,
+    store_dir: Path,
+    log_dir: Path,
+    pipeline: PipelineConfig | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    admin_token: str | None = None,
 ) -> FastAPI:
     """The FastAPI application; the runtime starts with the app and stops with it.
 
-    `admin_token` (default: the ``FRESHREC_ADMIN_TOKEN`` environment variable): /admin routes then need
-    ``Authorization: Bearer <token>``; without one they answer only clients on the loopback interface.
+    `store_dir` and `log_dir` are the model store and event log it shares with the trainer, `pipeline`
+    their ingest settings. `admin_token` (default: the ``FRESHREC_ADMIN_TOKEN`` environment variable):
+    /admin routes then need ``Authorization: Bearer <token>``; without one they answer only clients on
+    the loopback interface.
     """
-    runtime = ServingRuntime(config)
+    runtime = ServingRuntime(config, store_dir, log_dir, pipeline)
     admin_token = admin_token if admin_token is not None else os.environ.get("FRESHREC_ADMIN_TOKEN")
     registry = CollectorRegistry()
     latency = Histogram(
@@ -182,7 +191,7 @@ def create_app(
                 detail="admin routes answer loopback clients only unless an admin token is set",
             )
         try:
-            outcome = rollback(config.store_dir, body.to, body.reason, timeout=body.timeout)
+            outcome = rollback(store_dir, body.to, body.reason, timeout=body.timeout)
         except VersionNotFoundError as error:
             raise HTTPException(status_code=404, detail=str(error)) from None
         except RollbackTimeoutError as error:

@@ -13,11 +13,10 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from freshrec.features.state import FeatureConfig
 from freshrec.models.base import Model
@@ -26,57 +25,11 @@ from freshrec.preprocess.encode import encode_ids, encode_int
 from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
 from freshrec.preprocess.validate import Rejection
 from freshrec.publishing.store import ModelStore
+from freshrec.serving.config import ServingConfig
 from freshrec.serving.follower import EventFollower
-from freshrec.serving.retrieval import ItemIndex, RetrievalConfig
+from freshrec.serving.retrieval import ItemIndex
 from freshrec.serving.served import ServedModel, limit_faiss_threads
 from freshrec.sources.eventlog import EventLog, EventLogConfig
-
-
-@dataclass
-class ServingConfig:
-    """Where the server reads its model and writes and reads events (the ``[serving]`` section of a
-    configuration file).
-
-    Parameters
-    ----------
-    store_dir
-        The model store the trainer publishes to.
-    log_dir
-        The event log: `POST /events` appends here (this process is its writer), and the feature state
-        follows it.
-    host, port
-        Where `freshrec serve` listens.
-    user_capacity
-        Users whose history and seen items are kept.
-    id_capacity
-        Raw item ids remembered to answer with the ids clients sent.
-    fsync
-        The event log's fsync policy: an ingest is answered only once its events are durable under it.
-    history_length
-        Recent items kept per user, for models that read a history.
-    retrieval
-        Settings of the item index that vector models answer from.
-    compute_threads
-        Threads torch and faiss may use in this process (set at `ServingRuntime.start`). One request is a
-        single small matrix product or one IVF probe, which gain nothing from a thread pool, while an idle
-        pool's spinning and an index rebuild on every core take CPU from the requests.
-    follower_nice
-        CPU priority (Linux nice increment) of the thread that applies new versions and maintains the item
-        index: when the cores are busy, requests go first and a delta waits a little, instead of an index
-        rebuild (seconds of a core) queueing every request behind it. 0 keeps the process's priority.
-    """
-
-    store_dir: Path = Path("runs/store")
-    log_dir: Path = Path("runs/log")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    user_capacity: int = 1_000_000
-    id_capacity: int = 2_000_000
-    fsync: str = "every-batch"
-    history_length: int = 50
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    compute_threads: int = 1
-    follower_nice: int = 5
 
 
 @dataclass
@@ -100,7 +53,11 @@ class ServingRuntime:
     Parameters
     ----------
     config
-        Where the store and the log are, and how much to keep.
+        How much to keep and how to answer.
+    store_dir
+        The model store the trainer publishes to.
+    log_dir
+        The event log: `ingest` appends here (this process is its writer), and the feature state follows it.
     pipeline
         The ingest pipeline's settings, the trainer's (validation at the door, deduplication window).
     build_model
@@ -110,13 +67,16 @@ class ServingRuntime:
     def __init__(
         self,
         config: ServingConfig,
+        store_dir: Path,
+        log_dir: Path,
         pipeline: PipelineConfig | None = None,
         build_model: Callable[[ModelSpec], Model] = ModelSpec.build,
     ) -> None:
         self.config = config
+        self.store_dir, self.log_dir = Path(store_dir), Path(log_dir)
         pipeline = pipeline or PipelineConfig()
-        self.store = ModelStore.open(config.store_dir)
-        self.log = EventLog.open(EventLogConfig(directory=Path(config.log_dir), fsync=config.fsync))
+        self.store = ModelStore.open(self.store_dir)
+        self.log = EventLog.open(EventLogConfig(directory=self.log_dir, fsync=config.fsync))
         # The door: events are validated here, once; the log's readers take them as they are.
         self.door = IngestPipeline(pipeline)
         # Guards the served model, the index's contents, the version and the feature state together.
@@ -136,7 +96,7 @@ class ServingRuntime:
             negative_window=0,
         )
         item_ids = dataclasses.replace(pipeline, item_ids=config.id_capacity)
-        self.events = EventFollower(Path(config.log_dir), self._lock, features, item_ids)
+        self.events = EventFollower(self.log_dir, self._lock, features, item_ids)
         self._threads = [
             threading.Thread(
                 target=self.served.follow, args=(self._stop,), name="freshrec-store", daemon=True
@@ -146,6 +106,8 @@ class ServingRuntime:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        import torch  # here: the configuration that names this module must not import torch
+
         torch.set_num_threads(self.config.compute_threads)
         limit_faiss_threads(self.config.compute_threads)
         if self.store.current_version() > 0:
