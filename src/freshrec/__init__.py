@@ -11,7 +11,18 @@ import os
 # waiting only takes effect if chosen before torch is first imported, hence here; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from freshrec.events import EVENT_KINDS, Event, EventBatch
-
-__all__ = ["EVENT_KINDS", "Event", "EventBatch", "__version__"]
 __version__ = "0.1.0"
+
+from freshrec.events import EVENT_KINDS, Event, EventBatch  # noqa: E402
+
+__all__ = ["EVENT_KINDS", "Event", "EventBatch", "Recommender", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # The library API is imported on first use: `import freshrec` (every command, every child process)
+    # stays light.
+    if name == "Recommender":
+        from freshrec.recommender import Recommender
+
+        return Recommender
+    raise AttributeError(f"module 'freshrec' has no attribute {name!r}")

@@ -169,6 +169,14 @@ class IngestPipeline:
         offsets = None if raw.offsets is None else np.asarray(raw.offsets)[rows]
         return self._accept(events, rejections, raw.records_read, offsets, raw.end_offset)
 
+    def process_records(self, records: Sequence[Any], start_position: int = 0) -> IngestedBatch:
+        """JSON-like records (see `EventValidator.validate_records`) through validation, deduplication and
+        encoding; rejections go to the dead letters."""
+        result = self.validator.validate_records(records, start_position)
+        if result.rejections and self.dead_letters is not None:
+            self.dead_letters.write(result.rejections, source=self.source)
+        return self._accept(result.events, result.rejections, len(records), None, None)
+
     def accept(self, events: EventBatch) -> IngestedBatch:
         """Events already valid (validated at a door, or built by code): deduplicated and encoded."""
         return self._accept(events, [], len(events), None, None)

@@ -132,17 +132,19 @@ class TrainingLoop:
         """One raw batch: ingest, then the feature state only (before the resume position) or a trainer
         step per micro-batch, each followed by the publisher's decision."""
         ingested = self.pipeline.process(raw)
-        self._learn(ingested)
+        self.learn(ingested)
         return ingested
 
     def feed_events(self, events: EventBatch) -> IngestedBatch:
         """Events already valid (built by code, or validated at a door): deduplicated, encoded and learned
         like a source's batch."""
         ingested = self.pipeline.accept(events)
-        self._learn(ingested)
+        self.learn(ingested)
         return ingested
 
-    def _learn(self, ingested: IngestedBatch) -> None:
+    def learn(self, ingested: IngestedBatch) -> None:
+        """Learn an ingested batch: the feature state only before the resume position, then a trainer step
+        per micro-batch, each followed by the publisher's decision."""
         events, offsets, end = ingested.events, ingested.offsets, ingested.end_offset
         if self.resume_offset > 0 and end is not None:
             if offsets is not None:
