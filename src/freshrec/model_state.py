@@ -126,6 +126,26 @@ class Stateful(Protocol):
     def apply_changes(self, changes: StateChanges) -> None: ...
 
 
+def array_like(state: Mapping[str, np.ndarray], name: str, current: np.ndarray, hint: str) -> np.ndarray:
+    """A copy of ``state[name]`` with `current`'s dtype, refused when its shape is not `current`'s: a
+    `ConfigError` naming the array, both shapes, and `hint` (what to do, e.g. "build the model with the
+    capacity it was saved with").
+
+    >>> array_like({"counts": np.zeros(3)}, "counts", np.zeros(4), "use the saved capacity")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: state 'counts' has shape (3,), this one's is (4,); use the saved capacity
+    """
+    from freshrec.errors import ConfigError  # errors is a leaf module: no cycle, only import order
+
+    value = np.array(state[name], dtype=current.dtype)
+    if value.shape != tuple(current.shape):
+        raise ConfigError(
+            f"state {name!r} has shape {value.shape}, this one's is {tuple(current.shape)}; {hint}"
+        )
+    return value
+
+
 def apply_rows(arrays: Mapping[str, np.ndarray], changes: StateChanges) -> None:
     """Write the rows `changes` hold for each named array in place (``array[rows] = values``): how a part
     whose arrays change by rows applies another instance's changes.

@@ -36,9 +36,6 @@ from freshrec.training.online import TrainerConfig
 
 __all__ = ["PublishingSettings", "Settings", "SourceSettings", "load_settings"]
 
-#: Sections of a configuration file, in the order they are written.
-SECTIONS = ("source", "pipeline", "model", "trainer", "publishing", "serving")
-
 
 @dataclass
 class SourceSettings:
@@ -158,6 +155,10 @@ class _Sections:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     publishing: PublishingSettings = field(default_factory=PublishingSettings)
     serving: ServingConfig = field(default_factory=ServingConfig)
+
+
+#: Sections of a configuration file, in the order they are written.
+SECTIONS = ("source", "pipeline", "model", "trainer", "publishing", "serving")
 
 
 @dataclass

@@ -206,7 +206,7 @@ def test_the_server_rebuilds_a_model_with_the_config_the_trainer_used(tmp_path):
             assert wait_for(lambda: client.get("/readyz").status_code == 200)
             answer = client.get("/recommend?user_id=u1&k=3").json()
             assert answer["model_version"] == store.current_version()
-            served = client.app.state.runtime.model
+            served = client.app.state.runtime.served.model
             assert served.config.max_neighbors == 7 and served.config.capacity == 512
 
 

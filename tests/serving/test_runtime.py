@@ -143,23 +143,23 @@ def test_index_answers_exactly_what_scoring_the_version_would(loop):
     live.feed(events(200, users=12, items=range(30), seed=1))
     live.feed(events(100, users=12, items=range(20, 40), start=200, seed=2))
     runtime = live.runtime
-    assert runtime.index is not None and not runtime.index.uses_ann
+    assert runtime.served.index is not None and not runtime.served.index.uses_ann
     # The index holds exactly the items with a row of their own in the served version.
-    assert (runtime.index.keys() == np.sort(item_keys(runtime.model))).all()
-    assert len(runtime.index) == 40
+    assert (runtime.served.index.keys() == np.sort(item_keys(runtime.served.model))).all()
+    assert len(runtime.served.index) == 40
     for n in range(12):
         user = f"u{n}"
         answer = runtime.recommend(user, k=5, exclude_seen=False)
         assert answer.model_version == runtime.version
-        keys, scores = exact_top(runtime.model, user, 5)
+        keys, scores = exact_top(runtime.served.model, user, 5)
         assert (raw_to_keys(answer.item_ids) == keys).all()
         np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
         # Seen items are left out, and the rest keeps the exact order.
         seen = runtime.events.features.seen_items(int(encode_ids(np.array([user], dtype=object))[0]))
         answer = runtime.recommend(user, k=5)
         assert not np.isin(raw_to_keys(answer.item_ids), seen).any()
-        keys = item_keys(runtime.model)
-        scores = runtime.model.score(model_query(user), keys)[0].astype(np.float64)
+        keys = item_keys(runtime.served.model)
+        scores = runtime.served.model.score(model_query(user), keys)[0].astype(np.float64)
         scores[np.isin(keys, seen)] = -np.inf
         best = keys[np.argsort(-scores, kind="stable")[:5]]
         assert (raw_to_keys(answer.item_ids) == best[np.isfinite(np.sort(scores)[::-1][:5])]).all()
@@ -172,8 +172,8 @@ def test_new_items_appear_and_evicted_items_disappear(loop, retrieval):
     live = loop(capacity=48, retrieval=retrieval)
     live.feed(events(300, users=10, items=range(48), seed=3))
     runtime = live.runtime
-    assert len(runtime.index) == 48 and runtime.index.uses_ann == (retrieval is ANN)
-    first = set(runtime.index.keys().tolist())
+    assert len(runtime.served.index) == 48 and runtime.served.index.uses_ann == (retrieval is ANN)
+    first = set(runtime.served.index.keys().tolist())
     # A burst on new items: each admission evicts the least recently used item (capacity 48).
     burst = [
         {"event_id": f"n{i}", "timestamp": 1_800_000_000.0 + i, "user_id": "fan", "item_id": f"new{i % 6}"}
@@ -181,11 +181,11 @@ def test_new_items_appear_and_evicted_items_disappear(loop, retrieval):
     ]
     live.feed(burst)
     new_keys = raw_to_keys([f"new{i}" for i in range(6)])
-    served = runtime.index.keys()
+    served = runtime.served.index.keys()
     assert np.isin(new_keys, served).all()
     evicted = np.array(sorted(first - set(served.tolist())), dtype=np.uint64)
     assert len(evicted) == 6 and len(served) == 48
-    assert (served == np.sort(item_keys(runtime.model))).all()
+    assert (served == np.sort(item_keys(runtime.served.model))).all()
     # The new items are recommendable (k covers the catalogue); the evicted ones never come back.
     everything = raw_to_keys(runtime.recommend("u1", k=48, exclude_seen=False).item_ids)
     assert np.isin(new_keys, everything).all()
@@ -198,12 +198,12 @@ def test_full_load_after_a_rollback_rebuilds_the_index(loop):
     live = loop()
     live.feed(events(100, users=8, items=range(10), seed=4))
     early = live.store.current_version()
-    early_items = np.sort(item_keys(live.runtime.model))
+    early_items = np.sort(item_keys(live.runtime.served.model))
     live.feed(events(100, users=8, items=range(10, 25), start=100, seed=5))
-    assert len(live.runtime.index) == 25
+    assert len(live.runtime.served.index) == 25
     live.store.rollback(to=early, reason="test")
     assert wait_for(lambda: live.runtime.version == early)
-    assert (live.runtime.index.keys() == early_items).all()
+    assert (live.runtime.served.index.keys() == early_items).all()
     found = raw_to_keys(live.runtime.recommend("u1", k=25, exclude_seen=False).item_ids)
     assert np.isin(found, early_items).all() and len(found) == len(early_items)
 
@@ -294,11 +294,11 @@ def test_a_two_tower_model_is_re_embedded_whole_when_its_item_tower_changes(loop
     for start in (0, 60, 120):
         served.feed(events(60, users=12, items=list(range(30)), start=start, seed=start))
     runtime = served.runtime
-    keys = runtime.index.keys()
+    keys = runtime.served.index.keys()
     assert len(keys) > 10
     # Every indexed vector is the served model's current item vector, not one from the version that first
     # brought the item: the dense item tower moved with every step.
-    query = np.random.default_rng(0).normal(size=(1, runtime.index.dim)).astype(np.float32)
-    found, scores = runtime.index.search(query, k=len(keys))
-    expected = runtime.model.item_vectors(found[0]) @ query[0]
+    query = np.random.default_rng(0).normal(size=(1, runtime.served.index.dim)).astype(np.float32)
+    found, scores = runtime.served.index.search(query, k=len(keys))
+    expected = runtime.served.model.item_vectors(found[0]) @ query[0]
     np.testing.assert_allclose(scores[0], expected, rtol=1e-4, atol=1e-4)

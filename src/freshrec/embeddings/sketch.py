@@ -12,6 +12,7 @@ import numpy as np
 
 from freshrec.errors import ConfigError
 from freshrec.hashing import mix64
+from freshrec.model_state import array_like
 
 #: Counters saturate here (one byte each): admission thresholds above it cannot be expressed.
 MAX_COUNT = 255
@@ -102,11 +103,6 @@ class CountMinSketch:
         return {"counters": self.counters.copy(), "counted": np.array(self.counted, dtype=np.int64)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        counters = np.asarray(state["counters"], dtype=np.uint8)
-        if counters.shape != self.counters.shape:
-            raise ConfigError(
-                f"sketch counters have shape {counters.shape}, this sketch has {self.counters.shape}; "
-                "use the same sketch_width and sketch_depth as the saved table"
-            )
-        self.counters = counters.copy()
+        hint = "use the same sketch_width and sketch_depth as the saved table"
+        self.counters = array_like(state, "counters", self.counters, hint)
         self.counted = int(state["counted"])

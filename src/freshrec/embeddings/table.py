@@ -23,8 +23,8 @@ import torch
 from freshrec.embeddings.config import EmbeddingTableConfig
 from freshrec.embeddings.sketch import CountMinSketch
 from freshrec.errors import ConfigError
-from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys
-from freshrec.model_state import StateChanges, under_prefix, with_prefix
+from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys, per_key_times
+from freshrec.model_state import StateChanges, array_like, under_prefix, with_prefix
 
 with warnings.catch_warnings():
     # fbgemm_gpu warns at import time about optional CUDA/triton pieces a CPU build does not have.
@@ -164,12 +164,7 @@ class DynamicEmbeddingTable:
         """
         keys = as_keys(keys)
         n = len(keys)
-        times = np.asarray(timestamps, dtype=np.float64)
-        if times.ndim and times.shape != (n,):
-            raise ConfigError(
-                f"timestamps has shape {times.shape} but keys has {n} entries; pass one time or one per key"
-            )
-        times = np.broadcast_to(times, (n,))
+        times = per_key_times(timestamps, n)
         rows = np.zeros(n, dtype=np.int64)
         if n == 0:
             return rows
@@ -296,18 +291,16 @@ class DynamicEmbeddingTable:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore `state_dict` output of a table with the same capacity, dim and admission setting."""
-        weights = np.asarray(state["weights"], dtype=np.float32)
-        if weights.shape != tuple(self._weights.shape):
-            raise ConfigError(
-                f"state weights have shape {weights.shape}, this table has {tuple(self._weights.shape)}; "
-                "build the table with the capacity and dim it was saved with"
-            )
-        momentum = np.asarray(state["momentum"], dtype=np.float32)
-        if momentum.shape != tuple(self._momentum.shape):
-            raise ConfigError(
-                f"state momentum has shape {momentum.shape}, this table's has {tuple(self._momentum.shape)}; "
-                f"build the table with the optimizer it was saved with (this one: {self.config.optimizer!r})"
-            )
+        weights = array_like(
+            state,
+            "weights",
+            self._weights.numpy(),
+            "build the table with the capacity and dim it was saved with",
+        )
+        optimizer = (
+            f"build the table with the optimizer it was saved with (this one: {self.config.optimizer!r})"
+        )
+        momentum = array_like(state, "momentum", self._momentum.numpy(), optimizer)
         if (self._sketch is None) != ("sketch.counters" not in state):
             raise ConfigError(
                 f"state was saved with a different admit_after setting than this table's "

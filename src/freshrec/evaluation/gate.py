@@ -196,15 +196,8 @@ class PublishGate:
         else:
             passed = True
             reason = f"HR@{k} {candidate_hr:.4f} vs serving {serving_hr:.4f} (tolerance {tolerance:.4f})"
-        decision = GateDecision(
-            published=passed,
-            reason=reason,
-            candidate_hr=candidate_hr,
-            serving_hr=serving_hr,
-            window_events=window_events,
-            window_start=window_start,
-            window_end=window_end,
-        )
+        figures = (candidate_hr, serving_hr, window_events, window_start, window_end)
+        decision = GateDecision(passed, reason, *figures)
         self.decisions.append(decision)
         if passed:
             self.published += 1

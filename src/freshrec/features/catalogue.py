@@ -92,9 +92,6 @@ class CandidateSet:
     excluded_rows: np.ndarray
     excluded_columns: np.ndarray
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
     @classmethod
     def prepare(
         cls, catalogue: Catalogue, seen: SeenItems, query: Query, item_keys: np.ndarray

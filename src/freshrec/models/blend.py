@@ -49,11 +49,10 @@ import torch
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
-from freshrec.model_state import State, apply_parts, drain_parts, load_parts, state_of_parts
+from freshrec.model_state import State, apply_parts, array_like, drain_parts, load_parts, state_of_parts
 from freshrec.models.base import LearnStats, Model, StateChanges
 
 _MASKED = -1e9
-
 #: What a component can contribute per candidate (see `BlendConfig.feature_kinds`).
 FEATURE_KINDS = ("score", "log_rank", "inverse_rank", "top1", "top3", "top10")
 
@@ -429,13 +428,8 @@ class BlendedModel(Model):
         self._changed = False
 
     def _load_own(self, state: State) -> None:
-        weights = np.asarray(state["blend.weights"], dtype=np.float64)
-        if weights.shape != self.weights.shape:
-            raise ConfigError(
-                f"state 'blend.weights' has shape {weights.shape}, this blend's is {self.weights.shape}; "
-                "build it with the components and history_buckets it was saved with"
-            )
-        self.weights = weights.copy()
+        hint = "build it with the components and history_buckets it was saved with"
+        self.weights = array_like(state, "blend.weights", self.weights, hint)
         self._accumulator = np.asarray(state["blend.accumulator"], dtype=np.float64).copy()
         self._occurrences = np.asarray(state["blend.occurrences"], dtype=np.uint64).copy()
         self._ring = np.asarray(state["blend.ring"], dtype=np.int64).copy()

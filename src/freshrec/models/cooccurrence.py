@@ -22,7 +22,7 @@ from freshrec.embeddings.config import DEFAULT_CAPACITY
 from freshrec.errors import ConfigError
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
-from freshrec.model_state import State, apply_rows, under_prefix, with_prefix
+from freshrec.model_state import State, apply_rows, array_like, under_prefix, with_prefix
 from freshrec.models.base import LearnStats, Model, StateChanges
 from freshrec.models.popularity import DecayClock
 
@@ -253,12 +253,7 @@ class CooccurrenceModel(Model):
             return LearnStats()
         items = as_keys(batch.item_keys, "item_keys")
         times = np.asarray(batch.timestamps, dtype=np.float64)
-        rescale = self.clock.rebase(float(times.max()))
-        if rescale is not None:
-            live = self._items.live_slots()
-            self._weights[live] *= np.float32(rescale)
-            self._counts[live] *= rescale
-            self._dirty[live] = True  # rare: once per `max_exponent` half-lives
+        self.clock.advance(times, self._items, [self._weights, self._counts], self._dirty)
         growth = self.clock.growth(times)
 
         assignment = self._items.assign(items, times)
@@ -361,16 +356,10 @@ class CooccurrenceModel(Model):
 
     def load_state_dict(self, state: State) -> None:
         """Replace the whole state with `state_dict` output of a model with the same capacity and width."""
-        neighbor_keys = as_keys(state["neighbor_keys"], "neighbor_keys").reshape(
-            np.shape(state["neighbor_keys"])
-        )
-        if neighbor_keys.shape != self._neighbor_keys.shape:
-            raise ConfigError(
-                f"state neighbor_keys have shape {neighbor_keys.shape}, this model's are "
-                f"{self._neighbor_keys.shape} (capacity, max_neighbors); use the saved config"
-            )
+        hint = "build the model with the capacity and max_neighbors it was saved with"
+        neighbor_keys = array_like(state, "neighbor_keys", self._neighbor_keys, hint)
         self._items.load_state_dict(under_prefix(state, "items."))
-        self._neighbor_keys = neighbor_keys.copy()
+        self._neighbor_keys = neighbor_keys
         self._weights = np.asarray(state["weights"], dtype=np.float32).copy()
         self._counts = np.asarray(state["counts"], dtype=np.float64).copy()
         self.clock.load_state_dict(under_prefix(state, "clock."))

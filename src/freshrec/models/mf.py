@@ -63,6 +63,13 @@ class MFConfig:
     0.1
     """
 
+    dim: int = 64
+    users: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.0))
+    items: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.1))
+    l2: float = 1e-4
+    negative_correction: float = 1.0
+    seed: int = 0
+
     #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
     legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
         "user_capacity": ("users.capacity",),
@@ -71,13 +78,6 @@ class MFConfig:
         "init_std": ("items.init_std",),
         **{name: (f"users.{name}", f"items.{name}") for name in _SHARED_TABLE_FIELDS},
     }
-
-    dim: int = 64
-    users: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.0))
-    items: TableConfig = field(default_factory=lambda: TableConfig(learning_rate=0.05, init_std=0.1))
-    l2: float = 1e-4
-    negative_correction: float = 1.0
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.l2 < 0:

@@ -16,7 +16,7 @@ from freshrec.embeddings.config import DEFAULT_CAPACITY
 from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys
-from freshrec.model_state import State, apply_rows, under_prefix, with_prefix
+from freshrec.model_state import State, apply_rows, array_like, under_prefix, with_prefix
 from freshrec.models.base import LearnStats, Model, StateChanges
 
 _SECONDS_PER_DAY = 86_400.0
@@ -72,6 +72,20 @@ class DecayClock:
             return None
         self.origin = float(latest)
         return float(np.exp2(-exponent))
+
+    def advance(
+        self, timestamps: np.ndarray, index: KeyIndex, stored: list[np.ndarray], dirty: np.ndarray
+    ) -> None:
+        """`rebase` to the batch's latest time and, when the origin moved, rescale the live slots of every
+        array in `stored` (values kept on this clock's scale) and mark them `dirty` (rare: once per
+        `max_exponent` half-lives)."""
+        factor = self.rebase(float(np.max(timestamps)))
+        if factor is None:
+            return
+        live = index.live_slots()
+        for array in stored:
+            array[live] *= array.dtype.type(factor)
+        dirty[live] = True
 
     def growth(self, timestamps: np.ndarray) -> np.ndarray:
         """float64 factor an increment made at each timestamp is stored with."""
@@ -165,11 +179,7 @@ class PopularityModel(Model):
             return LearnStats()
         keys = as_keys(batch.item_keys, "item_keys")
         times = np.asarray(batch.timestamps, dtype=np.float64)
-        rescale = self.clock.rebase(float(times.max()))
-        if rescale is not None:
-            live = self._items.live_slots()
-            self._counts[live] *= rescale
-            self._dirty[live] = True  # rare: once per `max_exponent` half-lives
+        self.clock.advance(times, self._items, [self._counts], self._dirty)
         assignment = self._items.assign(keys, times)
         # A slot handed to a new item (possibly taken from a forgotten one) starts from zero.
         self._counts[assignment.slots[assignment.new]] = 0.0
@@ -192,14 +202,11 @@ class PopularityModel(Model):
 
     def load_state_dict(self, state: State) -> None:
         """Replace the whole state with `state_dict` output of a model with the same capacity."""
-        counts = np.asarray(state["counts"], dtype=np.float64)
-        if counts.shape != self._counts.shape:
-            raise ConfigError(
-                f"state counts have shape {counts.shape}, this model has capacity={self.config.capacity}; "
-                "build the model with the capacity it was saved with"
-            )
+        counts = array_like(
+            state, "counts", self._counts, "build the model with the capacity it was saved with"
+        )
         self._items.load_state_dict(under_prefix(state, "items."))
-        self._counts = counts.copy()
+        self._counts = counts
         self.clock.load_state_dict(under_prefix(state, "clock."))
         self._dirty[:] = False
 

@@ -32,21 +32,12 @@ from typing import Literal
 
 import numpy as np
 
+from freshrec import model_state
 from freshrec.embeddings.config import DEFAULT_CAPACITY
 from freshrec.errors import ConfigError
 from freshrec.hashing import mix64
 from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
-from freshrec.model_state import (
-    State,
-    apply_parts,
-    apply_rows,
-    drain_parts,
-    load_parts,
-    state_of_parts,
-    under_prefix,
-    with_prefix,
-)
 from freshrec.models.base import LearnStats, Model, RatingPredictor, StateChanges
 
 __all__ = ["RatingConfig", "RatingModel"]
@@ -173,23 +164,21 @@ class _Side:
             arrays["scale"] = self.scale
         return arrays
 
-    def state_dict(self) -> State:
-        state = with_prefix(self.index.state_dict(finite=True), "index.")
+    def state_dict(self) -> model_state.State:
+        state = model_state.with_prefix(self.index.state_dict(finite=True), "index.")
         state.update({name: array.copy() for name, array in self.arrays().items()})
         return state
 
-    def load_state_dict(self, state: State) -> None:
-        for name, array in self.arrays().items():
-            saved = np.asarray(state[name])
-            if saved.shape != array.shape:
-                raise ConfigError(
-                    f"state {self.name}.{name} has shape {saved.shape}, this model's is {array.shape} "
-                    "(capacity, dim); "
-                    "build the model with the config it was saved with"
-                )
-        self.index.load_state_dict(under_prefix(state, "index."))
-        for name, array in self.arrays().items():
-            array[...] = state[name]
+    def load_state_dict(self, state: model_state.State) -> None:
+        hint = "build the model with the capacity and dim it was saved with"
+        named = {f"{self.name}.{name}": array for name, array in self.arrays().items()}
+        loaded = {
+            name: model_state.array_like(model_state.with_prefix(state, f"{self.name}."), name, array, hint)
+            for name, array in named.items()
+        }
+        self.index.load_state_dict(model_state.under_prefix(state, "index."))
+        for name, array in named.items():
+            array[...] = loaded[name]
         self.dirty[:] = False
 
     def drain_changes(self) -> StateChanges:
@@ -201,7 +190,7 @@ class _Side:
 
     def apply_changes(self, changes: StateChanges) -> None:
         self.index.apply_changes(changes.under("index."))
-        apply_rows(self.arrays(), changes)
+        model_state.apply_rows(self.arrays(), changes)
 
 
 class RatingModel(Model, RatingPredictor):
@@ -441,18 +430,18 @@ class RatingModel(Model, RatingPredictor):
         return (self.config.init_std * normal).astype(np.float32)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> State:
+    def state_dict(self) -> model_state.State:
         """Finite numeric arrays (copies). Slot-addressed: ``users.index.*``, ``users.bias``,
         ``users.scale``, ``users.factors`` and the same for ``items.`` (no scale); replaced whole:
         ``global`` (rating sum and count) and ``learned_through``."""
-        state = state_of_parts(self._parts)
+        state = model_state.state_of_parts(self._parts)
         state["global"] = self._global.copy()
         state["learned_through"] = self._learned_through.copy()
         return state
 
-    def load_state_dict(self, state: State) -> None:
+    def load_state_dict(self, state: model_state.State) -> None:
         """Replace the whole state with `state_dict` output of a model built with the same config."""
-        load_parts(self._parts, state)
+        model_state.load_parts(self._parts, state)
         self._global[:] = np.asarray(state["global"], dtype=np.float64)
         self._learned_through[:] = np.asarray(state["learned_through"], dtype=np.float64)
         self._global_changed = False
@@ -460,7 +449,7 @@ class RatingModel(Model, RatingPredictor):
     def drain_changes(self) -> StateChanges:
         """The slots learned or (re)assigned since the previous drain (every slot-addressed array, by row)
         and the global sums. Never incomplete: tracking is one flag per slot."""
-        changes = drain_parts(self._parts)
+        changes = model_state.drain_parts(self._parts)
         if self._global_changed:
             changes.replaced["global"] = self._global.copy()
             changes.replaced["learned_through"] = self._learned_through.copy()
@@ -469,7 +458,7 @@ class RatingModel(Model, RatingPredictor):
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, in O(changed slots x dim)."""
-        apply_parts(self._parts, changes)
+        model_state.apply_parts(self._parts, changes)
         if "global" in changes.replaced:
             self._global[:] = changes.replaced["global"]
             self._learned_through[:] = changes.replaced["learned_through"]

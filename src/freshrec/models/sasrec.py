@@ -108,13 +108,6 @@ class SASRecConfig:
     50
     """
 
-    #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
-    legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
-        "item_capacity": ("items.capacity",),
-        "embedding_learning_rate": ("items.learning_rate",),
-        **{name: (f"items.{name}",) for name in ("admit_after", "ttl_seconds", "eviction", "init_std")},
-    }
-
     dim: int = 64
     history_length: int = 50
     layers: int = 1
@@ -127,6 +120,13 @@ class SASRecConfig:
     logq_correction: bool = True
     mask_history_in_loss: bool = True
     seed: int = 0
+
+    #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
+    legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "item_capacity": ("items.capacity",),
+        "embedding_learning_rate": ("items.learning_rate",),
+        **{name: (f"items.{name}",) for name in ("admit_after", "ttl_seconds", "eviction", "init_std")},
+    }
 
     def __post_init__(self) -> None:
         for name in ("dim", "history_length", "layers", "heads", "ffn_dim", "time_buckets"):

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from freshrec import model_state
 from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable
 from freshrec.embeddings.config import TableConfig
 from freshrec.errors import ConfigError
@@ -54,7 +55,6 @@ from freshrec.features.items import ItemFeatureTable
 from freshrec.hashing import mix64
 from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
-from freshrec.model_state import State, apply_parts, apply_rows, drain_parts, load_parts, state_of_parts
 from freshrec.models.base import LearnStats, StateChanges, VectorModel
 from freshrec.models.dense_state import DenseParameters
 
@@ -157,18 +157,6 @@ class TwoTowerConfig:
     20
     """
 
-    #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
-    legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
-        "user_capacity": ("users.capacity",),
-        "item_capacity": ("items.capacity",),
-        "admit_after": ("users.admit_after", "items.admit_after"),
-        "ttl_seconds": ("users.ttl_seconds", "items.ttl_seconds"),
-        "eviction": ("users.eviction", "items.eviction"),
-        "embedding_learning_rate": ("items.learning_rate",),
-        "user_embedding_learning_rate": ("users.learning_rate",),
-        "init_std": ("users.init_std", "items.init_std"),
-    }
-
     dim: int = 64
     hidden: int = 128
     history_length: int = 20
@@ -183,6 +171,18 @@ class TwoTowerConfig:
     frequency_ema: float = 0.05
     mask_history_in_loss: bool = True
     seed: int = 0
+
+    #: Flat names of earlier versions (and of published versions' stored configs) -> nested fields.
+    legacy_keys: ClassVar[dict[str, tuple[str, ...]]] = {
+        "user_capacity": ("users.capacity",),
+        "item_capacity": ("items.capacity",),
+        "admit_after": ("users.admit_after", "items.admit_after"),
+        "ttl_seconds": ("users.ttl_seconds", "items.ttl_seconds"),
+        "eviction": ("users.eviction", "items.eviction"),
+        "embedding_learning_rate": ("items.learning_rate",),
+        "user_embedding_learning_rate": ("users.learning_rate",),
+        "init_std": ("users.init_std", "items.init_std"),
+    }
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden", "history_length"):
@@ -274,14 +274,9 @@ class StreamingFrequency:
         }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        for name in ("last_step", "gap"):
-            if np.asarray(state[name]).shape != self.gap.shape:
-                raise ConfigError(
-                    f"frequency.{name} has shape {np.asarray(state[name]).shape}, this model's "
-                    f"{self.gap.shape}; build the model with the frequency_buckets it was saved with"
-                )
-        self.last_step = np.asarray(state["last_step"], dtype=np.float64).copy()
-        self.gap = np.asarray(state["gap"], dtype=np.float64).copy()
+        hint = "build the model with the frequency_buckets it was saved with"
+        self.last_step = model_state.array_like(state, "last_step", self.last_step, hint)
+        self.gap = model_state.array_like(state, "gap", self.gap, hint)
         self.step = int(np.asarray(state["step"]).reshape(-1)[0])
         self._dirty[:] = False
 
@@ -294,7 +289,7 @@ class StreamingFrequency:
         )
 
     def apply_changes(self, changes: StateChanges) -> None:
-        apply_rows({"last_step": self.last_step, "gap": self.gap}, changes)
+        model_state.apply_rows({"last_step": self.last_step, "gap": self.gap}, changes)
         if "step" in changes.replaced:
             self.step = int(np.asarray(changes.replaced["step"]).reshape(-1)[0])
 
@@ -628,15 +623,15 @@ class TwoTowerModel(VectorModel):
         )
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> State:
+    def state_dict(self) -> model_state.State:
         """Id tables (``users.*``, ``items.*``, ``history.*`` when not shared), dense weights (``dense.*``)
         with Adam's state (``adam.*``), the frequency estimate (``frequency.*``) and the item feature
         table's fingerprint (``features.fingerprint``): numeric arrays, safetensors-compatible."""
-        state = state_of_parts(self._parts)
+        state = model_state.state_of_parts(self._parts)
         state["features.fingerprint"] = self._fingerprint.copy()
         return state
 
-    def load_state_dict(self, state: State) -> None:
+    def load_state_dict(self, state: model_state.State) -> None:
         """Restore `state_dict` output of a model built with the same config and item feature table."""
         saved = np.asarray(state.get("features.fingerprint", self._fingerprint)).reshape(-1)
         if not np.array_equal(saved, self._fingerprint):
@@ -644,7 +639,7 @@ class TwoTowerModel(VectorModel):
                 f"state was saved with item feature table fingerprint {int(saved[0])}, this model has "
                 f"{int(self._fingerprint[0])}; build the model with the same ItemFeatureTable (or none)"
             )
-        load_parts(self._parts, state)
+        model_state.load_parts(self._parts, state)
 
     def drain_changes(self) -> StateChanges:
         """Id rows trained, (re)assigned, evicted or expired and frequency buckets updated since the previous
@@ -652,12 +647,12 @@ class TwoTowerModel(VectorModel):
 
         A delta with dense weights changes every item vector (`changes_every_item_vector`); see the module
         docstring for what the server does with it."""
-        return drain_parts(self._parts)
+        return model_state.drain_parts(self._parts)
 
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place (id rows and buckets by row, dense arrays
         whole)."""
-        apply_parts(self._parts, changes)
+        model_state.apply_parts(self._parts, changes)
 
     # ------------------------------------------------------------------ sizes
     @property

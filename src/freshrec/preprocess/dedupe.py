@@ -22,6 +22,7 @@ import numpy as np
 from freshrec.errors import ConfigError
 from freshrec.events import EventBatch
 from freshrec.interactions import NO_KEY
+from freshrec.model_state import array_like
 from freshrec.preprocess.encode import encode_ids
 
 __all__ = ["Deduplicator"]
@@ -97,13 +98,7 @@ class Deduplicator:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Restore `state_dict` output of a deduplicator with the same window."""
-        current = np.asarray(state["current"], dtype=np.uint64)
-        if current.shape != self._current.shape:
-            raise ConfigError(
-                f"dedupe state has {len(current)} slots, this window's tables have {len(self._current)}; "
-                f"use the dedupe window it was saved with"
-            )
-        self._current = current.copy()
+        self._current = array_like(state, "current", self._current, "use the dedupe window it was saved with")
         self._previous = np.asarray(state["previous"], dtype=np.uint64).copy()
         self._count, self.duplicates_dropped = (int(v) for v in np.asarray(state["count"]).reshape(-1))
 

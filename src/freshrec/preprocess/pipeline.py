@@ -194,15 +194,8 @@ class IngestPipeline:
         if duplicates:
             events = events.take(keep)
             offsets = None if offsets is None else offsets[keep]
-        batch = IngestedBatch(
-            events=self.encode(events),
-            rejections=rejections,
-            read=read,
-            duplicates=duplicates,
-            offsets=offsets,
-            end_offset=end_offset,
-            raw=events,
-        )
+        # Fields in declaration order: the encoded events first, their raw ids last.
+        batch = IngestedBatch(self.encode(events), rejections, read, duplicates, offsets, end_offset, events)
         self.counts.add(batch)
         return batch
 

@@ -29,10 +29,10 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import numpy as np
@@ -481,7 +481,7 @@ def validate_records(
     return EventValidator(limits, default_kind).validate_records(records, start_position)
 
 
-class DeadLetterWriter:
+class DeadLetterWriter(AbstractContextManager["DeadLetterWriter"]):
     """Append rejections to a JSON-lines file, one object per rejected record.
 
     Each line is ``{"position", "field", "reason", "record", "source"}``. The file is opened (and its
@@ -550,12 +550,7 @@ class DeadLetterWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> DeadLetterWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

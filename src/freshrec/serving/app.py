@@ -90,7 +90,7 @@ def create_app(
         lambda: runtime.version
     )
     Gauge("freshrec_version_lag_seconds", "Age of the served version", registry=registry).set_function(
-        lambda: time.time() - runtime.version_created if runtime.ready else float("nan")
+        lambda: time.time() - runtime.served.version_created if runtime.ready else float("nan")
     )
     Gauge("freshrec_catalogue_items", "Items that can be recommended", registry=registry).set_function(
         lambda: runtime.catalogue_size

@@ -27,7 +27,6 @@ from freshrec.preprocess.validate import Rejection
 from freshrec.publishing.store import ModelStore
 from freshrec.serving.config import ServingConfig
 from freshrec.serving.follower import EventFollower
-from freshrec.serving.retrieval import ItemIndex
 from freshrec.serving.served import ServedModel, limit_faiss_threads
 from freshrec.sources.eventlog import EventLog, EventLogConfig
 
@@ -129,20 +128,9 @@ class ServingRuntime:
         return self.served.ready
 
     @property
-    def model(self) -> Model | None:
-        return self.served.model
-
-    @property
-    def index(self) -> ItemIndex | None:
-        return self.served.index
-
-    @property
     def version(self) -> int:
+        """The served version (`served` holds its model, item index and publication time)."""
         return self.served.version
-
-    @property
-    def version_created(self) -> float:
-        return self.served.version_created
 
     @property
     def events_applied(self) -> int:

@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from freshrec.errors import ConfigError
+
 #: The canonical column names of a `RawBatch`; any other column is a context field.
 EVENT_COLUMNS: tuple[str, ...] = ("event_id", "timestamp", "user_id", "item_id", "kind", "value")
 
@@ -97,6 +99,12 @@ class RawBatch:
     def records_read(self) -> int:
         """Every record this batch consumed from the input: rows plus malformed records."""
         return len(self.positions) + len(self.malformed)
+
+
+def check_batch_size(max_records: int) -> None:
+    """What every source's `batches` checks first: a positive number of records."""
+    if max_records < 1:
+        raise ConfigError(f"max_records must be at least 1, got {max_records}")
 
 
 @runtime_checkable

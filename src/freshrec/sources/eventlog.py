@@ -48,10 +48,10 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -684,7 +684,7 @@ def _scan_segment(path: Path, base_offset: int) -> tuple[int, int, _Verdict]:
 # -- writer -----------------------------------------------------------------------------------------------
 
 
-class EventLog:
+class EventLog(AbstractContextManager["EventLog"]):
     """The single writer of an event log directory: appends `EventBatch` es, rotates and ages out segments.
 
     Open with `EventLog.open`; thread-safe (the HTTP ingest appends from a thread pool). A second writer,
@@ -1049,12 +1049,7 @@ class EventLog:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def __enter__(self) -> EventLog:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -1079,7 +1074,7 @@ class _RawRecord(NamedTuple):
     base_offset: int
 
 
-class EventLogReader:
+class EventLogReader(AbstractContextManager["EventLogReader"]):
     """Read an event log from an offset, once to its current end or tailing it: a `Source`.
 
     Batches are `RawBatch` es whose ``positions`` are the events' offsets and whose ``end_offset`` is the
@@ -1417,12 +1412,7 @@ class EventLogReader:
         """Close the open segment file. Idempotent."""
         self._close_segment()
 
-    def __enter__(self) -> EventLogReader:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

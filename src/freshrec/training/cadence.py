@@ -197,16 +197,12 @@ class EncodedEvents(EncodedBatch):
 
     @classmethod
     def from_columns(
-        cls,
-        user_ids: np.ndarray | list[Any],
-        item_ids: np.ndarray | list[Any],
-        timestamps: np.ndarray | list[float],
-        values: np.ndarray | None = None,
-        kinds: np.ndarray | None = None,
+        cls, user_ids: Any, item_ids: Any, timestamps: Any, **values_and_kinds: Any
     ) -> EncodedEvents:
-        """Events from raw id columns (tests, notebooks): encoded, put in time order (ties keep order)."""
+        """Events from raw id columns (tests, notebooks), with optional ``values`` and ``kinds`` columns:
+        encoded, put in time order (ties keep order)."""
         users, items = encode_ids(np.asarray(user_ids)), encode_ids(np.asarray(item_ids))
-        batch = EncodedBatch.of(users, items, timestamps, values, kinds)
+        batch = EncodedBatch.of(users, items, timestamps, **values_and_kinds)
         return cls._of(batch, read=len(batch))
 
     def head(self, count: int) -> EncodedEvents:
