@@ -303,19 +303,18 @@ def served_recall(store_dir: Path, n_users: int, k: int, seed: int = 3) -> dict[
     `n_users` users the model knows. Also counts the distinct items among all exact top-k lists: how much
     the answers differ from user to user (a popularity-dominated model makes recall easy)."""
     from freshrec.interactions import Query
-    from freshrec.models.registry import create_model
+    from freshrec.models.registry import ModelSpec
     from freshrec.publishing.store import ModelStore
     from freshrec.serving.retrieval import ItemIndex, RetrievalConfig
-    from freshrec.serving.runtime import item_keys
 
     store = ModelStore.open(store_dir)
     try:
         state, loaded = store.load()
     finally:
         store.close()
-    model = create_model(str(loaded.metadata["model"]), loaded.metadata.get("model_config"))
+    model = ModelSpec.from_metadata(loaded.metadata).build()
     model.load_state_dict(state)
-    keys = item_keys(model)
+    keys = model.vector_items()
     vectors = model.item_vectors(keys)
     index = ItemIndex(vectors.shape[1], RetrievalConfig())
     index.upsert(keys, vectors)

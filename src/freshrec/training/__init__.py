@@ -1,1 +1,3 @@
-"""The online loop (score each micro-batch, then learn it) and the replay pipeline around it."""
+"""Learning from a stream: the online trainer (score each micro-batch, then learn it), the live loop that
+composes source, ingest pipeline, trainer and publisher (`loop.TrainingLoop`), the replay of a finite
+source, and the cadence study."""
