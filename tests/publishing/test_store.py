@@ -503,3 +503,40 @@ def test_snapshots_store_free_trailing_rows_once_and_load_them_exactly(live, cap
     )
     if capacity - live > 2048:
         assert info.size < (live + 1100) * (width * 4 + 8) + 4096  # the free rows were not written out
+
+
+def test_repeated_metadata_is_stored_once_in_the_manifest_and_read_back_whole(tmp_path: Path) -> None:
+    """Every version records the model's spec and the whole configuration; the manifest holds each
+    distinct value once, so it does not grow by kilobytes per version."""
+    config = {
+        "trainer": {"batch_size": 256, "negatives": 4},
+        "model": {"name": "x", "dim": 64} | {f"key{n}": n for n in range(100)},
+    }
+    with ModelStore(StoreConfig(tmp_path, fsync=False, keep_versions=50)) as store:
+        store.publish_snapshot({"w": np.zeros(4, np.float32)}, metadata={"config": config, "events": 0})
+        for n in range(1, 30):
+            rows = {"w": (np.array([n % 4]), np.full((1,), float(n), np.float32))}
+            store.publish_delta(rows, {}, metadata={"config": config, "events": n}, base=n)
+    document = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(document["shared"]) == 1 and document["format"] == 2
+    assert all(set(entry["metadata"]["config"]) == {"shared"} for entry in document["versions"])
+    reader = ModelStore.open(tmp_path)
+    assert all(info.metadata["config"] == config for info in reader.versions())
+    assert [info.metadata["events"] for info in reader.versions()] == list(range(30))
+
+
+def test_a_manifest_of_the_first_format_still_reads(tmp_path: Path) -> None:
+    with ModelStore(StoreConfig(tmp_path, fsync=False)) as store:
+        store.publish_snapshot({"w": np.ones(2, np.float32)}, metadata={"model": {"name": "popularity"}})
+    path = tmp_path / "manifest.json"
+    document = json.loads(path.read_text())
+    shared = document.pop("shared")
+    for entry in document["versions"]:  # format 1 wrote every value inline
+        entry["metadata"] = {
+            k: shared[v["shared"]] if isinstance(v, dict) and "shared" in v else v
+            for k, v in entry["metadata"].items()
+        }
+    document["format"] = 1
+    path.write_text(json.dumps(document))
+    state, loaded = ModelStore.open(tmp_path).load()
+    assert loaded.metadata["model"] == {"name": "popularity"} and state["w"].tolist() == [1.0, 1.0]

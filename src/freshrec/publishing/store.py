@@ -41,7 +41,14 @@ MANIFEST = "manifest.json"
 LOCK_FILE = "writer.lock"
 #: The writer's latest state for operators (the publish gate's decisions): replaced, never appended.
 STATUS = "status.json"
-FORMAT = 1
+FORMAT = 2
+#: Manifest formats this freshrec reads: 1 wrote every version's metadata inline.
+READABLE_FORMATS = (1, 2)
+#: Metadata values that repeat from version to version (the model's spec, the whole configuration):
+#: the manifest holds each distinct one once, in ``shared``, and versions name it by digest. Without it a
+#: manifest of a few hundred versions grew to megabytes, rewritten on every publish and re-read by every
+#: server on every version.
+SHARED_METADATA = ("model", "config")
 #: Rollbacks remembered in the manifest (it is rewritten on every publish, so it must stay small).
 HISTORY_LIMIT = 200
 _VERSION_FILE = re.compile(r"^v(\d{10})\.(snapshot|delta)\.safetensors$")
@@ -146,23 +153,43 @@ class VersionInfo:
     metadata: dict[str, Any]
     tensors: dict[str, tuple[str, tuple[int, ...]]]
 
-    def as_json(self) -> dict[str, Any]:
-        """The manifest entry (computed once: the manifest is rewritten on every publish with every kept
-        version, and a deep `asdict` of 20 entries' metadata took 22 ms of each publish). Do not modify."""
+    def as_json(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The manifest entry, with each `SHARED_METADATA` value replaced by ``{"shared": digest}``, and
+        the shared values by digest (computed once: the manifest is rewritten on every publish with every
+        kept version, and a deep `asdict` of 20 entries' metadata took 22 ms of each publish). Do not
+        modify."""
         cached = self.__dict__.get("_json")
         if cached is None:
-            cached = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-            cached["tensors"] = {name: [dtype, list(shape)] for name, (dtype, shape) in self.tensors.items()}
+            entry = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+            entry["tensors"] = {name: [dtype, list(shape)] for name, (dtype, shape) in self.tensors.items()}
+            metadata, shared = dict(self.metadata), {}
+            for key in SHARED_METADATA:
+                if isinstance(metadata.get(key), dict):
+                    text = json.dumps(metadata[key], sort_keys=True)
+                    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+                    shared[digest] = metadata[key]
+                    metadata[key] = {"shared": digest}
+            entry["metadata"] = metadata
+            cached = (entry, shared)
             object.__setattr__(self, "_json", cached)  # frozen: a cache, not a change of value
         return cached
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> VersionInfo:
+    def from_json(cls, entry: dict[str, Any], shared: dict[str, Any] | None = None) -> VersionInfo:
         tensors = {
             name: (str(dtype), tuple(int(n) for n in shape))
             for name, (dtype, shape) in entry["tensors"].items()
         }
-        return cls(**{**entry, "tensors": tensors})
+        metadata = dict(entry["metadata"])
+        for key, value in metadata.items():
+            if isinstance(value, dict) and set(value) == {"shared"} and shared is not None:
+                metadata[key] = shared[value["shared"]]
+        return cls(**{**entry, "tensors": tensors, "metadata": metadata})
+
+    def metadata_json(self) -> dict[str, Any]:
+        """The whole entry with its metadata as published (what `GET /versions` shows)."""
+        entry, _ = self.as_json()
+        return {**entry, "metadata": self.metadata}
 
 
 @dataclass(frozen=True)
@@ -225,11 +252,17 @@ class _Manifest:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
+        entries, shared = [], {}
+        for version in sorted(self.versions):
+            entry, values = self.versions[version].as_json()
+            entries.append(entry)
+            shared.update(values)
         document = {
             "format": FORMAT,
             "current": self.current,
             "latest": self.latest,
-            "versions": [self.versions[v].as_json() for v in sorted(self.versions)],
+            "shared": shared,
+            "versions": entries,
             "history": self.history,
         }
         return json.dumps(document, indent=1).encode()
@@ -238,12 +271,13 @@ class _Manifest:
     def from_bytes(cls, data: bytes, path: Path) -> _Manifest:
         try:
             document = json.loads(data)
-            if document.get("format") != FORMAT:
+            if document.get("format") not in READABLE_FORMATS:
                 raise StoreError(
-                    f"{path} has format {document.get('format')!r}, this freshrec reads format {FORMAT}; "
-                    "use the freshrec version that wrote the store"
+                    f"{path} has format {document.get('format')!r}, this freshrec reads formats "
+                    f"{', '.join(map(str, READABLE_FORMATS))}; use the freshrec version that wrote the store"
                 )
-            versions = {int(e["version"]): VersionInfo.from_json(e) for e in document["versions"]}
+            shared = document.get("shared", {})
+            versions = {int(e["version"]): VersionInfo.from_json(e, shared) for e in document["versions"]}
             return cls(int(document["current"]), int(document["latest"]), versions, list(document["history"]))
         except (ValueError, KeyError, TypeError) as error:
             raise StoreCorruptError(

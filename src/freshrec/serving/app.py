@@ -174,7 +174,7 @@ def create_app(
         return {
             "serving": runtime.version,
             "current": runtime.store.current_version(),
-            "versions": [info.as_json() for info in runtime.store.versions()],
+            "versions": [info.metadata_json() for info in runtime.store.versions()],
             "gate": runtime.store.read_status().get("gate"),
         }
 
