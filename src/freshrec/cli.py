@@ -84,6 +84,14 @@ def _settings(
     return load_settings(config, sets or (), options, default_model)
 
 
+def _log_warnings() -> None:
+    """Warnings of the stages (a damaged checkpoint passed over, a torn log tail cut) as timestamped lines
+    on standard error, where an operator's process log collects them."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _fail(error: FreshrecError) -> typer.Exit:
     """Print the error as one line (never wrapped, its brackets not read as markup); exit code 2."""
     console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
@@ -287,6 +295,7 @@ def train_command(
     stop = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
+    _log_warnings()
     try:
         settings = _settings(config, sets, options, LIVE_MODEL)
         log_dir = settings.source.log
@@ -299,40 +308,81 @@ def train_command(
 
 
 def _train(settings: Settings, stop: Any) -> None:
-    """The live loop over the event log, publishing to the store, until `stop` is set."""
-    from freshrec.preprocess.pipeline import IngestPipeline
-    from freshrec.publishing.publisher import ModelPublisher
+    """The live loop over the event log, publishing to the store and checkpointing, until `stop` is set."""
     from freshrec.publishing.store import ModelStore
     from freshrec.sources.eventlog import EventLogReader
-    from freshrec.training.loop import TrainingLoop
-    from freshrec.training.online import OnlineTrainer
+    from freshrec.training.checkpoint import CheckpointStore
 
     # Everything slow to start (torch's import: ~2 s) happens before the first version is published,
     # so that a served version means a trainer ready to learn the next events.
-    trainer_config = settings.trainer
-    if trainer_config.torch_threads is not None:
+    if settings.trainer.torch_threads is not None:
         import torch
 
-        torch.set_num_threads(trainer_config.torch_threads)
+        torch.set_num_threads(settings.trainer.torch_threads)
     with ModelStore(settings.publishing.store_config()) as model_store:
-        model = settings.model.build()
-        publisher = ModelPublisher(
-            model,
-            model_store,
-            settings.publishing.publisher(),
-            # The server rebuilds the model from its spec; the whole configuration says what produced it.
-            metadata={"model": settings.model.as_dict(), "config": settings.as_dict()},
+        checkpoints = CheckpointStore(
+            settings.checkpoint_directory, settings.checkpoints.keep, settings.checkpoints.fsync
         )
-        loop = TrainingLoop(
-            OnlineTrainer(model, trainer_config), IngestPipeline(settings.pipeline), publisher
-        )
-        resume = loop.resume_offset
+        spec = settings.model.as_dict()
+
+        def same_model(checkpoint: Any) -> str | None:
+            saved = checkpoint.metadata.get("model")
+            return None if saved == spec else f"it holds another model or configuration ({saved})"
+
+        checkpoints.remove_partial_writes()  # of a trainer killed mid-write: this one holds the store
+        saved = checkpoints.newest_intact(accept=same_model)
+        loop = _live_loop(settings, model_store, checkpoints)
+        start: int | str = "earliest"
+        resumed = ""
+        if saved is not None:
+            try:
+                loop.restore(saved)
+            except (FreshrecError, KeyError, ValueError) as error:  # a model that no longer loads it
+                console.print(f"[yellow]checkpoint {saved.path} not used:[/] {escape(str(error))}")
+                loop = _live_loop(settings, model_store, checkpoints)
+            else:
+                start = saved.position
+                resumed = f", resuming from checkpoint {saved.sequence} at log offset {saved.position:,}"
+        elif loop.resume_offset:
+            resumed = f", resuming learning at log offset {loop.resume_offset:,} (no checkpoint)"
+        publisher = loop.publisher
+        assert publisher is not None
         console.print(
             f"[bold]freshrec train[/] {_model_line(settings, 'train', LIVE_MODEL)} log={settings.source.log} "
-            f"store={settings.publishing.store} version={publisher.version}"
-            + (f", resuming learning at log offset {resume:,}" if resume else "")
+            f"store={settings.publishing.store} version={publisher.version}{resumed}"
+            + (" (publishing once past the served version)" if publisher.holding else ""),
+            soft_wrap=True,  # one line per start: operators grep the process log for it
         )
-        loop.run(EventLogReader(settings.source.log, start_offset="earliest"), follow=True, stop=stop)
+        try:
+            loop.run(EventLogReader(settings.source.log, start_offset=start), follow=True, stop=stop)
+        finally:
+            loop.close()  # the last checkpoint, on disk before the trainer exits (SIGTERM, Ctrl-C)
+
+
+def _live_loop(settings: Settings, model_store: Any, checkpoints: Any) -> Any:
+    """The trainer's loop: a fresh model (or the served version's, adopted by the publisher), the
+    pipeline, the publisher and the checkpoints."""
+    from freshrec.preprocess.pipeline import IngestPipeline
+    from freshrec.publishing.publisher import ModelPublisher
+    from freshrec.training.loop import TrainingLoop
+    from freshrec.training.online import OnlineTrainer
+
+    model = settings.model.build()
+    publisher = ModelPublisher(
+        model,
+        model_store,
+        settings.publishing.publisher(),
+        # The server rebuilds the model from its spec; the whole configuration says what produced it.
+        metadata={"model": settings.model.as_dict(), "config": settings.as_dict()},
+    )
+    return TrainingLoop(
+        OnlineTrainer(model, settings.trainer),
+        IngestPipeline(settings.pipeline),
+        publisher,
+        checkpoints=checkpoints,
+        checkpoint_interval=settings.checkpoints.interval_seconds,
+        checkpoint_metadata={"model": settings.model.as_dict()},
+    )
 
 
 @app.command("rollback")

@@ -8,6 +8,7 @@ stops by PID everything it started, also when the caller fails half-way.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -91,7 +92,9 @@ class LiveLoop:
 
     def _spawn(self, command: list[str]) -> subprocess.Popen:
         assert self._output is not None
-        return subprocess.Popen(command, stdout=self._output, stderr=self._output)
+        # Unbuffered: the output of a child killed without warning (SIGKILL) must reach the log.
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen(command, stdout=self._output, stderr=self._output, env=environment)
 
     def start(self) -> LiveLoop:
         """Start the server, wait until it answers, then start the trainer."""

@@ -7,6 +7,7 @@ Sections, in the order data flows::
     [model]       ``name`` and that model's settings; a blend's components in ``[model.<component>]``
     [trainer]     micro-batches, negatives, evaluation (`freshrec.training.online.TrainerConfig`)
     [publishing]  the model store, how often versions are published, the gate
+    [checkpoints] how often the trainer checkpoints its whole state (`freshrec.training.checkpoint`)
     [serving]     the HTTP server (`freshrec.serving.runtime.ServingConfig`)
 
 Every command reads the same tree (``--config FILE``, then ``--set section.key=value``, then its own
@@ -32,6 +33,7 @@ from freshrec.publishing.publisher import PublisherConfig
 from freshrec.publishing.store import StoreConfig
 from freshrec.serving.config import ServingConfig
 from freshrec.sources.base import Source
+from freshrec.training.checkpoint import CheckpointConfig
 from freshrec.training.online import TrainerConfig
 
 __all__ = ["PublishingSettings", "Settings", "SourceSettings", "load_settings"]
@@ -154,11 +156,12 @@ class _Sections:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     publishing: PublishingSettings = field(default_factory=PublishingSettings)
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
 
 
 #: Sections of a configuration file, in the order they are written.
-SECTIONS = ("source", "pipeline", "model", "trainer", "publishing", "serving")
+SECTIONS = ("source", "pipeline", "model", "trainer", "publishing", "checkpoints", "serving")
 
 
 @dataclass
@@ -179,6 +182,7 @@ class Settings:
     trainer: TrainerConfig
     publishing: PublishingSettings
     serving: ServingConfig
+    checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     @classmethod
     def from_dict(
@@ -203,6 +207,7 @@ class Settings:
             trainer=sections.trainer,
             publishing=sections.publishing,
             serving=sections.serving,
+            checkpoints=sections.checkpoints,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -213,8 +218,14 @@ class Settings:
             "model": self.model.as_dict(),
             "trainer": as_plain(self.trainer),
             "publishing": as_plain(self.publishing),
+            "checkpoints": as_plain(self.checkpoints),
             "serving": as_plain(self.serving),
         }
+
+    @property
+    def checkpoint_directory(self) -> Path:
+        """Where the trainer's checkpoints go: ``[checkpoints] directory``, else inside the store."""
+        return self.checkpoints.directory or self.publishing.store / "checkpoints"
 
     def as_toml(self) -> str:
         return to_toml(self.as_dict())

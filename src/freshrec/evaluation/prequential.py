@@ -199,3 +199,30 @@ class PrequentialEvaluator:
         """Consecutive windows of about `window_events` events each (whole blocks)."""
         per = max(1, round(window_events / self.block_size))
         return [self.summary(i, i + per) for i in range(0, len(self._counts), per)]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The per-block sums and the totals (a restarted trainer's figures continue, never count twice).
+
+        >>> evaluator = PrequentialEvaluator(k=2)
+        >>> evaluator.add(np.array([0, 5, 1]))
+        >>> again = PrequentialEvaluator(k=2)
+        >>> again.load_state_dict(evaluator.state_dict())
+        >>> again.summary() == evaluator.summary()
+        True
+        """
+        state = {name: np.array(getattr(self, "_" + name), np.float64) for name in _BLOCK_SUMS}
+        state["counts"] = np.array(self._counts, np.int64)
+        state["rated"] = np.array(self._rated, np.int64)
+        state["totals"] = np.array([self._total_hits, self._total_gains], np.float64)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for name in _BLOCK_SUMS:
+            setattr(self, "_" + name, [float(v) for v in state[name]])
+        self._counts = [int(v) for v in state["counts"]]
+        self._rated = [int(v) for v in state["rated"]]
+        self._total_hits, self._total_gains = (float(v) for v in state["totals"])
+
+
+#: The float sums `PrequentialEvaluator` keeps per block.
+_BLOCK_SUMS = ("hits", "gains", "squared_errors", "absolute_errors")

@@ -19,6 +19,7 @@ import numpy as np
 
 from freshrec.errors import FreshrecError
 from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, ScoredBatch, hit_rate_of_ranks
+from freshrec.evaluation.prequential import RankingMetrics
 from freshrec.interactions import Query
 from freshrec.models.base import Model
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
@@ -86,6 +87,10 @@ class ModelPublisher:
         self.resume_offset = 0
         # Events the adopted version had learned: `events_trained` in metadata counts the whole lineage.
         self._events_trained_before = 0
+        # After a restart from a checkpoint, versions wait until the trainer has passed this position
+        # (what the served version had learned): publishing sooner would take users back in time.
+        self._hold_until = 0
+        self._trained = 0  # events the trainer had learned at the last `consider` (its own count)
         self.last_decision: GateDecision | None = None
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         if not self._adopt_serving_version():
@@ -113,10 +118,57 @@ class ModelPublisher:
         self._deltas_since_snapshot = self.config.snapshot_every  # our drains do not extend that version
         return True
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a trainer checkpoint records of the publisher (`restore` takes it back)."""
+        return {"version": self._version, "events_trained_before": self._events_trained_before}
+
+    def restore(self, saved: dict[str, Any], position: int, created: float, events_trained: int) -> int:
+        """Continue after the trainer's loop restored a checkpoint taken at source `position` (Unix time
+        `created`), whose publisher state was `saved` (`checkpoint_state`) and whose trainer had learned
+        `events_trained` events; returns the position before which events are only observed, not learned.
+
+        The candidate now holds the checkpoint's parameters; the shadow keeps the served version, which
+        may hold effects of events after `position` (published before the crash). Those events are
+        learned again on the checkpoint's state, so no version counts one twice; and no version is
+        published until the trainer has passed the served version's position. The next version is a full
+        snapshot (the candidate's state no longer follows the served version's). If the store was rolled
+        back after the checkpoint (by an operator while the trainer was down), the operator's choice wins:
+        the candidate takes the served version's parameters and learns only what comes after it.
+        """
+        self.model.drain_changes()
+        self._events_trained_before = int(saved.get("events_trained_before", 0))
+        self._deltas_since_snapshot = self.config.snapshot_every
+        self._window = _Window()
+        served = self.store.current_version()
+        if served == 0:
+            return position
+        served_position = int(self._served_metadata().get("log_offset", 0))
+        rolled_back = any(float(event.get("time", 0.0)) > created for event in self.store.history())
+        if rolled_back:
+            state, loaded = self.store.load()
+            self.model.load_state_dict(state)
+            self.model.drain_changes()
+            self._events_trained_before = int(loaded.metadata.get("events_trained", 0)) - events_trained
+            return max(position, served_position)
+        self._hold_until = served_position if served_position > position else 0
+        return position
+
+    def _served_metadata(self) -> dict[str, Any]:
+        current = self.store.current_version()
+        for info in self.store.versions():
+            if info.version == current:
+                return info.metadata
+        return {}
+
     @property
     def version(self) -> int:
         """The last version this publisher wrote."""
         return self._version
+
+    @property
+    def holding(self) -> bool:
+        """Whether versions are held until the trainer passes the served version's position."""
+        return self._hold_until > 0
 
     def due(self) -> bool:
         """Whether a publish should be attempted now."""
@@ -134,6 +186,7 @@ class ModelPublisher:
         events: int,
         events_trained: int,
         position: int | None = None,
+        prequential: RankingMetrics | None = None,
     ) -> GateDecision | None:
         """Take a batch the candidate ranked before learning it (`scored`) into the held-back window (the
         serving version's shadow ranks it too); then, when a publish is due, judge the window and publish
@@ -148,10 +201,30 @@ class ModelPublisher:
         position
             The source position just after the last event learned (a log offset), recorded in the
             version's metadata as ``log_offset``: a restarted trainer resumes learning there.
+        prequential
+            The trainer's test-then-train figures over everything it has learned, recorded in the
+            version's metadata as ``prequential`` (events ranked, HR@K, NDCG@K).
 
         The window gathers every batch since the last decision, so that small live batches add up to a
         window the gate can judge (it passes windows under `GateConfig.min_window_events` on the loss alone).
         """
+        self._trained = events_trained
+        if prequential is not None:
+            self.metadata["prequential"] = {
+                "events": prequential.events,
+                "hr": round(prequential.hr, 6),
+                "ndcg": round(prequential.ndcg, 6),
+            }
+        if self._hold_until:
+            # Catching up after a restart: the shadow already learned these events, so its figures on them
+            # say nothing, and a version now would serve less than is served.
+            if position is not None and position >= self._hold_until:
+                self._hold_until = 0
+            else:
+                self._events_since_publish += events
+                if position is not None:
+                    self.metadata["log_offset"] = int(position)
+                return None
         k = self.config.gate.k
         self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, k), scored.query)
         self._events_since_publish += events
@@ -200,7 +273,9 @@ class ModelPublisher:
         """When no new events arrive, publish what was learned last if due, so the newest events reach
         users without waiting for more. A candidate held on its last window stays held until it passes on
         a fresh one; otherwise only the loss is checked (there is no new window to score)."""
-        if not self.due() or (self.last_decision is not None and not self.last_decision.published):
+        if self._hold_until or not self.due():
+            return None
+        if self.last_decision is not None and not self.last_decision.published:
             return None
         return self._decide(loss, events_trained)
 
@@ -216,7 +291,9 @@ class ModelPublisher:
         request = pending_rollback(self.store.directory)
         if request is None or not answer_rollback(self.store, request):
             return None
-        state, _ = self.store.load(request.to)
+        state, loaded = self.store.load(request.to)
+        # `events_trained` counts what the served parameters learned: from now on, the chosen version's.
+        self._events_trained_before = int(loaded.metadata.get("events_trained", 0)) - self._trained
         self.model.load_state_dict(state)
         self.model.drain_changes()  # the store already holds everything the model now is
         self.shadow.load_state_dict(state)

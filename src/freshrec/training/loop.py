@@ -6,10 +6,21 @@ publisher), `freshrec replay` and `bench/quality.py` over a finite source (witho
 one batch at a time. The trainer returns what it scored and learned; the publisher decides what reaches
 users; the loop composes them and nothing else: neither calls the other.
 
-Restarts: a publisher that adopted the served version knows the source position that version had learned
-everything before (`ModelPublisher.resume_offset`). The loop feeds every event before that position to the
-feature state only (histories, seen items and catalogue must hold the whole past) and learns from the
-first event after it, split exactly at the position when the source numbers its events (the event log).
+Restarts, exactly once: with a `CheckpointStore`, the loop checkpoints its whole state (model and optimizer,
+feature state, deduplication window, counters) at a source position every few seconds and when it stops;
+a restarted trainer `restore`s the newest intact checkpoint, reads the source from that position on, and
+learns every later event once. Versions published after that checkpoint hold effects the restart learns
+again, but on the checkpoint's state, never on theirs: the publisher holds its first version back until
+the trainer has passed the served version's position (`ModelPublisher.restore`), so the served model never
+goes back in time and no version counts an event twice. A source position is committed only once the
+checkpoint holding its effect is on disk.
+
+Without a checkpoint (the first start, or every one damaged), a publisher that adopted the served version
+knows the source position that version had learned everything before (`ModelPublisher.resume_offset`):
+the loop feeds every event before it to the feature state only (histories, seen items and catalogue must
+hold the whole past) and learns from the first event after it, split exactly at the position when the
+source numbers its events (the event log). That also learns each event once, but re-reads the whole
+source.
 """
 
 from __future__ import annotations
@@ -24,9 +35,11 @@ import numpy as np
 from freshrec.errors import ConfigError
 from freshrec.evaluation.prequential import RankingMetrics
 from freshrec.events import EventBatch
+from freshrec.model_state import State, under_prefix, with_prefix
 from freshrec.preprocess.pipeline import IngestedBatch, IngestPipeline
 from freshrec.publishing.publisher import ModelPublisher
 from freshrec.sources.base import RawBatch, Source
+from freshrec.training.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter
 from freshrec.training.online import OnlineTrainer
 
 __all__ = ["LoopProgress", "TrainingLoop"]
@@ -59,6 +72,12 @@ class TrainingLoop:
     publisher
         Judges and publishes versions (None: learn only, as a replay does). A publisher needs the
         trainer to evaluate: its gate judges the candidate on the ranks of each batch.
+    checkpoints
+        Where to checkpoint the loop's state while `run` reads a source (None: never).
+    checkpoint_interval
+        Seconds between checkpoints while events arrive.
+    checkpoint_metadata
+        JSON values written into every checkpoint (what a restart checks before using it: the model).
 
     >>> from freshrec.models.popularity import PopularityModel
     >>> from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
@@ -75,6 +94,10 @@ class TrainingLoop:
         trainer: OnlineTrainer,
         pipeline: IngestPipeline | None = None,
         publisher: ModelPublisher | None = None,
+        checkpoints: CheckpointStore | None = None,
+        checkpoint_interval: float = 10.0,
+        checkpoint_metadata: dict[str, object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if publisher is not None and not trainer.config.evaluate:
             raise ConfigError("a publisher needs evaluate=True: its gate judges the ranks of each batch")
@@ -83,6 +106,17 @@ class TrainingLoop:
         self.publisher = publisher
         #: Events before this source position were learned by the version the publisher adopted.
         self.resume_offset = publisher.resume_offset if publisher is not None else 0
+        #: The source position after the last batch fed (None: nothing fed yet, or a source without one).
+        self.position: int | None = None
+        self.checkpoints = checkpoints
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_metadata = dict(checkpoint_metadata or {})
+        self._writer = CheckpointWriter(checkpoints) if checkpoints is not None else None
+        self._clock = clock
+        self._last_checkpoint = clock()
+        self._checkpointed_position: int | None = None
+        self._committed: int | None = None
+        self._rolled_back = False
 
     def run(
         self,
@@ -108,7 +142,9 @@ class TrainingLoop:
                 if stop is not None and stop.is_set():
                     return  # a long backlog must not delay a stop
                 self.feed(raw)
-                source.commit(raw.end_offset)
+                if raw.end_offset is not None:
+                    self.position = raw.end_offset
+                self._commit(source, raw.end_offset)
                 fed = True
                 if on_progress is not None:
                     on_progress(
@@ -123,6 +159,7 @@ class TrainingLoop:
                 return
             if not fed:
                 self.idle()
+                self._commit(source, None)
                 if stop is not None:
                     stop.wait(idle_wait)
                 else:
@@ -158,8 +195,7 @@ class TrainingLoop:
         size = self.trainer.config.batch_size
         for start in range(0, len(events), size):
             stop = min(start + size, len(events))
-            if self.publisher is not None:
-                self.publisher.serve_rollback_request()
+            self._serve_rollback_request()
             step = self.trainer.step(events.take(slice(start, stop)))
             if self.publisher is not None and step.scored is not None:
                 if offsets is not None:
@@ -167,12 +203,90 @@ class TrainingLoop:
                 else:
                     position = end if stop == len(events) else None
                 self.publisher.consider(
-                    step.scored, step.stats.loss, step.events, self.trainer.totals.events, position
+                    step.scored,
+                    step.stats.loss,
+                    step.events,
+                    self.trainer.totals.events,
+                    position,
+                    self.trainer.evaluator.running(),
                 )
 
     def idle(self) -> None:
         """No new events: answer a rollback request and publish what was learned last, if due."""
         if self.publisher is None:
             return
-        self.publisher.serve_rollback_request()
+        self._serve_rollback_request()
         self.publisher.try_publish_idle(self.trainer.last_stats.loss, self.trainer.totals.events)
+
+    def _serve_rollback_request(self) -> None:
+        if self.publisher is not None and self.publisher.serve_rollback_request() is not None:
+            # A restart must not bring back the parameters the operator rolled back: checkpoint at the
+            # next batch boundary (only there does the state match a source position).
+            self._rolled_back = True
+
+    # ------------------------------------------------------------------ checkpoints
+    def _commit(self, source: Source, end_offset: int | None) -> None:
+        """Commit the source position whose effect is durable: without checkpoints, a batch once fed (a
+        replay keeps nothing); with them, the position of the newest checkpoint on disk, taken when due."""
+        if self._writer is None:
+            if end_offset is not None:
+                source.commit(end_offset)
+            return
+        if self._rolled_back or self._clock() - self._last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint()
+        durable = self._writer.durable_position
+        if durable is not None and durable != self._committed:
+            source.commit(durable)
+            self._committed = durable
+
+    def checkpoint(self, wait: bool = False) -> bool:
+        """Checkpoint the loop's state at `position` now (on the background writer; `wait` until it is on
+        disk). False when there is nothing to checkpoint: no checkpoint store, no position yet, or nothing
+        fed since the last checkpoint."""
+        self._last_checkpoint = self._clock()
+        if self._writer is None or self.position is None:
+            return False
+        if self.position != self._checkpointed_position or self._rolled_back:
+            metadata = {**self.checkpoint_metadata, "publisher": self._publisher_state()}
+            self._writer.submit(self.state_dict(), self.position, metadata)
+            self._checkpointed_position = self.position
+            self._rolled_back = False
+        if wait:
+            self._writer.flush()
+        return True
+
+    def close(self) -> None:
+        """Write the last checkpoint and wait for it (what SIGTERM does before the trainer exits)."""
+        if self._writer is not None:
+            self.checkpoint(wait=True)
+            self._writer.close()
+
+    def state_dict(self) -> State:
+        """Everything that changes the next step, as copies: the model's state (``model.*``), the
+        trainer's (``trainer.*``: feature state, counters, evaluator) and the pipeline's (``pipeline.*``:
+        deduplication window, counts)."""
+        state = with_prefix(self.trainer.model.state_dict(), "model.")
+        state.update(with_prefix(self.trainer.state_dict(), "trainer."))
+        state.update(with_prefix(self.pipeline.state_dict(), "pipeline."))
+        return state
+
+    def _publisher_state(self) -> dict[str, object] | None:
+        """What a checkpoint records of the publisher (the version it had published, the lineage's events
+        before this trainer's start)."""
+        return self.publisher.checkpoint_state() if self.publisher is not None else None
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from `checkpoint`: the model, trainer and pipeline take its state, the source is to be
+        read from its position, and the publisher holds its versions until the trainer has passed what
+        is served (or, if the store was rolled back since, takes the served version's parameters)."""
+        state = checkpoint.state
+        self.trainer.model.load_state_dict(under_prefix(state, "model."))
+        self.trainer.load_state_dict(under_prefix(state, "trainer."))
+        self.pipeline.load_state_dict(under_prefix(state, "pipeline."))
+        self.position = self._checkpointed_position = checkpoint.position
+        self.resume_offset = checkpoint.position
+        if self.publisher is not None:
+            saved = checkpoint.metadata.get("publisher") or {}
+            self.resume_offset = self.publisher.restore(
+                saved, checkpoint.position, checkpoint.created, self.trainer.totals.events
+            )

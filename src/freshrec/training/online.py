@@ -263,13 +263,17 @@ class OnlineTrainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> State:
         """The trainer's own state besides the model's: the feature state (``features.*``), the
-        evaluation sampler's position and the count of events learned."""
+        evaluator's sums (``evaluator.*``), the evaluation sampler's position and the count of events
+        learned."""
         state = with_prefix(self.features.state_dict(), "features.")
+        state.update(with_prefix(self.evaluator.state_dict(), "evaluator."))
         state["evaluation_rng"] = rng_state(self._evaluation_rng)
         state["totals"] = np.array([self.totals.events, self.totals.batches], dtype=np.int64)
         return state
 
     def load_state_dict(self, state: State) -> None:
         self.features.load_state_dict(under_prefix(state, "features."))
+        if "evaluator.totals" in state:  # (saved recommenders of the first format have none)
+            self.evaluator.load_state_dict(under_prefix(state, "evaluator."))
         load_rng_state(self._evaluation_rng, state["evaluation_rng"])
         self.totals.events, self.totals.batches = (int(v) for v in np.asarray(state["totals"]).reshape(-1))
