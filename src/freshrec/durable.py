@@ -154,7 +154,7 @@ def _sparse(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], d
         if array.ndim == 0 or len(array) < _SPARSE_MIN_ROWS:
             stored[name] = array
             continue
-        rows = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
+        rows = _row_words(array)
         fill = rows[-1]  # free slots sit at the end of a table; empty hash buckets are zeros
         differs = np.flatnonzero((rows != fill).any(axis=1))
         if len(differs) * 2 > len(array) and fill.any():
@@ -168,6 +168,17 @@ def _sparse(tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], d
         stored[f"{name}@rows"] = differs.astype(np.int64)
         stored[f"{name}@values"] = array[differs]
     return stored, shapes
+
+
+def _row_words(array: np.ndarray) -> np.ndarray:
+    """`array` as [rows, words] of the widest unsigned integers that divide a row: rows compare as bits
+    (NaN equals itself, -0.0 differs from 0.0) in as few comparisons as possible."""
+    flat = np.ascontiguousarray(array).reshape(len(array), -1)
+    row_bytes = flat.shape[1] * array.dtype.itemsize
+    for word in (np.uint64, np.uint32, np.uint16, np.uint8):
+        if row_bytes % np.dtype(word).itemsize == 0:
+            return flat.view(np.uint8).view(word) if row_bytes else flat.view(np.uint8)
+    raise AssertionError("unreachable: every row is a whole number of bytes")
 
 
 def _dense(tensors: dict[str, np.ndarray], shapes: Mapping[str, Any]) -> State:

@@ -31,7 +31,6 @@ True
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from freshrec import __version__
+from freshrec.durable import write_atomically
 from freshrec.errors import ConfigError
 from freshrec.events import EventBatch
 from freshrec.model_state import State
@@ -226,18 +226,18 @@ class Recommender:
 
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
-        _write(folder / _FILES["settings"], self.settings.as_toml().encode())
-        _write(folder / _FILES["model"], save_tensors(_contiguous(self.model.state_dict())))
-        _write(folder / _FILES["trainer"], save_tensors(_contiguous(self.trainer.state_dict())))
-        _write(folder / _FILES["pipeline"], save_tensors(_contiguous(self.pipeline.state_dict())))
+        write_atomically(folder / _FILES["settings"], self.settings.as_toml().encode())
+        write_atomically(folder / _FILES["model"], save_tensors(_contiguous(self.model.state_dict())))
+        write_atomically(folder / _FILES["trainer"], save_tensors(_contiguous(self.trainer.state_dict())))
+        write_atomically(folder / _FILES["pipeline"], save_tensors(_contiguous(self.pipeline.state_dict())))
         assert self.pipeline.item_ids is not None
         sink = pa.BufferOutputStream()
         table = self.pipeline.item_ids.to_arrow()
         with pyarrow.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        _write(folder / _FILES["item_ids"], sink.getvalue().to_pybytes())
+        write_atomically(folder / _FILES["item_ids"], sink.getvalue().to_pybytes())
         meta = {"format": FORMAT, "freshrec": __version__, "records": self._records, "now": self._now}
-        _write(folder / _FILES["meta"], json.dumps(meta, allow_nan=True).encode())
+        write_atomically(folder / _FILES["meta"], json.dumps(meta, allow_nan=True).encode())
 
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
@@ -292,13 +292,3 @@ def _replace(config: Any, **changes: Any) -> Any:
 
 def _contiguous(state: State) -> State:
     return {name: np.ascontiguousarray(array) for name, array in state.items()}
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file, flushed to disk, renamed over it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)

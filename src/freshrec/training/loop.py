@@ -113,7 +113,9 @@ class TrainingLoop:
         self.checkpoint_metadata = dict(checkpoint_metadata or {})
         self._writer = CheckpointWriter(checkpoints) if checkpoints is not None else None
         self._clock = clock
-        self._last_checkpoint = clock()
+        # The first checkpoint comes after the first batch, not an interval later: a trainer killed in its
+        # first seconds then restarts from it too, instead of re-reading the log from the start.
+        self._last_checkpoint = -float("inf")
         self._checkpointed_position: int | None = None
         self._committed: int | None = None
         self._rolled_back = False
