@@ -12,6 +12,7 @@ request body is parsed on the event loop, nor read beyond its size limit.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -229,8 +230,17 @@ def create_app(
             }
         )
 
-    def ingest(body: bytes, form: Literal["json", "lines"]) -> IngestResult:
-        return runtime.ingest(parse_records(body, form, limits))
+    def ingest(body: bytes, form: Literal["json", "lines"]) -> tuple[IngestResult, bytes]:
+        """Parse, validate, append, and write the answer (thousands of rejections are no small JSON)."""
+        result = runtime.ingest(parse_records(body, form, limits))
+        answer = {
+            "accepted": result.accepted,
+            "offsets": [result.first_offset, result.last_offset],
+            "rejected": [
+                {"index": r.position, "field": r.field, "reason": r.reason} for r in result.rejections
+            ],
+        }
+        return result, json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
 
     @app.post(
         "/events",
@@ -250,22 +260,13 @@ def create_app(
         form = body_format(request.headers.get("content-type"))
         body = await _body(request, limits.max_bytes)
         async with ingest_slots[0]:
-            # Off the event loop: parsing and validating take CPU, the append waits for fsync, and
-            # /recommend answers on the loop meanwhile.
-            result = await run_in_threadpool(ingest, body, form)
+            # Off the event loop: parsing, validating and writing the answer take CPU, the append waits
+            # for fsync, and /recommend answers on the loop meanwhile.
+            result, answer = await run_in_threadpool(ingest, body, form)
         accepted.inc(result.accepted)
         rejected.inc(len(result.rejections))
         latency.labels("events").observe(time.perf_counter() - started)
-        return JSONResponse(
-            {
-                "accepted": result.accepted,
-                "offsets": [result.first_offset, result.last_offset],
-                "rejected": [
-                    {"index": r.position, "field": r.field, "reason": r.reason} for r in result.rejections
-                ],
-            },
-            status_code=202,
-        )
+        return Response(answer, status_code=202, media_type="application/json")
 
     @app.get("/versions", dependencies=read)
     def versions() -> dict[str, object]:

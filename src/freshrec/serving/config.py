@@ -145,7 +145,7 @@ class ServingConfig:
     compute_threads: int = 1
     follower_nice: int = 5
     max_body_bytes: int = 1 << 20
-    max_events_per_request: int = 100_000
+    max_events_per_request: int = 10_000
     max_json_depth: int = 32
     max_parallel_ingests: int = 4
     ingest_token_file: Path | None = None
