@@ -160,9 +160,11 @@ def test_a_request_claimed_by_a_writer_that_died_is_reported_not_applied(tmp_pat
     try:
         assert writer.stdout.readline().strip() == "ready"
         with pytest.raises(RollbackTimeoutError, match="stopped before answering it; it was not applied"):
-            rollback(tmp_path, to=1, timeout=0.001)  # claimed after its deadline: waited for, then judged
+            rollback(tmp_path, to=1, timeout=30)  # claimed, so waited for; judged once the writer is gone
+        assert writer.wait(timeout=20) == -9
     finally:
-        writer.wait(timeout=20)
+        writer.kill()
+        writer.wait()
     assert ModelStore.open(tmp_path).current_version() == 2 and request_files(tmp_path) == []
 
 

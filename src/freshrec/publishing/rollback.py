@@ -197,6 +197,8 @@ def _ask_writer(directory: Path, to: int, reason: str, timeout: float) -> Rollba
         outcome = _answer_of(reader, request)
         if outcome is not None:
             return outcome
+        if not waiting.exists():  # claimed: from now on its outcome decides, not the timeout
+            return _await_claimed(reader, request, claimed)
         time.sleep(max(0.0, min(_POLL_SECONDS, deadline - time.monotonic())))
     try:
         waiting.unlink()
