@@ -219,6 +219,14 @@ def replay_command(
         console.print(f"metrics written to {metrics_json}")
 
 
+def _token_file_option(scope: str, routes: str) -> Any:
+    return typer.Option(
+        f"--{scope}-token-file",
+        help=f"File holding the bearer token of {routes} (serving.{scope}_token_file); or set "
+        f"FRESHREC_{scope.upper()}_TOKEN. At least 16 characters.",
+    )
+
+
 @app.command("serve")
 def serve_command(
     config: ConfigFile = None,
@@ -227,16 +235,40 @@ def serve_command(
     log: LogDir = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (serving.host).")] = None,
     port: Port = None,
+    ingest_token_file: Annotated[Path | None, _token_file_option("ingest", "POST /events")] = None,
+    read_token_file: Annotated[
+        Path | None, _token_file_option("read", "/recommend, /versions and /metrics")
+    ] = None,
+    admin_token_file: Annotated[
+        Path | None, _token_file_option("admin", "/admin/rollback, else loopback only")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Largest POST /events body, refused with 413 beyond (serving.max_body_bytes)."
+        ),
+    ] = None,
 ) -> None:
-    """Serve recommendations over HTTP from the latest published version, following new ones."""
+    """Serve recommendations over HTTP from the latest published version, following new ones. Ingest and
+    reads are open to whoever reaches the port unless their tokens are set; admin answers loopback clients
+    only unless its token is set (docs/operations.md, Security)."""
+    import logging
+
     options = {
         "publishing.store": None if store is None else str(store),
         "source.log": None if log is None else str(log),
         "serving.host": host,
         "serving.port": port,
+        "serving.ingest_token_file": None if ingest_token_file is None else str(ingest_token_file),
+        "serving.read_token_file": None if read_token_file is None else str(read_token_file),
+        "serving.admin_token_file": None if admin_token_file is None else str(admin_token_file),
+        "serving.max_body_bytes": max_body_bytes,
     }
     try:
         settings = _settings(config, sets, options, LIVE_MODEL)
+        from freshrec.serving.auth import AccessTokens
+
+        tokens = AccessTokens.resolve(settings.serving)  # a bad token stops here, before anything opens
     except FreshrecError as error:
         raise _fail(error) from None
     import uvicorn
@@ -247,11 +279,25 @@ def serve_command(
     console.print(
         f"[bold]freshrec serve[/] http://{serving.host}:{serving.port}  store={store_dir} log={log_dir}"
     )
+    open_scopes = tokens.open_scopes()
+    if open_scopes and serving.host not in ("127.0.0.1", "::1", "localhost"):
+        variables = " / ".join(f"FRESHREC_{scope.upper()}_TOKEN" for scope in open_scopes)
+        console.print(
+            f"[yellow]warning:[/] listening on {serving.host} with {' and '.join(open_scopes)} open to "
+            f"anyone who reaches it: set {variables}",
+            soft_wrap=True,
+        )
+    # Unexpected errors are logged with the request id their 500 answer carries (uvicorn configures only
+    # its own loggers).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Requests run on the event loop's thread while the store and log followers run Python of their own:
     # each time a request releases the GIL (a faiss search, a torch lookup) a busy follower may keep it for
     # the whole switch interval before the request gets it back. 1 ms instead of CPython's 5 ms bounds that.
     sys.setswitchinterval(0.001)
-    application = create_app(serving, store_dir, log_dir, settings.pipeline)
+    try:
+        application = create_app(serving, store_dir, log_dir, settings.pipeline, tokens=tokens)
+    except FreshrecError as error:
+        raise _fail(error) from None
     uvicorn.run(application, host=serving.host, port=serving.port, log_level="warning")
 
 

@@ -64,6 +64,17 @@ _DROP = object()
         ({"context": "mobile"}, "context", "expected an object of context fields, got str"),
         ({"context": {"user_id": 5}}, "context", "shadows the event field"),
         ({"device": "a", "context": {"device": "b"}}, "context", "given twice"),
+        # What the event log cannot store is rejected here, per event, never by the log's encoder.
+        ({"user_id": "\ud800"}, "user_id", "not valid text: '\\ud800' holds a lone surrogate"),
+        ({"event_id": "a\udfffb"}, "event_id", "lone surrogate"),
+        ({"device": "\udc00"}, "device", "lone surrogate"),
+        ({"\udc00x": "mobile"}, "context", "field name not valid text"),
+        ({"device": 2**63}, "device", "integer out of range: 9223372036854775808 does not fit in 64 bits"),
+        ({"item_id": 10**5000}, "item_id", "integer out of range: an integer of about 5,000 digits"),
+        ({"timestamp": -(10**5000)}, "timestamp", "number out of range: an integer of about 5,000 digits"),
+        ({"value": 10**400}, "value", "number out of range: an integer of about 400 digits"),
+        ({"device": [10**5000]}, "device", "got array holding an integer too long to quote"),
+        ({"timestamp": [1, 2]}, "timestamp", "expected epoch seconds or an ISO 8601 string, got array"),
     ],
 )
 def test_each_rule_rejects_with_its_field_and_reason(changes, field: str, reason: str) -> None:
@@ -144,6 +155,15 @@ def test_distinct_context_names_per_batch_are_bounded() -> None:
     assert result.accepted == 4 and len(result.events.context) == 8
     assert [(r.position, r.field) for r in result.rejections] == [(4, "context"), (5, "context")]
     assert "too many distinct context fields in one batch (at most 8)" in result.rejections[0].reason
+
+
+def test_an_integer_too_long_for_text_is_quoted_by_its_size_and_dead_letters_can_write_it(tmp_path) -> None:
+    result = validate_records([GOOD, 10**5000, _one(user_id=10**5000)])
+    assert [r.field for r in result.rejections] == ["_record", "user_id"]
+    with DeadLetterWriter(tmp_path / "dead.jsonl") as dead:
+        dead.write(result.rejections)
+    lines = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert lines[1]["record"]["user_id"] == "an integer of about 5,000 digits"
 
 
 def test_non_object_records_are_rejected_whole() -> None:
@@ -342,6 +362,42 @@ def test_arbitrary_records_reconcile_and_never_raise(batch: list, start: int) ->
     for column in (events.event_id, events.user_id, events.item_id):
         assert all(type(v) in (int, str) for v in column.tolist())
     events.to_events()  # a valid batch converts back to Event objects
+
+
+#: JSON values as a hostile client sends them: any code point (lone surrogates too), integers of any size.
+hostile_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**400]),
+        st.integers(4400, 4500).map(lambda digits: -(10**digits)),  # beyond Python's int-to-text limit
+        st.floats(),
+        st.text(st.characters(codec=None, categories=None), max_size=8),
+        st.sampled_from(["\ud800", "a\udfff", "1700000000", "rating"]),
+    ),
+    lambda children: (
+        st.lists(children, max_size=2) | st.dictionaries(st.text(max_size=3), children, max_size=2)
+    ),
+    max_leaves=4,
+)
+hostile_keys = st.sampled_from([*EVENT_COLUMNS, "context", "device"]) | st.text(
+    st.characters(codec=None, categories=None), max_size=4
+)
+_VALID = {"event_id": "e", "timestamp": 1_700_000_000, "user_id": "u", "item_id": "i"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(hostile_keys, hostile_values, max_size=6), max_size=8))
+def test_whatever_is_accepted_the_event_log_can_store(changes: list) -> None:
+    from freshrec.sources.eventlog import encode_payload
+
+    batch = [{**_VALID, **change} for change in changes]
+    result = validate_records(batch)
+    assert result.accepted + result.rejected == len(batch)
+    encode_payload(result.events)  # raised on lone surrogates and 65-bit context integers before
+    for rejection in result.rejections:
+        json.dumps({"field": rejection.field, "reason": rejection.reason}, ensure_ascii=False).encode()
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,6 +1,7 @@
 """Rollback from any process: directly when no trainer holds the store, through the trainer when one does
 (which must also reset its model, or it would republish what was rolled back)."""
 
+import random
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.rollback import (
     ROLLBACK_REQUEST,
     RollbackTimeoutError,
+    answer_rollback,
     pending_rollback,
     rollback,
 )
@@ -26,6 +28,11 @@ from freshrec.training.online import OnlineTrainer, TrainerConfig
 
 def weights(value: float) -> dict[str, np.ndarray]:
     return {"w": np.full(3, value, np.float32)}
+
+
+def request_files(directory: Path) -> list[str]:
+    """Rollback requests waiting or claimed in a store directory."""
+    return sorted(path.name for path in directory.glob("rollback-*"))
 
 
 def test_without_a_trainer_the_store_is_rolled_back_directly(tmp_path: Path) -> None:
@@ -49,8 +56,6 @@ def test_with_a_writer_the_request_waits_for_its_answer(tmp_path: Path) -> None:
     answered: list[int] = []
 
     def writer() -> None:  # what the trainer's publisher does between batches
-        from freshrec.publishing.rollback import answer_rollback
-
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and len(answered) < 2:
             request = pending_rollback(tmp_path)
@@ -71,22 +76,103 @@ def test_with_a_writer_the_request_waits_for_its_answer(tmp_path: Path) -> None:
         store.close()
     assert answered == [1, 42]
     assert ModelStore.open(tmp_path).current_version() == 1
-    assert not (tmp_path / ROLLBACK_REQUEST).exists()
+    assert request_files(tmp_path) == []
 
 
 def test_an_unanswered_request_times_out_and_is_withdrawn(tmp_path: Path) -> None:
     with ModelStore(StoreConfig(tmp_path, fsync=False)) as store:
         store.publish_snapshot(weights(1.0))
-        with pytest.raises(RollbackTimeoutError, match="withdrawn"):
+        with pytest.raises(RollbackTimeoutError, match="withdrawn and not applied"):
             rollback(tmp_path, to=1, timeout=0.2)
         assert pending_rollback(tmp_path) is None  # it cannot take effect later by surprise
+        assert request_files(tmp_path) == []
+
+
+def test_a_rollback_reports_exactly_what_the_store_did_when_its_timeout_races_the_answer(
+    tmp_path: Path,
+) -> None:
+    """Many short-timeout rollbacks against a writer that takes a moment between claiming a request and
+    recording its answer: a request claimed just before its asker's deadline must be reported as it ended
+    (applied), never as withdrawn; one withdrawn must never be applied."""
+    store = ModelStore(StoreConfig(tmp_path, fsync=False))
+    for value in (1.0, 2.0, 3.0):
+        store.publish_snapshot(weights(value))
+    stop = threading.Event()
+
+    def writer() -> None:
+        pace = random.Random(1)
+        while not stop.is_set():
+            request = pending_rollback(tmp_path)
+            if request is not None:
+                time.sleep(pace.choice([0.0, 0.001, 0.003, 0.006]))  # the claim-to-answer window
+                answer_rollback(store, request)
+            time.sleep(pace.random() * 0.02)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    asked = random.Random(2)
+    applied: dict[str, tuple[int, bool]] = {}  # request id -> (target, answered after its own deadline)
+    withdrawn: list[str] = []
+    try:
+        for _ in range(150):
+            target, timeout = asked.randint(1, 3), asked.choice([0.001, 0.005, 0.01, 0.02])
+            started = time.monotonic()
+            try:
+                outcome = rollback(tmp_path, to=target, timeout=timeout)
+            except RollbackTimeoutError as error:
+                withdrawn.append(error.request_id)
+                continue
+            assert outcome.via == "trainer" and outcome.version == target
+            applied[outcome.request] = (target, time.monotonic() - started > timeout)
+    finally:
+        stop.set()
+        thread.join()
+    recorded = {event["request"]: event for event in store.history() if "request" in event}
+    store.close()
+    assert set(recorded) == set(applied)  # nothing withdrawn was applied, nothing applied was withdrawn
+    assert all(
+        recorded[rid]["action"] == "rollback" and recorded[rid]["to"] == t for rid, (t, _) in applied.items()
+    )
+    assert not set(withdrawn) & set(recorded)
+    # Both sides of the race happened, and the window that used to report "withdrawn" was hit.
+    assert withdrawn and sum(late for _, late in applied.values()) > 0
+    assert request_files(tmp_path) == []
+
+
+def test_a_request_claimed_by_a_writer_that_died_is_reported_not_applied(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with ModelStore(StoreConfig(tmp_path, fsync=False)) as store:
+        store.publish_snapshot(weights(1.0))
+        store.publish_snapshot(weights(2.0))
+    # A writer process that claims the request and dies (SIGKILL) before answering it.
+    script = (
+        "import os, signal, sys, time\n"
+        "from freshrec.publishing.store import ModelStore, StoreConfig\n"
+        "from freshrec.publishing.rollback import pending_rollback\n"
+        f"store = ModelStore(StoreConfig({str(tmp_path)!r}))\n"
+        "print('ready', flush=True)\n"
+        f"while pending_rollback({str(tmp_path)!r}) is None: time.sleep(0.005)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        with pytest.raises(RollbackTimeoutError, match="stopped before answering it; it was not applied"):
+            rollback(tmp_path, to=1, timeout=30)  # claimed, so waited for; judged once the writer is gone
+        assert writer.wait(timeout=20) == -9
+    finally:
+        writer.kill()
+        writer.wait()
+    assert ModelStore.open(tmp_path).current_version() == 2 and request_files(tmp_path) == []
 
 
 def test_a_garbage_request_file_is_named_and_removed(tmp_path: Path) -> None:
-    (tmp_path / ROLLBACK_REQUEST).write_text("{not json")
+    (tmp_path / f"{ROLLBACK_REQUEST}0.garbage.json").write_text("{not json")
     with pytest.raises(StoreError, match="not a rollback request"):
         pending_rollback(tmp_path)
-    assert pending_rollback(tmp_path) is None
+    assert pending_rollback(tmp_path) is None and request_files(tmp_path) == []
 
 
 def test_the_trainer_resets_its_model_to_the_rolled_back_version(tmp_path: Path) -> None:
@@ -112,7 +198,7 @@ def test_the_trainer_resets_its_model_to_the_rolled_back_version(tmp_path: Path)
 
         asker = threading.Thread(target=_ask_writer, args=(tmp_path / "store", target, "test", 5.0))
         asker.start()
-        while pending_rollback(tmp_path / "store") is None:
+        while not request_files(tmp_path / "store"):  # waiting for the asker's request
             time.sleep(0.005)
         assert publisher.serve_rollback_request() == target
         asker.join()

@@ -1,5 +1,7 @@
 """The HTTP API over a real model store and a real event log (ASGI test client, threads running)."""
 
+import contextlib
+import threading
 import time
 
 import numpy as np
@@ -16,6 +18,8 @@ from freshrec.serving.runtime import ServingConfig
 from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
 
+ADMIN_TOKEN = "admin-token-0123456789"
+
 
 def wait_for(condition, timeout=5.0):
     deadline = time.monotonic() + timeout
@@ -27,21 +31,12 @@ def wait_for(condition, timeout=5.0):
 
 
 @pytest.fixture
-def served(tmp_path):
-    """A store with version 1 of a popularity model trained on item "hit" being popular, and a client."""
-    model = create_model("popularity")  # the server builds the published model by its registry name
-    store = ModelStore(StoreConfig(tmp_path / "store"))
-    publisher = ModelPublisher(
-        model,
-        store,
-        PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
-        metadata={"model": "popularity"},
-    )
-    trainer = TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=4)), publisher=publisher)
+def served(tmp_path, popularity_store):
+    """A store with version 1 of a popularity model, its trainer, and a client."""
+    store, trainer = popularity_store
     config = ServingConfig(user_capacity=1000)
     with TestClient(create_app(config, tmp_path / "store", tmp_path / "log", max_body_bytes=4096)) as client:
         yield client, trainer, store
-    store.close()
 
 
 def post(client, events):
@@ -162,11 +157,11 @@ def test_admin_rollback_goes_through_the_trainer_and_the_server_follows(tmp_path
     answering = threading.Thread(target=trainer_loop)
     answering.start()
     try:
-        application = create_app(config, tmp_path / "store", tmp_path / "log", admin_token="s3cret")
+        application = create_app(config, tmp_path / "store", tmp_path / "log", admin_token=ADMIN_TOKEN)
         with TestClient(application) as client:
             assert wait_for(lambda: client.get("/versions").json()["serving"] == newest)
-            headers = {"authorization": "Bearer s3cret"}
-            assert client.post("/admin/rollback", json={"to": 1}).status_code == 403  # no token
+            headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+            assert client.post("/admin/rollback", json={"to": 1}).status_code == 401  # no token
             answer = client.post("/admin/rollback", json={"to": 1, "reason": "test"}, headers=headers)
             assert answer.status_code == 200, answer.text
             assert answer.json() == {"version": 1, "previous": newest, "via": "trainer"}
@@ -212,6 +207,168 @@ def test_the_server_rebuilds_a_model_with_the_config_the_trainer_used(tmp_path):
 
 def test_admin_rollback_before_anything_was_published_is_a_conflict(tmp_path):
     config = ServingConfig(user_capacity=100)
-    with TestClient(create_app(config, tmp_path / "store", tmp_path / "log", admin_token="t")) as client:
-        answer = client.post("/admin/rollback", json={"to": 1}, headers={"authorization": "Bearer t"})
+    application = create_app(config, tmp_path / "store", tmp_path / "log", admin_token=ADMIN_TOKEN)
+    with TestClient(application) as client:
+        headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        answer = client.post("/admin/rollback", json={"to": 1}, headers=headers)
         assert answer.status_code == 409 and "no model store" in answer.json()["detail"]
+
+
+# -- hardened ingest ------------------------------------------------------------------------------------
+
+
+def test_faults_of_the_whole_body_are_4xx_and_store_nothing(served):
+    client, _, _ = served
+    good = b'[{"event_id": "g", "timestamp": 1700000000, "user_id": 1, "item_id": 2}]'
+    cases = [
+        (good, {"content-type": "text/plain"}, 415, "Content-Type 'text/plain' is not accepted"),
+        (good, {"content-type": "application/x-www-form-urlencoded"}, 415, "send one of application/json"),
+        (good, {"content-type": "application/json; charset=utf-16"}, 415, "charset"),
+        (good[:-1] + b"\xff]", {}, 400, f"not valid UTF-8: byte 0xff at offset {len(good) - 1}"),
+        (b"[" * 200 + b"]" * 200, {}, 400, "nests arrays and objects 200 deep"),
+        (good[:40], {}, 400, "malformed JSON at line 1 column 41 (character 40)"),
+        (b"", {}, 400, "empty body"),
+        (b"[" + b" " * 5000 + b"]", {}, 413, "a body of 5,002 bytes exceeds the limit of 4,096 bytes"),
+    ]
+    for body, headers, status, detail in cases:
+        answer = client.post("/events", content=body, headers=headers)
+        assert answer.status_code == status and detail in answer.json()["detail"], (body[:50], answer.text)
+
+    def streamed():  # no Content-Length: chunked, refused once past the limit
+        for _ in range(100):
+            yield b" " * 1000
+
+    answer = client.post("/events", content=streamed(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "refused while reading" in answer.json()["detail"]
+    assert client.app.state.runtime.log.next_offset == 0
+
+
+def test_faults_of_one_event_reject_it_and_the_good_events_are_stored(tmp_path, popularity_store):
+    from freshrec.sources.eventlog import EventLogReader
+
+    head = b'"timestamp": 1700000000, "user_id": '
+    records = [
+        b'{"event_id": "good-1", ' + head + b'"u", "item_id": "i"}',
+        b'{"event_id": "s", ' + head + b'"\\ud800", "item_id": "i"}',  # a lone surrogate, escaped
+        b'{"event_id": "h", ' + head + b"1" + b"0" * 5000 + b', "item_id": "i"}',  # over 4,300 digits
+        b'{"event_id": "c", ' + head + b'"u", "item_id": "i", "n": 2' + b"0" * 19 + b"}",  # over 64 bits
+        b'{"event_id": "m", ' + head + b'"u"}',
+        b'{"event_id": "v", "timestamp": NaN, "user_id": "u", "item_id": "i"}',
+        b'{"event_id": "good-2", ' + head + b'"u", "item_id": "i", "value": NaN}',
+    ]
+    application = create_app(ServingConfig(user_capacity=100), tmp_path / "store", tmp_path / "log")
+    with TestClient(application) as client:
+        answer = client.post("/events", content=b"[" + b",".join(records) + b"]")
+    assert answer.status_code == 202, answer.text
+    result = answer.json()
+    assert result["accepted"] == 2
+    assert [(r["index"], r["field"]) for r in result["rejected"]] == [
+        (1, "user_id"),
+        (2, "user_id"),
+        (3, "n"),
+        (4, "item_id"),
+        (5, "timestamp"),
+    ]
+    reasons = [r["reason"] for r in result["rejected"]]
+    assert "lone surrogate" in reasons[0] and "about 5,001 digits" in reasons[1] and "64 bits" in reasons[2]
+    with EventLogReader(tmp_path / "log", start_offset="earliest") as reader:
+        ids = [i for batch in reader.batches(1000) for i in batch.columns["event_id"].tolist()]
+    assert ids == ["good-1", "good-2"]
+
+
+def test_the_openapi_schema_documents_the_event_body_without_fastapi_parsing_it(served):
+    client, _, _ = served
+    operation = client.get("/openapi.json").json()["paths"]["/events"]["post"]
+    content = operation["requestBody"]["content"]
+    assert {"application/json", "application/x-ndjson", "application/jsonl"} <= set(content)
+    event = content["application/x-ndjson"]["schema"]
+    assert {"event_id", "timestamp", "user_id", "item_id"} <= set(event["required"])
+    assert "kind" in event["properties"] and event["additionalProperties"] is True
+    assert {"202", "400", "413", "415"} <= set(operation["responses"])
+    # FastAPI does not judge the body: what its schema would refuse is the validator's to report per event.
+    answer = client.post(
+        "/events", json=[{"event_id": "x", "timestamp": "yesterday", "user_id": 1, "item_id": 2}]
+    )
+    assert answer.status_code == 202 and answer.json()["rejected"][0]["field"] == "timestamp"
+
+
+@contextlib.contextmanager
+def uvicorn_serving(application):
+    """`application` served by a real uvicorn on 127.0.0.1 (in a thread of this process, so that the test
+    can reach into the app), its base URL yielded."""
+    import uvicorn
+
+    from freshrec.live import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started, timeout=30), "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+EVENTS = [{"event_id": "a", "timestamp": 1_700_000_000, "user_id": "u", "item_id": "i"}]
+
+
+def test_an_unexpected_error_is_a_500_with_a_request_id_and_the_next_request_succeeds(
+    tmp_path, popularity_store, caplog, monkeypatch
+):
+    import httpx
+
+    application = create_app(ServingConfig(user_capacity=100), tmp_path / "store", tmp_path / "log")
+    runtime = application.state.runtime
+    real_ingest = runtime.ingest
+    failures = iter([RuntimeError("disk on fire")])
+
+    def ingest_failing_once(records):
+        for failure in failures:
+            raise failure
+        return real_ingest(records)
+
+    monkeypatch.setattr(runtime, "ingest", ingest_failing_once)
+    with uvicorn_serving(application) as base, httpx.Client(base_url=base) as client:
+        assert client.get("/healthz").status_code == 200  # the connection the failure will close
+        failed = client.post("/events", json=EVENTS)
+        assert failed.status_code == 500 and failed.headers["connection"] == "close"
+        request_id = failed.json()["request_id"]
+        assert failed.headers["x-request-id"] == request_id and request_id in failed.json()["detail"]
+        assert "disk on fire" not in failed.text  # the details are in the log, not in the answer
+        again = client.post("/events", json=EVENTS)  # on a new connection, without the client noticing
+        assert again.status_code == 202 and again.json()["accepted"] == 1
+    [record] = [r for r in caplog.records if r.name == "freshrec.serving"]
+    assert request_id in record.getMessage() and "disk on fire" in str(record.exc_info[1])
+
+
+def test_bodies_are_parsed_off_the_event_loop(tmp_path, popularity_store, monkeypatch):
+    import httpx
+
+    import freshrec.serving.app as app_module
+
+    parsing, release = threading.Event(), threading.Event()
+    real_parse = app_module.parse_records
+
+    def slow_parse(*args):
+        parsing.set()
+        assert release.wait(timeout=30)  # a parse that takes as long as the test wants
+        return real_parse(*args)
+
+    monkeypatch.setattr(app_module, "parse_records", slow_parse)
+    application = create_app(ServingConfig(user_capacity=100), tmp_path / "store", tmp_path / "log")
+    with uvicorn_serving(application) as base:
+        answers: list[httpx.Response] = []
+        poster = threading.Thread(target=lambda: answers.append(httpx.post(f"{base}/events", json=EVENTS)))
+        poster.start()
+        assert parsing.wait(timeout=30)
+        try:
+            # While that body is being parsed, the event loop answers other requests.
+            assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+            assert httpx.get(f"{base}/versions", timeout=10).status_code == 200
+        finally:
+            release.set()
+            poster.join(timeout=30)
+    assert answers[0].status_code == 202

@@ -9,7 +9,8 @@ silently: accepted + rejected == records read, always.
 Rules (fields are checked in this order; the first failure is reported):
 
 - ``event_id``, ``user_id``, ``item_id``: required, a string (at most ``max_string_length`` characters, not
-  blank) or an integer that fits in 64 bits. A float that is an exact integer (``42.0``, as JSON encoders
+  blank, text UTF-8 can encode: no lone surrogate such as JSON's ``"\\ud800"``) or an integer that fits
+  in 64 bits. A float that is an exact integer (``42.0``, as JSON encoders
   and Parquet columns with nulls produce) is accepted as that integer, because rejecting it would punish
   the producer's serializer, not the data; any other float, a bool, a list or a dict is rejected.
 - ``timestamp``: required, epoch seconds (number or numeric text) or ISO 8601 text (naive means UTC; see
@@ -19,8 +20,12 @@ Rules (fields are checked in this order; the first failure is reported):
   typed integer columns carry codes into `EVENT_KINDS`.
 - ``value``: optional; a finite number or numeric text. ``NaN`` means absent (it is how `EventBatch`,
   Parquet and pandas write a missing number), ``inf`` is rejected.
-- any other column is a context field: a string (bounded), an integer, a finite float or a bool (kept as
-  0/1); ``None``/blank means absent; at most ``max_context_fields`` present per event.
+- any other column is a context field: a string (bounded, encodable as UTF-8), an integer that fits in 64
+  bits, a finite float or a bool (kept as 0/1); ``None``/blank means absent; at most
+  ``max_context_fields`` present per event. Its name must be encodable as UTF-8 too.
+
+Whatever is accepted can be stored: the event log writes text as UTF-8 and integers as int64. Reasons quote
+a bad value shortened; an integer too long to write in decimal is quoted by its number of digits.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ _EXACT_FLOAT_INT = 2.0**53  # beyond this a float cannot say which integer it me
 _KIND_NAMES = pa.array(EVENT_KINDS, pa.string())
 _KIND_LIST = ", ".join(EVENT_KINDS)
 _MAX_REPR = 60  # characters of a bad value quoted in a reason
+_QUOTED_INT_BITS = 200  # an integer longer than this (~60 digits) is quoted by its number of digits
+_DECIMAL_TEXT_BITS = 14_000  # below Python's default limit on int-to-text conversion (4,300 digits)
 
 Reason = Callable[[int], str]
 
@@ -234,6 +241,7 @@ class EventValidator:
             strings = text_array(values)
             bad = _mask(pc.greater(pc.utf8_length(strings), self.limits.max_string_length))
             bad |= _mask(pc.equal(pc.utf8_trim_whitespace(strings), ""))
+            bad |= _not_text(values)
             failures.add(field, bad, lambda i: self._id_problem(values[i]))
             strings_column = column if column.dtype == object else np.array(values, dtype=object)
             return strings_column, np.ones(n, dtype=bool)
@@ -242,7 +250,7 @@ class EventValidator:
         for i, (v, t) in enumerate(zip(values, types.tolist(), strict=True)):
             if t == T_STR:
                 out[i] = v
-                bad[i] = len(v) > self.limits.max_string_length or not v.strip()
+                bad[i] = len(v) > self.limits.max_string_length or not v.strip() or not _is_text(v)
             elif t == T_INT:
                 out[i] = v
                 bad[i] = not _INT64_MIN <= v <= _INT64_MAX
@@ -257,6 +265,8 @@ class EventValidator:
         if value is None:
             return "missing field"
         if isinstance(value, str):
+            if not _is_text(value):
+                return _not_text_reason(value)
             if len(value) > self.limits.max_string_length:
                 return f"oversized string: {len(value)} chars > {self.limits.max_string_length}"
             return "missing field"  # blank text, e.g. an empty CSV cell
@@ -278,7 +288,7 @@ class EventValidator:
         bad_parse = parsed.status != OK
         if bad_parse.any():
             failures.add(
-                "timestamp", bad_parse, lambda i: describe_problem(int(parsed.status[i]), _plain(column[i]))
+                "timestamp", bad_parse, lambda i: _timestamp_problem(int(parsed.status[i]), _plain(column[i]))
             )
         limits = self.limits
         # NaN compares False both ways, so rows that failed to parse are not reported twice.
@@ -373,7 +383,9 @@ class EventValidator:
 
     @staticmethod
     def _value_problem(value: Any) -> str:
-        if isinstance(value, float | int) and not isinstance(value, bool):
+        if type(value) is int:  # only an integer beyond float's range fails
+            return f"number out of range: {_short(value)} does not fit in a float"
+        if isinstance(value, float):
             return f"non-finite value: {value}"
         if isinstance(value, str):
             status = parse_number_strings(text_array([value]))[1][0]
@@ -390,6 +402,8 @@ class EventValidator:
         out: dict[str, np.ndarray] = {}
         for name, column in columns.items():
             values, absent, bad, problem = self._context_column(column, n)
+            if not _is_text(name):  # before its values: a rejection must not name a field JSON cannot carry
+                failures.add("context", ~absent, lambda i, name=name: f"field name {_not_text_reason(name)}")
             if len(name) > limits.max_string_length:
                 failures.add(
                     "context",
@@ -432,7 +446,7 @@ class EventValidator:
         bad = np.zeros(n, dtype=bool)
         for i, (v, t) in enumerate(zip(raw_values, types.tolist(), strict=True)):
             if t == T_STR:
-                if len(v) > max_length:
+                if len(v) > max_length or not _is_text(v):
                     bad[i] = True
                 elif v.strip():
                     values[i] = v
@@ -440,6 +454,7 @@ class EventValidator:
                     absent[i] = True
             elif t == T_INT:
                 values[i] = v
+                bad[i] = not _INT64_MIN <= v <= _INT64_MAX
             elif t == T_FLOAT:
                 if math.isnan(v):
                     absent[i] = True
@@ -457,9 +472,13 @@ class EventValidator:
         def problem(i: int) -> str:
             v = raw_values[i]
             if isinstance(v, str):
+                if not _is_text(v):
+                    return _not_text_reason(v)
                 return f"oversized string: {len(v)} chars > {max_length}"
             if isinstance(v, float):
                 return f"non-finite value: {v}"
+            if type(v) is int:
+                return f"integer out of range: {_short(v)} does not fit in 64 bits"
             return f"wrong type: expected string or number, got {_type_name(v)} {_short(v)}"
 
         return values, absent | bad, bad, problem
@@ -616,6 +635,8 @@ def _plain(value: Any) -> Any:
 def _jsonable(value: Any) -> Any:
     """A value JSON can carry without loss of meaning: non-finite floats and odd types become text."""
     value = _plain(value)
+    if type(value) is int and value.bit_length() > _DECIMAL_TEXT_BITS:
+        return _short(value)  # json.dumps would fail: beyond Python's limit on int-to-text conversion
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
@@ -635,8 +656,54 @@ def _short_json(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    if type(value) is int and value.bit_length() > _QUOTED_INT_BITS:
+        # Its decimal text would be cut to its first digits anyway, and beyond Python's int-to-text limit
+        # (4,300 digits) repr raises: the size is what tells the sender what is wrong.
+        return f"an integer of about {_decimal_digits(value):,} digits"
+    try:
+        text = repr(value)
+    except ValueError:  # a list or object holding such an integer
+        return "holding an integer too long to quote"
     return text if len(text) <= _MAX_REPR else text[:_MAX_REPR] + "..."
+
+
+def _decimal_digits(value: int) -> int:
+    """Digits of `value` in decimal, from its bit length (exact but for the last one), without the text."""
+    return int((abs(value).bit_length() - 1) * math.log10(2)) + 1
+
+
+def _is_text(value: str) -> bool:
+    """Whether UTF-8 can encode `value`: a lone surrogate (``"\\ud800"``, which JSON's escapes and Python
+    strings allow) cannot, and the event log stores text as UTF-8."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_text(strings: list[str]) -> np.ndarray:
+    """Which of `strings` UTF-8 cannot encode (one encode of them all when every one can)."""
+    try:
+        "".join(strings).encode("utf-8")  # a surrogate never pairs across strings: Python never joins them
+    except UnicodeEncodeError:
+        return np.fromiter((not _is_text(s) for s in strings), dtype=bool, count=len(strings))
+    return np.zeros(len(strings), dtype=bool)
+
+
+def _not_text_reason(value: str) -> str:
+    return f"not valid text: {_short(value)} holds a lone surrogate, which UTF-8 cannot encode"
+
+
+def _timestamp_problem(status: int, value: Any) -> str:
+    if type(value) is int:  # only an integer beyond float's range fails to parse
+        return f"number out of range: {_short(value)} does not fit in a float"
+    if isinstance(value, list | dict):
+        expected = "expected epoch seconds or an ISO 8601 string"
+        return f"wrong type: {expected}, got {_type_name(value)} {_short(value)}"
+    return describe_problem(status, value)
 
 
 def _type_name(value: Any) -> str:

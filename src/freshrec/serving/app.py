@@ -3,19 +3,24 @@ admin rollback).
 
 Every recommendation carries the model version it was computed with. Ingest answers 202 only after the
 accepted events are durable in the event log; a bad event is reported with its index, field and reason
-and never costs the good events around it.
+and never costs the good events around it, and a body that cannot be read at all is a 4xx that stores
+nothing (`freshrec.serving.body`). Routes are guarded per scope (`freshrec.serving.auth`); whatever fails
+unexpectedly answers 500 with a request id and closes the connection (`freshrec.serving.failsafe`). No
+request body is parsed on the event loop, nor read beyond its size limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,17 +30,30 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
+from freshrec.events import EVENT_KINDS
 from freshrec.preprocess.pipeline import PipelineConfig
-from freshrec.publishing.rollback import RollbackTimeoutError, rollback
+from freshrec.publishing.rollback import RollbackOutcomeUnknownError, RollbackTimeoutError, rollback
 from freshrec.publishing.store import StoreError, VersionNotFoundError
-from freshrec.serving.runtime import ServingConfig, ServingRuntime
+from freshrec.serving.auth import AccessControl, AccessTokens
+from freshrec.serving.body import (
+    JSON_LINES_TYPES,
+    JSON_TYPES,
+    BodyError,
+    BodyLimits,
+    body_format,
+    parse_records,
+    read_body,
+)
+from freshrec.serving.failsafe import InternalErrorMiddleware
+from freshrec.serving.runtime import IngestResult, ServingConfig, ServingRuntime
 
-#: Largest accepted request body for `POST /events`.
-MAX_BODY_BYTES = 1 << 20
-#: Clients allowed to call /admin routes when no admin token is configured.
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+#: Largest accepted request body for `POST /events` by default (`ServingConfig.max_body_bytes`).
+MAX_BODY_BYTES = ServingConfig.max_body_bytes
+#: Largest accepted body of an admin request (a version number and a reason).
+MAX_ADMIN_BODY_BYTES = 64 * 1024
 
 
 class RecommendedItem(BaseModel):
@@ -59,23 +77,77 @@ class RollbackBody(BaseModel):
     timeout: float = Field(10.0, gt=0, le=60)
 
 
+class EventRecord(BaseModel):
+    """One event of ``POST /events``, as documented; the body is parsed and judged by freshrec itself
+    (`freshrec.preprocess.validate`), never by this model. Any other key is a context field."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event_id: str | int = Field(description="Unique id; a repeated id is dropped downstream.")
+    timestamp: float | str = Field(description="Epoch seconds, or ISO 8601 text (naive means UTC).")
+    user_id: str | int
+    item_id: str | int
+    kind: Literal[EVENT_KINDS] = Field("view", description="Any letter case.")  # type: ignore[valid-type]
+    value: float | None = Field(None, description="A rating, price or watch time; NaN means absent.")
+    context: dict[str, str | int | float | bool] | None = Field(None, description="Extra flat fields.")
+
+
+class IngestRejection(BaseModel):
+    index: int = Field(description="Position of the record in the request, from 0.")
+    field: str
+    reason: str
+
+
+class IngestBody(BaseModel):
+    """``POST /events`` 202: how many events are durable in the event log, their log offsets, and every
+    rejected record."""
+
+    accepted: int
+    offsets: tuple[int | None, int | None]
+    rejected: list[IngestRejection]
+
+
+def _events_request_body() -> dict[str, Any]:
+    """The OpenAPI request body of ``POST /events`` (documentation only: FastAPI does not parse it)."""
+    event = EventRecord.model_json_schema()
+    one_or_many = {"oneOf": [event, {"type": "array", "items": event}]}
+    content = {media: {"schema": one_or_many} for media in JSON_TYPES}
+    content |= {media: {"schema": event} for media in JSON_LINES_TYPES}  # one event per line
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _admin_request_body() -> dict[str, Any]:
+    schema = RollbackBody.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def create_app(
     config: ServingConfig,
     store_dir: Path,
     log_dir: Path,
     pipeline: PipelineConfig | None = None,
-    max_body_bytes: int = MAX_BODY_BYTES,
+    max_body_bytes: int | None = None,
     admin_token: str | None = None,
+    tokens: AccessTokens | None = None,
 ) -> FastAPI:
     """The FastAPI application; the runtime starts with the app and stops with it.
 
     `store_dir` and `log_dir` are the model store and event log it shares with the trainer, `pipeline`
-    their ingest settings. `admin_token` (default: the ``FRESHREC_ADMIN_TOKEN`` environment variable):
-    /admin routes then need ``Authorization: Bearer <token>``; without one they answer only clients on
-    the loopback interface.
+    their ingest settings. `tokens` (default: `AccessTokens.resolve` of `config`, i.e. the
+    ``FRESHREC_*_TOKEN`` environment variables and the ``*_token_file`` settings) guard the scopes;
+    `admin_token` replaces the admin one. Raises `ConfigError` for an unusable token, before anything is
+    opened. `max_body_bytes` overrides ``config.max_body_bytes``.
     """
+    tokens = tokens if tokens is not None else AccessTokens.resolve(config)
+    if admin_token is not None:
+        tokens = AccessTokens(tokens.ingest, tokens.read, admin_token)
+    access = AccessControl(tokens)
+    limits = BodyLimits(
+        max_bytes=config.max_body_bytes if max_body_bytes is None else max_body_bytes,
+        max_depth=config.max_json_depth,
+        max_records=config.max_events_per_request,
+    )
     runtime = ServingRuntime(config, store_dir, log_dir, pipeline)
-    admin_token = admin_token if admin_token is not None else os.environ.get("FRESHREC_ADMIN_TOKEN")
     registry = CollectorRegistry()
     latency = Histogram(
         "freshrec_request_seconds",
@@ -103,14 +175,26 @@ def create_app(
     ):
         Gauge(name, help_text, registry=registry).set_function(lambda f=field: _gate_figure(runtime, f))
 
+    # Bounds the bodies being parsed at once, hence their memory; made on the app's own event loop.
+    ingest_slots: list[asyncio.Semaphore] = []
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        ingest_slots.append(asyncio.Semaphore(config.max_parallel_ingests))
         runtime.start()
         yield
         runtime.close()
 
     app = FastAPI(title="freshrec", lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.tokens = tokens
+    app.add_middleware(InternalErrorMiddleware)
+
+    @app.exception_handler(BodyError)
+    async def body_error(_: Request, error: BodyError) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+    read = [Depends(access.require("read"))]
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -123,7 +207,7 @@ def create_app(
             {"ready": ready, "model_version": runtime.version}, status_code=200 if ready else 503
         )
 
-    @app.get("/recommend", response_model=RecommendationBody)
+    @app.get("/recommend", response_model=RecommendationBody, dependencies=read)
     async def recommend(
         user_id: str = Query(..., min_length=1, max_length=256),
         k: int = Query(10, ge=1, le=1000),
@@ -146,30 +230,45 @@ def create_app(
             }
         )
 
-    @app.post("/events", status_code=202)
+    def ingest(body: bytes, form: Literal["json", "lines"]) -> tuple[IngestResult, bytes]:
+        """Parse, validate, append, and write the answer (thousands of rejections are no small JSON)."""
+        result = runtime.ingest(parse_records(body, form, limits))
+        answer = {
+            "accepted": result.accepted,
+            "offsets": [result.first_offset, result.last_offset],
+            "rejected": [
+                {"index": r.position, "field": r.field, "reason": r.reason} for r in result.rejections
+            ],
+        }
+        return result, json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
+
+    @app.post(
+        "/events",
+        status_code=202,
+        response_model=IngestBody,
+        dependencies=[Depends(access.require("ingest"))],
+        openapi_extra=_events_request_body(),
+        responses={
+            400: {"description": "The body is empty, not UTF-8, not JSON, or nested too deep"},
+            413: {"description": "The body or its number of records exceeds the limit"},
+            415: {"description": "The Content-Type is not JSON or JSON lines"},
+        },
+    )
     async def events(request: Request) -> JSONResponse:
+        """Append events to the event log: one JSON object, an array of them, or JSON lines."""
         started = time.perf_counter()
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            raise HTTPException(status_code=413, detail=f"body of {len(body)} bytes exceeds {max_body_bytes}")
-        records = _parse_records(body)
-        # Off the event loop: the append waits for fsync, and /recommend answers on the loop meanwhile.
-        result = await run_in_threadpool(runtime.ingest, records)
+        form = body_format(request.headers.get("content-type"))
+        body = await _body(request, limits.max_bytes)
+        async with ingest_slots[0]:
+            # Off the event loop: parsing, validating and writing the answer take CPU, the append waits
+            # for fsync, and /recommend answers on the loop meanwhile.
+            result, answer = await run_in_threadpool(ingest, body, form)
         accepted.inc(result.accepted)
         rejected.inc(len(result.rejections))
         latency.labels("events").observe(time.perf_counter() - started)
-        return JSONResponse(
-            {
-                "accepted": result.accepted,
-                "offsets": [result.first_offset, result.last_offset],
-                "rejected": [
-                    {"index": r.position, "field": r.field, "reason": r.reason} for r in result.rejections
-                ],
-            },
-            status_code=202,
-        )
+        return Response(answer, status_code=202, media_type="application/json")
 
-    @app.get("/versions")
+    @app.get("/versions", dependencies=read)
     def versions() -> dict[str, object]:
         return {
             "serving": runtime.version,
@@ -178,58 +277,51 @@ def create_app(
             "gate": runtime.store.read_status().get("gate"),
         }
 
-    @app.post("/admin/rollback")
-    def admin_rollback(body: RollbackBody, request: Request) -> dict[str, object]:
+    @app.post(
+        "/admin/rollback",
+        dependencies=[Depends(access.require("admin"))],
+        openapi_extra=_admin_request_body(),
+    )
+    async def admin_rollback(request: Request) -> dict[str, object]:
         """Serve a kept version again (through the running trainer if there is one, which then continues
-        learning from that version); this server follows within its store poll interval."""
-        if admin_token is not None:
-            if request.headers.get("authorization") != f"Bearer {admin_token}":
-                raise HTTPException(status_code=403, detail="admin routes need Authorization: Bearer <token>")
-        elif request.client is None or request.client.host not in LOOPBACK:
-            raise HTTPException(
-                status_code=403,
-                detail="admin routes answer loopback clients only unless an admin token is set",
-            )
+        learning from that version); this server follows within its store poll interval. Answers once the
+        outcome is known: 200 applied, 404 not a kept version, 504 not applied in time (withdrawn)."""
+        body = _rollback_body(await _body(request, MAX_ADMIN_BODY_BYTES))
         try:
-            outcome = rollback(store_dir, body.to, body.reason, timeout=body.timeout)
+            outcome = await run_in_threadpool(rollback, store_dir, body.to, body.reason, body.timeout)
         except VersionNotFoundError as error:
             raise HTTPException(status_code=404, detail=str(error)) from None
-        except RollbackTimeoutError as error:
+        except (RollbackTimeoutError, RollbackOutcomeUnknownError) as error:
             raise HTTPException(status_code=504, detail=str(error)) from None
         except StoreError as error:  # e.g. nothing published yet: there is no version to go back to
             raise HTTPException(status_code=409, detail=str(error)) from None
         return {"version": outcome.version, "previous": outcome.previous, "via": outcome.via}
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=read)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
-def _parse_records(body: bytes) -> list[object]:
-    """One JSON object, a JSON array, or JSON lines; malformed JSON is a 400 naming the position."""
-    text = body.decode("utf-8", errors="replace").strip()
+async def _body(request: Request, max_bytes: int) -> bytes:
+    """The request's body, refused past `max_bytes` (`read_body`); a client gone mid-body is a 400 that
+    nobody reads, not an error of the server."""
     try:
-        parsed = json.loads(text)
-        return parsed if isinstance(parsed, list) else [parsed]
-    except json.JSONDecodeError as error:
-        lines = [line for line in text.splitlines() if line.strip()]
-        if len(lines) <= 1:
-            raise HTTPException(
-                status_code=400,
-                detail=f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}",
-            ) from None
-        records = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise HTTPException(
-                    status_code=400,
-                    detail=f"malformed JSON at line {number} column {error.colno}: {error.msg}",
-                ) from None
-        return records
+        return await read_body(request.stream(), request.headers.get("content-length"), max_bytes)
+    except ClientDisconnect:
+        raise BodyError(400, "the client disconnected before sending the whole body") from None
+
+
+def _rollback_body(body: bytes) -> RollbackBody:
+    """The admin request, validated as FastAPI would (422 listing the errors), but read only after the
+    client proved it may ask."""
+    try:
+        return RollbackBody.model_validate_json(body or b"{}")
+    except ValidationError as error:
+        # Without the input: it may be bytes that are not UTF-8, which the error answer could not carry.
+        errors = error.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError(errors) from None
 
 
 def _gate_figure(runtime: ServingRuntime, name: str) -> float:

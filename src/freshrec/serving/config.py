@@ -4,6 +4,7 @@ file names them; only a running server needs what they configure)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from freshrec.errors import ConfigError
@@ -113,6 +114,25 @@ class ServingConfig:
         CPU priority (Linux nice increment) of the thread that applies new versions and maintains the item
         index: when the cores are busy, requests go first and a delta waits a little, instead of an index
         rebuild (seconds of a core) queueing every request behind it. 0 keeps the process's priority.
+    max_body_bytes
+        Largest request body of ``POST /events``: a larger one is refused with 413 from its
+        ``Content-Length``, or as soon as it passes the limit while streaming, never read whole.
+    max_events_per_request
+        Most records one ``POST /events`` may carry (413 beyond): the answer lists every rejected record,
+        so this also bounds the answer.
+    max_json_depth
+        Deepest nesting of arrays and objects a body may have (400 beyond; checked before parsing). An
+        array of events whose context is an object is 3 deep.
+    max_parallel_ingests
+        Request bodies parsed, validated and appended at once, each on a worker thread (never on the event
+        loop, which keeps answering meanwhile); more wait their turn. Bounds the memory of parsing.
+    ingest_token_file, read_token_file, admin_token_file
+        Files holding the bearer token of a scope (``freshrec.serving.auth``): ingest is ``POST /events``,
+        read is ``/recommend``, ``/versions`` and ``/metrics``, admin is ``/admin/rollback``. The token itself
+        is never a configuration value (every published version stores the configuration, and
+        ``/versions`` shows it): give it in ``FRESHREC_INGEST_TOKEN`` / ``FRESHREC_READ_TOKEN`` /
+        ``FRESHREC_ADMIN_TOKEN`` or in one of these files. None and no variable: the scope is open (admin:
+        to loopback clients only).
     """
 
     host: str = "127.0.0.1"
@@ -124,3 +144,21 @@ class ServingConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     compute_threads: int = 1
     follower_nice: int = 5
+    max_body_bytes: int = 1 << 20
+    max_events_per_request: int = 10_000
+    max_json_depth: int = 32
+    max_parallel_ingests: int = 4
+    ingest_token_file: Path | None = None
+    read_token_file: Path | None = None
+    admin_token_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_events_per_request", "max_parallel_ingests"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_json_depth, int) or self.max_json_depth < 3:
+            raise ConfigError(
+                f"max_json_depth must be an integer of at least 3 (an array of events with a context "
+                f"object), got {self.max_json_depth!r}"
+            )
