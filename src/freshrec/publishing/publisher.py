@@ -39,10 +39,12 @@ class PublisherConfig:
     every_events
         Also publish after this many trained events, whichever comes first (None: time only).
     snapshot_every
-        A full snapshot after this many deltas (bounds the work of a server starting from the store).
-        A snapshot makes every server reload the whole model, a stall of up to seconds for a large one: at
-        10 versions/s, one every 100 versions put freshness at p50 3.3 s, one every 1,000 at p50 134 ms
-        (bench/freshness.py, before snapshots left out their free rows).
+        Also publish a full snapshot of the model after this many deltas (None: only when a delta cannot
+        be published: the first version, after a restart or a rollback, changes the model could not track,
+        or a store that found damage it cannot compact past). The store bounds a server's start and its
+        retention by compacting on its own (`StoreConfig.compact_every`), from its files, off the
+        trainer's path; a snapshot of the model instead makes every server reload the whole model (at 10
+        versions/s, one every 100 versions put freshness at p50 3.3 s, bench/freshness.py).
     gate
         The publish gate's settings.
     rollback_poll_ms
@@ -52,7 +54,7 @@ class PublisherConfig:
 
     interval_ms: int = 1000
     every_events: int | None = None
-    snapshot_every: int = 1_000
+    snapshot_every: int | None = None
     gate: GateConfig = field(default_factory=GateConfig)
     rollback_poll_ms: int = 50
 
@@ -76,7 +78,7 @@ class ModelPublisher:
         self._clock = clock
         # The shadow starts as the candidate's twin; the first version is a snapshot of both.
         self.shadow: Model = copy.deepcopy(model)
-        self._deltas_since_snapshot = 0
+        self._deltas_since_snapshot: int | None = 0
         self._version = 0
         self._last_publish = -float("inf")
         self._events_since_publish = 0
@@ -231,7 +233,11 @@ class ModelPublisher:
         changes = self.model.drain_changes()
         events_trained += self._events_trained_before
         metadata = {**self.metadata, "events_trained": events_trained, "gate": decision.as_dict()}
-        if changes.complete and self._deltas_since_snapshot < self.config.snapshot_every:
+        # Adoption and rollback set the count to `snapshot_every`, None when the trainer never snapshots on
+        # its own: either way a snapshot is due. A store that found damage asks for one too.
+        since, every = self._deltas_since_snapshot, self.config.snapshot_every
+        delta_allowed = since is not None and (every is None or since < every)
+        if changes.complete and delta_allowed and self.store.snapshot_wanted is None:
             try:
                 version = self.store.publish_delta(
                     changes.rows, changes.replaced, metadata=metadata, base=self._version
@@ -241,7 +247,7 @@ class ModelPublisher:
                 # would not apply. Publish everything.
                 return self._publish_snapshot(events_trained, metadata)
             self.shadow.apply_changes(changes)
-            self._deltas_since_snapshot += 1
+            self._deltas_since_snapshot = (since or 0) + 1
             self._version = version
             return version
         return self._publish_snapshot(events_trained, metadata)
