@@ -248,6 +248,14 @@ class VersionInfo:
             object.__setattr__(self, "_json", cached)  # frozen: a cache, not a change of value
         return cached
 
+    def as_json_text(self) -> str:
+        """`as_json`'s entry as compact JSON, encoded once (the manifest holds one per line)."""
+        text = self.__dict__.get("_json_text")
+        if text is None:
+            text = json.dumps(self.as_json()[0], separators=(",", ":"))
+            object.__setattr__(self, "_json_text", text)
+        return text
+
     @classmethod
     def from_json(cls, entry: dict[str, Any], shared: dict[str, Any] | None = None) -> VersionInfo:
         tensors = {
@@ -338,20 +346,22 @@ class _Manifest:
         return max((v for v, info in self.versions.items() if info.full is not None), default=0)
 
     def to_bytes(self) -> bytes:
+        """The manifest file: one line per version, each encoded once per version rather than on every
+        publish (an indented dump of the whole document was most of a small delta's publish time)."""
         entries, shared = [], {}
         for version in sorted(self.versions):
-            entry, values = self.versions[version].as_json()
-            entries.append(entry)
-            shared.update(values)
-        document = {
-            "format": FORMAT,
-            "current": self.current,
-            "latest": self.latest,
-            "shared": shared,
-            "versions": entries,
-            "history": self.history,
-        }
-        return json.dumps(document, indent=1).encode()
+            info = self.versions[version]
+            entries.append(info.as_json_text())
+            shared.update(info.as_json()[1])
+        head = {"format": FORMAT, "current": self.current, "latest": self.latest}
+        lines = [
+            json.dumps(head)[:-1] + ",",
+            f'"shared": {json.dumps(shared)},',
+            '"versions": [',
+            ",\n".join(entries),
+            f'], "history": {json.dumps(self.history)}}}',
+        ]
+        return "\n".join(lines).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, path: Path) -> _Manifest:

@@ -95,6 +95,11 @@ def create_app(
     Gauge("freshrec_catalogue_items", "Items that can be recommended", registry=registry).set_function(
         lambda: runtime.catalogue_size
     )
+    Gauge(
+        "freshrec_store_degraded",
+        "1 while a version the store names cannot be loaded (the previous one is served)",
+        registry=registry,
+    ).set_function(lambda: float(runtime.served.health()["degraded"]))
 
     for name, help_text, field in (
         ("freshrec_gate_published", "Candidates the trainer's gate published", "published"),
@@ -176,6 +181,7 @@ def create_app(
             "current": runtime.store.current_version(),
             "versions": [info.metadata_json() for info in runtime.store.versions()],
             "gate": runtime.store.read_status().get("gate"),
+            "store": runtime.store_health(),
         }
 
     @app.post("/admin/rollback")
