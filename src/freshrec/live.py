@@ -93,13 +93,15 @@ class LiveLoop:
         assert self._output is not None
         return subprocess.Popen(command, stdout=self._output, stderr=self._output)
 
-    def start(self) -> LiveLoop:
-        """Start the server, wait until it answers, then start the trainer."""
+    def start(self, trainer: bool = True) -> LiveLoop:
+        """Start the server, wait until it answers, then start the trainer (unless `trainer` is False:
+        `start_trainer` starts it later)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._output = open(self.process_log, "a")  # noqa: SIM115 (closed in stop())
         try:
             self.start_server()
-            self.start_trainer()
+            if trainer:
+                self.start_trainer()
         except BaseException:
             self.stop()
             raise

@@ -5,7 +5,8 @@ unit tests of a store that heals (tests/publishing) and the end-to-end ones (tes
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from freshrec.evaluation.gate import GateConfig
@@ -21,6 +22,23 @@ from freshrec.training.online import OnlineTrainer, TrainerConfig
 #: A co-occurrence model small enough that a version takes milliseconds; `freshrec serve` rebuilds it from
 #: the spec every version records.
 SPEC = ModelSpec.of("cooccurrence", {"capacity": 1024, "max_neighbors": 16})
+
+
+class DamagingStore(ModelStore):
+    """A writer whose disk damages the next version file it writes once `damage_next` is set: after the
+    hash is taken, before the manifest names it, as when a file goes bad between its write and the first
+    read."""
+
+    damage_next = False
+
+    def _write_atomically(self, name: str, data: bytes | Sequence[memoryview]) -> None:
+        if self.damage_next and re.match(r"^v\d{10}\.(snapshot|delta)\.safetensors$", name):
+            self.damage_next = False
+            chunks = [data] if isinstance(data, bytes) else data
+            damaged = bytearray(b"".join(bytes(chunk) for chunk in chunks))
+            damaged[-5] ^= 0x01
+            data = bytes(damaged)
+        super()._write_atomically(name, data)
 
 
 def trainer(store: ModelStore) -> tuple[ModelPublisher, TrainingLoop]:

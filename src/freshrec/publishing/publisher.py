@@ -11,6 +11,7 @@ Never publishes a state with a non-finite value (the store refuses it too) and n
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +23,12 @@ from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, Scor
 from freshrec.interactions import Query
 from freshrec.models.base import Model
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
-from freshrec.publishing.store import DeltaBaseError, ModelStore
+from freshrec.publishing.store import DeltaBaseError, ModelStore, StoreCorruptError
 
 #: Gate decisions kept in the store's status file for servers to show.
 STATUS_DECISIONS = 20
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,7 +93,12 @@ class ModelPublisher:
         self._events_trained_before = 0
         self.last_decision: GateDecision | None = None
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
-        if not self._adopt_serving_version():
+        try:
+            adopted = self._adopt_serving_version()
+        except StoreCorruptError as error:  # no kept version loads from intact files
+            _log.warning("%s; starting afresh, learning the event log from its start", error)
+            adopted = False
+        if not adopted:
             self._publish_snapshot(events_trained=0)
 
     def _adopt_serving_version(self) -> bool:

@@ -269,6 +269,7 @@ class ServedModel:
                     self.version_created = info.created
             else:
                 self._advance_double_buffered(changes, info)
+            self._recovered(past_only=True)
 
     def _load(self, target: int) -> None:
         """A full load toward `target`: swapped in unless intact files lead only as far as the served
@@ -294,6 +295,7 @@ class ServedModel:
             self.version = loaded.version
             self.version_created = loaded.info.created
             self._standby_behind = False
+        self._recovered(past_only=True)
         _freeze_long_lived_objects()
 
     def _failed(self, version: int, error: Exception) -> None:
@@ -318,15 +320,17 @@ class ServedModel:
             )
         trouble.next_attempt = time.monotonic() + trouble.pause
 
-    def _recovered(self) -> None:
-        trouble, self._trouble = self._trouble, None
-        if trouble is not None:
+    def _recovered(self, past_only: bool = False) -> None:
+        """The version that failed is no longer in the way (`past_only`: only if the served version
+        reached it)."""
+        trouble = self._trouble
+        if trouble is not None and (not past_only or self.version >= trouble.version):
+            self._trouble = None
             _log.warning(
-                "store follower: serving version %d, the store's current one, after %d failed attempts at "
-                "version %d",
+                "store follower: serving version %d, past version %d, which failed to load %d times",
                 self.version,
-                trouble.attempts,
                 trouble.version,
+                trouble.attempts,
             )
 
     def _advance_double_buffered(self, changes: StateChanges, info: VersionInfo) -> None:
