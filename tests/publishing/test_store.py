@@ -342,6 +342,8 @@ def test_readers_of_an_empty_store_and_bad_config(tmp_path: Path) -> None:
         reader.load()
     with pytest.raises(ConfigError, match="keep_versions=0"):
         StoreConfig(tmp_path, keep_versions=0)
+    with pytest.raises(ConfigError, match=r"compact_every=21: between 1 and keep_versions \(20\)"):
+        StoreConfig(tmp_path, compact_every=21)
     assert issubclass(StoreLockedError, FreshrecError)
 
 

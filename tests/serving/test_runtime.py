@@ -2,8 +2,10 @@
 the item index follows every version (new items, evictions, full loads) and answers what exact scoring of
 that version would."""
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from freshrec.evaluation.gate import GateConfig
 from freshrec.events import Event, EventBatch
 from freshrec.models.base import VectorModel
 from freshrec.models.mf import BPRMatrixFactorization, MFConfig
-from freshrec.models.registry import create_model
+from freshrec.models.registry import create_model, model_names
 from freshrec.preprocess.encode import encode_ids
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
@@ -331,7 +333,7 @@ def test_a_version_that_fails_to_load_leaves_the_served_one_until_an_intact_one_
             loop.feed_events(stream_events(64 * 7, seed=3))  # 5-11
             store.wait_for_compaction()
             assert store.snapshot_wanted is not None
-            assert runtime.version == 3 and runtime.store_health()["failed_version"] == 11
+            assert wait_for(lambda: runtime.store_health()["failed_version"] == 11) and runtime.version == 3
             assert runtime.served.load_failures >= 2
             loop.feed_events(stream_events(64, seed=4))  # 12, a snapshot
             assert store.versions()[-1].kind == "snapshot"
@@ -361,3 +363,36 @@ def test_a_server_starts_on_the_newest_intact_version_or_unready_until_one_loads
         assert wait_for(lambda: runtime.ready and runtime.version == 31)
     finally:
         runtime.close()
+
+
+# ---------------------------------------------------------------------- full loads free what they replace
+@pytest.mark.parametrize("name", model_names())
+def test_a_model_is_freed_by_reference_counting_alone(name):
+    """A server freezes its long-lived objects instead of running full collections (they stalled every
+    request): a model holding a reference cycle would never be freed once replaced."""
+    twin = create_model(name)
+    twin.load_state_dict(create_model(name).state_dict())
+    gc.collect()
+    gc.disable()
+    try:
+        freed = weakref.ref(twin)
+        del twin
+        assert freed() is None, f"{name} holds a reference cycle"
+    finally:
+        gc.enable()
+
+
+def test_a_full_load_frees_the_model_copies_and_index_it_replaces(loop):
+    live = loop()
+    live.feed(events(100, users=8, items=range(20), seed=4))
+    early = live.store.current_version()
+    live.feed(events(100, users=8, items=range(20), start=100, seed=5))
+    served = live.runtime.served
+    replaced = [weakref.ref(thing) for thing in (served.model, served._standby, served.index)]
+    gc.disable()  # only reference counting may free them
+    try:
+        live.store.rollback(to=early, reason="test")  # a full load
+        assert wait_for(lambda: live.runtime.version == early)
+        assert wait_for(lambda: all(ref() is None for ref in replaced)), [ref() for ref in replaced]
+    finally:
+        gc.enable()

@@ -226,12 +226,14 @@ class ModelPublisher:
         request = pending_rollback(self.store.directory)
         if request is None or not answer_rollback(self.store, request):
             return None
-        state, _ = self.store.load(request.to)
+        # The version rolled back to, now current; or, if its files are damaged, the newest intact one
+        # before it, which is what servers load too.
+        state, loaded = self.store.load()
         self.model.load_state_dict(state)
         self.model.drain_changes()  # the store already holds everything the model now is
         self.shadow.load_state_dict(state)
         self._window = _Window()  # scored by the shadow that was just replaced
-        self._version = request.to
+        self._version = loaded.version
         # A delta must follow the newest version, which a rollback never is: the next publish is a snapshot.
         self._deltas_since_snapshot = self.config.snapshot_every
         self.last_decision = None

@@ -85,12 +85,12 @@ class StoreError(FreshrecError):
 class StoreCorruptError(StoreError):
     """A file the manifest names is missing, truncated or altered: it is never applied.
 
-    `missing` is True when a file was not there at all (retention of a newer manifest may have dropped it
-    between a reader's manifest read and its open: the reader looks again before calling it damage)."""
+    `missing_file` names a file that was not there at all (retention of a newer manifest may have dropped
+    it between a reader's manifest read and its open: the reader looks again before calling it damage)."""
 
-    def __init__(self, message: str, missing: bool = False) -> None:
+    def __init__(self, message: str, missing_file: str | None = None) -> None:
         super().__init__(message)
-        self.missing = missing
+        self.missing_file = missing_file
 
 
 class StoreLockedError(StoreError):
@@ -128,7 +128,7 @@ class StoreConfig:
         Write the full state of the newest version, from the store's own files and in a background thread,
         once this many versions followed the newest full state (None: ``keep_versions // 2``, at least 1).
         Larger: less writing, a shallower guaranteed rollback depth; at most ``keep_versions // 2`` the
-        writer never waits for a compaction.
+        writer never waits for a compaction, and it may not exceed `keep_versions`.
     fsync
         Flush every file and the directory to disk before the manifest names it (off: faster, for tests
         and benchmarks only; a power loss may then leave a manifest naming an empty file).
@@ -148,10 +148,11 @@ class StoreConfig:
             raise ConfigError(
                 f"StoreConfig.keep_versions={self.keep_versions}: keep at least 1 version (default 20)"
             )
-        if self.compact_every is not None and self.compact_every < 1:
+        if self.compact_every is not None and not 1 <= self.compact_every <= self.keep_versions:
             raise ConfigError(
-                f"StoreConfig.compact_every={self.compact_every}: compact at least every version, or leave "
-                "it unset (keep_versions // 2)"
+                f"StoreConfig.compact_every={self.compact_every}: between 1 and keep_versions "
+                f"({self.keep_versions}), since one of the newest keep_versions needs its full state; or "
+                "leave it unset (keep_versions // 2)"
             )
 
     @property
@@ -446,6 +447,7 @@ class ModelStore:
             self._remove_unnamed_files()
             if self._read_backup:  # heal manifest.json now; its damaged bytes must not become the backup
                 self._replace_manifest(manifest, backup=False)
+                self._read_backup = False
         except BaseException:
             self.close()
             raise
@@ -531,10 +533,10 @@ class ModelStore:
                 else:
                     state, loaded = self._load_exactly(manifest, version, damaged)
             except StoreCorruptError:
-                if attempt < 2 and self._dropped_meanwhile(manifest, damaged):
+                if attempt < 2 and self._dropped_meanwhile(damaged):
                     continue
                 raise
-            if damaged and attempt < 2 and self._dropped_meanwhile(manifest, damaged):
+            if damaged and attempt < 2 and self._dropped_meanwhile(damaged):
                 continue
             if damaged:
                 self._report_damage(manifest.current if version is None else version, loaded)
@@ -552,7 +554,7 @@ class ModelStore:
         try:
             return self._read_delta(info)
         except StoreCorruptError as error:
-            if self._dropped_meanwhile(manifest, [error]):
+            if self._dropped_meanwhile([error]):
                 raise VersionNotFoundError(
                     f"version {version} was dropped while being read; load() the current version"
                 ) from error
@@ -707,6 +709,14 @@ class ModelStore:
         except (FileNotFoundError, ValueError):
             return {}
 
+    def compact(self, version: int) -> None:
+        """Write the full state of delta `version` now, in this thread: what the writer's background
+        compaction does every `StoreConfig.compact_every` versions (a benchmark, or an operator who wants a
+        server's start to read one file). A failure is logged and sets `snapshot_wanted`."""
+        self._writer_manifest("compact")
+        self.wait_for_compaction()
+        self._compact(version)
+
     def wait_for_compaction(self, timeout: float | None = None) -> None:
         """Block until the compaction in progress, if any, has finished (tests, benchmarks, shutdown)."""
         if self._compaction is not None:
@@ -819,7 +829,7 @@ class ModelStore:
                 return
             damaged: list[StoreCorruptError] = []
             found = self._load_along(manifest, version, damaged)
-            if self._dropped_meanwhile(manifest, damaged):
+            if self._dropped_meanwhile(damaged):
                 return  # retention dropped the files we were reading: the version went with them
             if found is None or found[1].version != version:
                 self._compaction_failed(version, "; ".join(map(str, damaged)))
@@ -963,9 +973,10 @@ class ModelStore:
             return cached
         return self._read_manifest() or _Manifest()
 
-    def _dropped_meanwhile(self, manifest: _Manifest, damaged: list[StoreCorruptError]) -> bool:
-        """Whether a missing file is explained by a newer manifest (its retention dropped the file)."""
-        return any(error.missing for error in damaged) and self._current_manifest() is not manifest
+    def _dropped_meanwhile(self, damaged: list[StoreCorruptError]) -> bool:
+        """Whether a file found missing is one the manifest no longer names (retention dropped it)."""
+        missing = {error.missing_file for error in damaged if error.missing_file is not None}
+        return bool(missing - self._current_manifest().files())
 
     def _load_newest_intact(
         self, manifest: _Manifest, damaged: list[StoreCorruptError]
@@ -982,7 +993,7 @@ class ModelStore:
         raise StoreCorruptError(
             f"no kept version up to the current one ({manifest.current}) of {self.directory} loads from "
             f"intact files: {'; '.join(map(str, damaged))}; restart the trainer (it publishes a snapshot)",
-            missing=any(error.missing for error in damaged),
+            next((error.missing_file for error in damaged if error.missing_file), None),
         )
 
     def _load_exactly(
@@ -994,7 +1005,7 @@ class ModelStore:
             raise StoreCorruptError(
                 f"version {version} cannot be loaded: {'; '.join(map(str, damaged))}; stay on the version "
                 "you hold or roll back to another kept version",
-                missing=any(error.missing for error in damaged),
+                next((error.missing_file for error in damaged if error.missing_file), None),
             )
         return found[0], dataclasses.replace(found[1], damaged=tuple(map(str, damaged)))
 
@@ -1050,7 +1061,7 @@ class ModelStore:
             with open(path, "rb") as file:  # once open, a concurrent unlink cannot take the bytes away
                 data = file.read()
         except FileNotFoundError:
-            raise StoreCorruptError(f"version {version} file {path} is missing", missing=True) from None
+            raise StoreCorruptError(f"version {version} file {path} is missing", ref.file) from None
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != ref.size or digest != ref.sha256:
             raise StoreCorruptError(

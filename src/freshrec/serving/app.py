@@ -97,9 +97,10 @@ def create_app(
     )
     Gauge(
         "freshrec_store_degraded",
-        "1 while a version the store names cannot be loaded (the previous one is served)",
+        "1 while a version the store names cannot be loaded (an older one is served) or the manifest is "
+        "read from its backup",
         registry=registry,
-    ).set_function(lambda: float(runtime.served.health()["degraded"]))
+    ).set_function(lambda: float(bool(runtime.store_health()["degraded"])))
 
     for name, help_text, field in (
         ("freshrec_gate_published", "Candidates the trainer's gate published", "published"),

@@ -24,7 +24,7 @@ from freshrec.models.registry import ModelSpec
 from freshrec.preprocess.encode import encode_ids, encode_int
 from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
 from freshrec.preprocess.validate import Rejection
-from freshrec.publishing.store import ModelStore
+from freshrec.publishing.store import ModelStore, StoreError
 from freshrec.serving.config import ServingConfig
 from freshrec.serving.follower import EventFollower
 from freshrec.serving.served import ServedModel, limit_faiss_threads
@@ -136,8 +136,14 @@ class ServingRuntime:
         (`ModelStore.health`) and what the writer last said of it (``writer``, from its status file);
         ``degraded`` when this server could not load a version the store names or read the manifest only
         from its backup."""
-        health: dict[str, object] = {**self.store.health(), **self.served.health()}
-        health["degraded"] = bool(health["degraded"] or health["manifest_from_backup"])
+        try:
+            store: dict[str, object] = self.store.health()
+        except StoreError as error:  # the manifest and its backup are both damaged
+            store = {"manifest_from_backup": False, "manifest_problem": str(error)}
+        health: dict[str, object] = {**store, **self.served.health()}
+        health["degraded"] = bool(
+            health["degraded"] or health["manifest_from_backup"] or "manifest_problem" in health
+        )
         health["writer"] = self.store.read_status().get("store")
         return health
 

@@ -299,11 +299,12 @@ class ServedModel:
         _freeze_long_lived_objects()
 
     def _failed(self, version: int, error: Exception) -> None:
-        """Record a failed attempt at `version`: said once per version and problem, retried with a growing
-        pause."""
+        """Record a failed attempt at `version`: said once per problem (the versions after a damaged delta
+        fail for the same reason), retried with a growing pause."""
         self.load_failures += 1
         trouble, problem = self._trouble, str(error) or type(error).__name__
-        if trouble is not None and trouble.version == version and trouble.problem == problem:
+        if trouble is not None and trouble.problem == problem:
+            trouble.version = version
             trouble.attempts += 1
             trouble.pause = min(RETRY_MOST_SECONDS, trouble.pause * 2)
         else:
@@ -367,10 +368,11 @@ def _freeze_long_lived_objects() -> None:
 
     A serving process holds a few hundred thousand long-lived objects (the model, torch, FastAPI); every
     full collection walks them all with the GIL held: 150-180 ms measured with 100,000 items, every request
-    in flight delayed by as much (once in a 3-minute run of bench/serving.py). Frozen, they are still freed by
-    reference counting when dropped; only reference cycles among them would outlive a replaced model, so
-    each full load first lets one collection see everything (a one-off pause at startup or a rollback).
+    in flight delayed by as much (once in a 3-minute run of bench/serving.py). Frozen, they are still freed
+    by reference counting when dropped, which is how a replaced model goes: no registered model holds a
+    reference cycle (tests/serving/test_runtime.py checks every one). So only the young generations are
+    collected here, not everything: a full collection after each full load stalled every request for as
+    long as it took (bench/full_load.py).
     """
-    gc.unfreeze()
-    gc.collect()
+    gc.collect(1)
     gc.freeze()
