@@ -1,5 +1,6 @@
-"""Model store figures: publishing a full snapshot vs a row delta of an MF-sized state, their bytes, and the
-reader's costs (full load, load through a delta, and a serving process applying only the delta).
+"""Model store figures: publishing a full snapshot vs a row delta of an MF-sized state, their bytes, the
+reader's costs (full load, load through a delta, and a serving process applying only the delta), and a
+compaction (the whole state of a delta version written by the store from its files).
 
 Usage: `python bench/store.py [--rows 100000] [--touched 5000] [--repeats 5] [--no-fsync] [--no-write]`
 
@@ -83,7 +84,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     state = mf_like_state(args.rows, rng)
     times: dict[str, list[float]] = {
-        k: [] for k in ("snapshot", "delta", "load_snapshot", "load_delta", "read_apply")
+        k: [] for k in ("snapshot", "delta", "load_snapshot", "load_delta", "read_apply", "compact")
     }
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="freshrec-store-bench-") as folder:
@@ -100,8 +101,12 @@ def main() -> int:
             times["load_delta"].append(timed(lambda: reader.load(delta))[0])  # noqa: B023
             # A server holding the snapshot reads and applies only the delta.
             times["read_apply"].append(timed(lambda: apply_delta(held, reader.read_delta(delta)))[0])  # noqa: B023
+            # What the writer does in the background every compact_every versions, here in the foreground.
+            times["compact"].append(timed(lambda: store.compact(delta))[0])  # noqa: B023
             info = {i.version: i for i in reader.versions()}
+            assert info[delta].compacted is not None
             sizes = {"snapshot": info[snapshot].size, "delta": info[delta].size}
+            sizes["compacted"] = info[delta].compacted.size
         store.close()
 
     tensor_bytes = sum(a.nbytes for a in state.values())
@@ -124,6 +129,12 @@ def main() -> int:
         ["load snapshot (verify + parse)", ms(times["load_snapshot"]), f"{sizes['snapshot']:,}", ""],
         ["load snapshot + delta", ms(times["load_delta"]), f"{sizes['snapshot'] + sizes['delta']:,}", ""],
         ["server: read_delta + apply_delta", ms(times["read_apply"]), f"{sizes['delta']:,}", ""],
+        [
+            "compaction (writer's background thread): read snapshot + delta, write the full state",
+            ms(times["compact"]),
+            f"{sizes['snapshot'] + sizes['delta'] + sizes['compacted']:,}",
+            "",
+        ],
     ]
     lines.append(markdown_table(["operation", "ms (median)", "bytes read/written", "vs snapshot"], table))
     lines.append(

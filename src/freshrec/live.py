@@ -96,13 +96,15 @@ class LiveLoop:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.Popen(command, stdout=self._output, stderr=self._output, env=environment)
 
-    def start(self) -> LiveLoop:
-        """Start the server, wait until it answers, then start the trainer."""
+    def start(self, trainer: bool = True) -> LiveLoop:
+        """Start the server, wait until it answers, then start the trainer (unless `trainer` is False:
+        `start_trainer` starts it later)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._output = open(self.process_log, "a")  # noqa: SIM115 (closed in stop())
         try:
             self.start_server()
-            self.start_trainer()
+            if trainer:
+                self.start_trainer()
         except BaseException:
             self.stop()
             raise

@@ -118,8 +118,9 @@ class PublishingSettings:
         The model store directory.
     interval_ms, every_events, snapshot_every, rollback_poll_ms
         See `freshrec.publishing.publisher.PublisherConfig`.
-    keep_versions
-        Versions kept for rollback (see `freshrec.publishing.store.StoreConfig`).
+    keep_versions, compact_every
+        Versions kept for rollback, and how often the store writes a full state of its own (see
+        `freshrec.publishing.store.StoreConfig`).
     fsync
         Flush every version file before the manifest names it.
     gate
@@ -129,9 +130,10 @@ class PublishingSettings:
     store: Path = Path("runs/store")
     interval_ms: int = 1000
     every_events: int | None = None
-    snapshot_every: int = 1_000
+    snapshot_every: int | None = None
     rollback_poll_ms: int = 50
     keep_versions: int = 20
+    compact_every: int | None = None
     fsync: bool = True
     gate: GateConfig = field(default_factory=GateConfig)
 
@@ -145,7 +147,9 @@ class PublishingSettings:
         )
 
     def store_config(self) -> StoreConfig:
-        return StoreConfig(self.store, keep_versions=self.keep_versions, fsync=self.fsync)
+        return StoreConfig(
+            self.store, keep_versions=self.keep_versions, compact_every=self.compact_every, fsync=self.fsync
+        )
 
 
 @dataclass

@@ -139,9 +139,10 @@ def test_a_chain_of_deltas_loads_every_version(tmp_path: Path) -> None:
 
 def test_retention_keeps_every_kept_version_loadable_and_deletes_old_files(tmp_path: Path) -> None:
     expected: dict[int, dict[str, np.ndarray]] = {}
-    with writer(tmp_path, keep=3) as store:
-        for version in range(1, 13):
-            if version in (1, 5, 10):  # snapshots at 1, 5, 10; deltas in between
+    with writer(tmp_path, keep=4) as store:  # compacts every 2 versions
+        assert store.config.compaction_interval == 2
+        for version in range(1, 21):
+            if version in (1, 9):  # snapshots of the trainer at 1 and 9; deltas otherwise
                 expected[version] = make_state(version)
                 store.publish_snapshot(expected[version], {})
             else:
@@ -149,18 +150,23 @@ def test_retention_keeps_every_kept_version_loadable_and_deletes_old_files(tmp_p
                 store.publish_delta(rows, {}, {}, base=version - 1)
                 expected[version] = by_hand(expected[version - 1], rows, {})
             kept = [info.version for info in store.versions()]
-            # the last 3 versions, plus the snapshot (and deltas) their loading starts from
-            newest = list(range(max(1, version - 2), version + 1))
-            start = max(s for s in (1, 5, 10) if s <= newest[0])
-            assert kept == list(range(start, version + 1))
-    assert kept == [10, 11, 12]  # versions 5-9 and their files are gone
+            # At most 4 versions; whole chains go, so the newest 4 - 2 + 1 are always there.
+            assert len(kept) <= 4 and kept[-3:] == list(range(max(1, version - 2), version + 1)), kept
+            assert store.versions()[0].full is not None  # the oldest kept loads from kept files alone
+        store.wait_for_compaction()
+        kinds = {info.version: (info.kind, info.compacted is not None) for info in store.versions()}
+    assert kept == [17, 18, 19, 20]
+    # Versions keep their kind: a server following deltas applies them and never reloads for a compaction.
+    assert [kinds[v] for v in kept] == [("delta", True), ("delta", False), ("delta", True), ("delta", False)]
     reader = ModelStore.open(tmp_path)
     for version in kept:
         assert_states_equal(reader.load(version)[0], expected[version])
+    assert reader.load()[1].snapshot == 19  # a server starting now reads two files
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == sorted(["manifest.json", "writer.lock", *(i.file for i in reader.versions())])
-    with pytest.raises(VersionNotFoundError, match=r"kept versions: \[10, 11, 12\]"):
-        reader.load(9)
+    named = [name for info in reader.versions() for name in info.files]
+    assert files == sorted(["manifest.json", "manifest.json.prev", "writer.lock", *named])
+    with pytest.raises(VersionNotFoundError, match=r"kept versions: \[17, 18, 19, 20\]"):
+        reader.load(16)
 
 
 def test_rollback_then_load_and_a_delta_after_it_is_refused(tmp_path: Path) -> None:
@@ -269,7 +275,12 @@ def test_a_damaged_version_file_is_detected_and_never_applied(tmp_path: Path) ->
     flipped[-5] ^= 0x01  # one bit of the tensor data, header intact: only the hash can tell
     latest.write_bytes(bytes(flipped))
     with pytest.raises(StoreCorruptError, match="version 3"):
-        reader.load()
+        reader.load(3)
+    # Loading the current version falls back to the newest version intact files lead to: 2 is cut, so 1.
+    loaded_state, loaded = reader.load()
+    assert loaded.version == 1 and len(loaded.damaged) == 2
+    assert "v0000000003.snapshot" in loaded.damaged[0] and "v0000000002.delta" in loaded.damaged[1]
+    assert_states_equal(loaded_state, state)
     # The healthy version still loads, and a server holding it keeps it.
     assert_states_equal(reader.load(1)[0], state)
     delta.write_bytes(good)
@@ -331,6 +342,8 @@ def test_readers_of_an_empty_store_and_bad_config(tmp_path: Path) -> None:
         reader.load()
     with pytest.raises(ConfigError, match="keep_versions=0"):
         StoreConfig(tmp_path, keep_versions=0)
+    with pytest.raises(ConfigError, match=r"compact_every=21: between 1 and keep_versions \(20\)"):
+        StoreConfig(tmp_path, compact_every=21)
     assert issubclass(StoreLockedError, FreshrecError)
 
 
@@ -461,13 +474,16 @@ def test_random_snapshot_delta_rollback_sequences_match_an_in_memory_model(ops: 
                     continue
                 store.rollback(seed)
                 current = seed
+            store.wait_for_compaction()  # deterministic examples: a compaction commits before the checks
             kept = [i.version for i in reader.versions()]
             assert reader.current_version() == current and current in kept
-            assert kept[-min(keep, latest) :] == list(range(latest - min(keep, latest) + 1, latest + 1))
+            # Whole chains go: at most `keep` versions, the newest `keep - compact_every + 1` always.
+            depth = min(keep - store.config.compaction_interval + 1, latest)
+            assert len(kept) <= keep and kept[-depth:] == list(range(latest - depth + 1, latest + 1))
             assert_states_equal(reader.load()[0], expected[current])
         for version in kept:
             assert_states_equal(reader.load(version)[0], expected[version])
-        names = {i.file for i in reader.versions()}
+        names = {name for info in reader.versions() for name in info.files}
         assert {p.name for p in Path(folder).glob("*.safetensors")} == names
         store.close()
 
@@ -518,7 +534,7 @@ def test_repeated_metadata_is_stored_once_in_the_manifest_and_read_back_whole(tm
             rows = {"w": (np.array([n % 4]), np.full((1,), float(n), np.float32))}
             store.publish_delta(rows, {}, metadata={"config": config, "events": n}, base=n)
     document = json.loads((tmp_path / "manifest.json").read_text())
-    assert len(document["shared"]) == 1 and document["format"] == 2
+    assert len(document["shared"]) == 1 and document["format"] == 3
     assert all(set(entry["metadata"]["config"]) == {"shared"} for entry in document["versions"])
     reader = ModelStore.open(tmp_path)
     assert all(info.metadata["config"] == config for info in reader.versions())

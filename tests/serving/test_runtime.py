@@ -2,8 +2,10 @@
 the item index follows every version (new items, evictions, full loads) and answers what exact scoring of
 that version would."""
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from freshrec.evaluation.gate import GateConfig
 from freshrec.events import Event, EventBatch
 from freshrec.models.base import VectorModel
 from freshrec.models.mf import BPRMatrixFactorization, MFConfig
-from freshrec.models.registry import create_model
+from freshrec.models.registry import create_model, model_names
 from freshrec.preprocess.encode import encode_ids
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
@@ -21,6 +23,8 @@ from freshrec.serving.retrieval import RetrievalConfig
 from freshrec.serving.runtime import ServingConfig, ServingRuntime
 from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
+from tests.publishing.store_damage import DamagingStore, trainer, truncate, write_store
+from tests.publishing.store_damage import events as stream_events
 
 EXACT = RetrievalConfig()
 ANN = RetrievalConfig(exact_below=40, nprobe=64, initial_capacity=8)  # IVF from 40 items on
@@ -302,3 +306,93 @@ def test_a_two_tower_model_is_re_embedded_whole_when_its_item_tower_changes(loop
     found, scores = runtime.served.index.search(query, k=len(keys))
     expected = runtime.served.model.item_vectors(found[0]) @ query[0]
     np.testing.assert_allclose(scores[0], expected, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- a store with damage
+def started(tmp_path) -> ServingRuntime:
+    runtime = ServingRuntime(ServingConfig(user_capacity=1000), tmp_path / "store", tmp_path / "log")
+    runtime.start()
+    return runtime
+
+
+def test_a_version_that_fails_to_load_leaves_the_served_one_until_an_intact_one_comes(tmp_path):
+    with DamagingStore(StoreConfig(tmp_path / "store", keep_versions=20, fsync=False)) as store:
+        _, loop = trainer(store)
+        loop.feed_events(stream_events(64 * 2))  # versions 1-3
+        runtime = started(tmp_path)
+        try:
+            assert wait_for(lambda: runtime.version == 3)
+            store.damage_next = True
+            loop.feed_events(stream_events(64, seed=2))  # version 4, damaged on disk
+            assert wait_for(lambda: runtime.served.health()["degraded"])
+            health = runtime.store_health()
+            assert health["failed_version"] == 4 and "v0000000004.delta.safetensors" in health["problem"]
+            assert runtime.version == 3 and runtime.recommend("u1", k=5).model_version == 3
+            # Deltas on the damaged one cannot be applied; the compaction due at 11 (1 + 10) finds the
+            # damage and the trainer's next version is a snapshot, which the server takes.
+            loop.feed_events(stream_events(64 * 7, seed=3))  # 5-11
+            store.wait_for_compaction()
+            assert store.snapshot_wanted is not None
+            assert wait_for(lambda: runtime.store_health()["failed_version"] == 11) and runtime.version == 3
+            assert runtime.served.load_failures >= 2
+            loop.feed_events(stream_events(64, seed=4))  # 12, a snapshot
+            assert store.versions()[-1].kind == "snapshot"
+            assert wait_for(lambda: runtime.version == 12 and not runtime.served.health()["degraded"])
+            assert runtime.recommend("u1", k=5).model_version == 12
+        finally:
+            runtime.close()
+
+
+def test_a_server_starts_on_the_newest_intact_version_or_unready_until_one_loads(tmp_path):
+    write_store(tmp_path / "store")  # versions 11-30, current 30
+    truncate(tmp_path / "store" / ModelStore.open(tmp_path / "store").versions()[-1].file)
+    runtime = started(tmp_path)
+    try:
+        assert runtime.ready and runtime.version == 29
+        assert runtime.store_health()["degraded"] and runtime.store_health()["failed_version"] == 30
+    finally:
+        runtime.close()
+    for info in ModelStore.open(tmp_path / "store").versions():
+        if info.full is not None:
+            truncate(tmp_path / "store" / info.full.file)
+    runtime = started(tmp_path)
+    try:
+        assert not runtime.ready and "no kept version" in runtime.store_health()["problem"]
+        with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+            trainer(store)  # a restarted trainer: it starts afresh and publishes a snapshot
+        assert wait_for(lambda: runtime.ready and runtime.version == 31)
+    finally:
+        runtime.close()
+
+
+# ---------------------------------------------------------------------- full loads free what they replace
+@pytest.mark.parametrize("name", model_names())
+def test_a_model_is_freed_by_reference_counting_alone(name):
+    """A server freezes its long-lived objects instead of running full collections (they stalled every
+    request): a model holding a reference cycle would never be freed once replaced."""
+    twin = create_model(name)
+    twin.load_state_dict(create_model(name).state_dict())
+    gc.collect()
+    gc.disable()
+    try:
+        freed = weakref.ref(twin)
+        del twin
+        assert freed() is None, f"{name} holds a reference cycle"
+    finally:
+        gc.enable()
+
+
+def test_a_full_load_frees_the_model_copies_and_index_it_replaces(loop):
+    live = loop()
+    live.feed(events(100, users=8, items=range(20), seed=4))
+    early = live.store.current_version()
+    live.feed(events(100, users=8, items=range(20), start=100, seed=5))
+    served = live.runtime.served
+    replaced = [weakref.ref(thing) for thing in (served.model, served._standby, served.index)]
+    gc.disable()  # only reference counting may free them
+    try:
+        live.store.rollback(to=early, reason="test")  # a full load
+        assert wait_for(lambda: live.runtime.version == early)
+        assert wait_for(lambda: all(ref() is None for ref in replaced)), [ref() for ref in replaced]
+    finally:
+        gc.enable()

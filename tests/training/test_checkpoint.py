@@ -168,7 +168,7 @@ def test_a_restored_publisher_holds_versions_until_past_the_served_position(tmp_
         publisher = ModelPublisher(model, store, publishing, metadata={"model": {"name": "popularity"}})
         return training_loop(model, checkpoints, publisher)
 
-    with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+    with ModelStore(StoreConfig(tmp_path / "store", keep_versions=1000, fsync=False)) as store:
         first = loop_over(store)
         run_from(first, tmp_path / "log", "earliest", stop_after=4)
         first.checkpoint(wait=True)
@@ -177,7 +177,7 @@ def test_a_restored_publisher_holds_versions_until_past_the_served_position(tmp_
         assert served_offset == 10 * READ
         versions_before = store.current_version()
 
-    with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+    with ModelStore(StoreConfig(tmp_path / "store", keep_versions=1000, fsync=False)) as store:
         restored = loop_over(store)
         saved = checkpoints.newest_intact()
         assert saved is not None and saved.position == 4 * READ

@@ -11,6 +11,7 @@ Never publishes a state with a non-finite value (the store refuses it too) and n
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +24,12 @@ from freshrec.evaluation.prequential import RankingMetrics
 from freshrec.interactions import Query
 from freshrec.models.base import Model
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
-from freshrec.publishing.store import DeltaBaseError, ModelStore
+from freshrec.publishing.store import DeltaBaseError, ModelStore, StoreCorruptError
 
 #: Gate decisions kept in the store's status file for servers to show.
 STATUS_DECISIONS = 20
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +43,12 @@ class PublisherConfig:
     every_events
         Also publish after this many trained events, whichever comes first (None: time only).
     snapshot_every
-        A full snapshot after this many deltas (bounds the work of a server starting from the store).
-        A snapshot makes every server reload the whole model, a stall of up to seconds for a large one: at
-        10 versions/s, one every 100 versions put freshness at p50 3.3 s, one every 1,000 at p50 134 ms
-        (bench/freshness.py, before snapshots left out their free rows).
+        Also publish a full snapshot of the model after this many deltas (None: only when a delta cannot
+        be published: the first version, after a restart or a rollback, changes the model could not track,
+        or a store that found damage it cannot compact past). The store bounds a server's start and its
+        retention by compacting on its own (`StoreConfig.compact_every`), from its files, off the
+        trainer's path; a snapshot of the model instead makes every server reload the whole model (at 10
+        versions/s, one every 100 versions put freshness at p50 3.3 s, bench/freshness.py).
     gate
         The publish gate's settings.
     rollback_poll_ms
@@ -53,7 +58,7 @@ class PublisherConfig:
 
     interval_ms: int = 1000
     every_events: int | None = None
-    snapshot_every: int = 1_000
+    snapshot_every: int | None = None
     gate: GateConfig = field(default_factory=GateConfig)
     rollback_poll_ms: int = 50
 
@@ -77,7 +82,7 @@ class ModelPublisher:
         self._clock = clock
         # The shadow starts as the candidate's twin; the first version is a snapshot of both.
         self.shadow: Model = copy.deepcopy(model)
-        self._deltas_since_snapshot = 0
+        self._deltas_since_snapshot: int | None = 0
         self._version = 0
         self._last_publish = -float("inf")
         self._events_since_publish = 0
@@ -93,7 +98,12 @@ class ModelPublisher:
         self._trained = 0  # events the trainer had learned at the last `consider` (its own count)
         self.last_decision: GateDecision | None = None
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
-        if not self._adopt_serving_version():
+        try:
+            adopted = self._adopt_serving_version()
+        except StoreCorruptError as error:  # no kept version loads from intact files
+            _log.warning("%s; starting afresh, learning the event log from its start", error)
+            adopted = False
+        if not adopted:
             self._publish_snapshot(events_trained=0)
 
     def _adopt_serving_version(self) -> bool:
@@ -291,14 +301,16 @@ class ModelPublisher:
         request = pending_rollback(self.store.directory)
         if request is None or not answer_rollback(self.store, request):
             return None
-        state, loaded = self.store.load(request.to)
+        # The version rolled back to, now current; or, if its files are damaged, the newest intact one
+        # before it, which is what servers load too.
+        state, loaded = self.store.load()
         # `events_trained` counts what the served parameters learned: from now on, the chosen version's.
         self._events_trained_before = int(loaded.metadata.get("events_trained", 0)) - self._trained
         self.model.load_state_dict(state)
         self.model.drain_changes()  # the store already holds everything the model now is
         self.shadow.load_state_dict(state)
         self._window = _Window()  # scored by the shadow that was just replaced
-        self._version = request.to
+        self._version = loaded.version
         # A delta must follow the newest version, which a rollback never is: the next publish is a snapshot.
         self._deltas_since_snapshot = self.config.snapshot_every
         self.last_decision = None
@@ -308,7 +320,11 @@ class ModelPublisher:
         changes = self.model.drain_changes()
         events_trained += self._events_trained_before
         metadata = {**self.metadata, "events_trained": events_trained, "gate": decision.as_dict()}
-        if changes.complete and self._deltas_since_snapshot < self.config.snapshot_every:
+        # Adoption and rollback set the count to `snapshot_every`, None when the trainer never snapshots on
+        # its own: either way a snapshot is due. A store that found damage asks for one too.
+        since, every = self._deltas_since_snapshot, self.config.snapshot_every
+        delta_allowed = since is not None and (every is None or since < every)
+        if changes.complete and delta_allowed and self.store.snapshot_wanted is None:
             try:
                 version = self.store.publish_delta(
                     changes.rows, changes.replaced, metadata=metadata, base=self._version
@@ -318,7 +334,7 @@ class ModelPublisher:
                 # would not apply. Publish everything.
                 return self._publish_snapshot(events_trained, metadata)
             self.shadow.apply_changes(changes)
-            self._deltas_since_snapshot += 1
+            self._deltas_since_snapshot = (since or 0) + 1
             self._version = version
             return version
         return self._publish_snapshot(events_trained, metadata)

@@ -4,13 +4,20 @@ atomically replaced manifest, written by one trainer and read by any number of s
 Layout of the directory::
 
     manifest.json                        the only source of truth: kept versions, `current`, history
+    manifest.json.prev                   the manifest before the last one, read when manifest.json is damaged
     v0000000007.snapshot.safetensors     a full state
     v0000000008.delta.safetensors        rows/<name>, values/<name>, replaced/<name> relative to version 7
+    v0000000010.snapshot.safetensors     the full state of delta version 10, written by the store (compaction)
     writer.lock                          held (fcntl) by the one writer
 
 A version file is written under a temporary name, fsynced and renamed before the manifest that names it,
 and the manifest records each file's size and sha256: a reader trusts only files the manifest names and
-verifies them before use, so a half-written, damaged or stray file is never applied.
+verifies them before use, so a half-written, damaged or stray file is never applied. A reader that finds
+the current version damaged loads the newest intact version before it (and says which, naming the file).
+
+The writer compacts: every `StoreConfig.compact_every` versions it writes the newest delta version's full
+state from the files alone (no model), in a background thread, so the oldest kept version always loads
+from kept files and retention can drop whole chains; servers following deltas never reload for it.
 
 It must never unpickle anything (safetensors and JSON only: a model file cannot run code), never let a
 non-finite value into a version, and never modify or delete a file that the manifest still names.
@@ -23,11 +30,13 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
-import struct
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,15 +44,19 @@ from typing import Any, Literal
 import numpy as np
 from safetensors.numpy import load as load_tensors
 
+from freshrec.durable import safetensors_chunks, write_atomically
 from freshrec.errors import ConfigError, FreshrecError
 
 MANIFEST = "manifest.json"
+#: The manifest before the last replace (a hard link to its file: no bytes written), read when
+#: `MANIFEST` is damaged or missing.
+MANIFEST_BACKUP = "manifest.json.prev"
 LOCK_FILE = "writer.lock"
 #: The writer's latest state for operators (the publish gate's decisions): replaced, never appended.
 STATUS = "status.json"
-FORMAT = 2
-#: Manifest formats this freshrec reads: 1 wrote every version's metadata inline.
-READABLE_FORMATS = (1, 2)
+FORMAT = 3
+#: Manifest formats this freshrec reads: 1 wrote every version's metadata inline, 2 had no compaction.
+READABLE_FORMATS = (1, 2, 3)
 #: Metadata values that repeat from version to version (the model's spec, the whole configuration):
 #: the manifest holds each distinct one once, in ``shared``, and versions name it by digest. Without it a
 #: manifest of a few hundred versions grew to megabytes, rewritten on every publish and re-read by every
@@ -62,13 +75,22 @@ _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what safetensors store
 VersionKind = Literal["snapshot", "delta"]
 State = dict[str, np.ndarray]
 
+_log = logging.getLogger(__name__)
+
 
 class StoreError(FreshrecError):
     """The model store cannot do what was asked (wrong base, unknown version, invalid state...)."""
 
 
 class StoreCorruptError(StoreError):
-    """A file the manifest names is missing, truncated or altered: it is never applied."""
+    """A file the manifest names is missing, truncated or altered: it is never applied.
+
+    `missing_file` names a file that was not there at all (retention of a newer manifest may have dropped
+    it between a reader's manifest read and its open: the reader looks again before calling it damage)."""
+
+    def __init__(self, message: str, missing_file: str | None = None) -> None:
+        super().__init__(message)
+        self.missing_file = missing_file
 
 
 class StoreLockedError(StoreError):
@@ -99,17 +121,26 @@ class StoreConfig:
     directory
         The store's directory (created by the writer).
     keep_versions
-        Keep the last N versions; older ones are dropped unless a kept delta needs them to load.
+        The most versions kept on disk, each loadable from kept files alone; nothing older stays. Versions
+        go in whole chains (a compacted version and the deltas after it), so the newest
+        ``keep_versions - compact_every + 1`` are always kept, the newest `keep_versions` most of the time.
+    compact_every
+        Write the full state of the newest version, from the store's own files and in a background thread,
+        once this many versions followed the newest full state (None: ``keep_versions // 2``, at least 1).
+        Larger: less writing, a shallower guaranteed rollback depth; at most ``keep_versions // 2`` the
+        writer never waits for a compaction, and it may not exceed `keep_versions`.
     fsync
         Flush every file and the directory to disk before the manifest names it (off: faster, for tests
         and benchmarks only; a power loss may then leave a manifest naming an empty file).
 
-    >>> StoreConfig("/tmp/store").keep_versions
-    20
+    >>> config = StoreConfig("/tmp/store")
+    >>> config.keep_versions, config.compaction_interval
+    (20, 10)
     """
 
     directory: str | Path
     keep_versions: int = 20
+    compact_every: int | None = None
     fsync: bool = True
 
     def __post_init__(self) -> None:
@@ -117,6 +148,26 @@ class StoreConfig:
             raise ConfigError(
                 f"StoreConfig.keep_versions={self.keep_versions}: keep at least 1 version (default 20)"
             )
+        if self.compact_every is not None and not 1 <= self.compact_every <= self.keep_versions:
+            raise ConfigError(
+                f"StoreConfig.compact_every={self.compact_every}: between 1 and keep_versions "
+                f"({self.keep_versions}), since one of the newest keep_versions needs its full state; or "
+                "leave it unset (keep_versions // 2)"
+            )
+
+    @property
+    def compaction_interval(self) -> int:
+        """Versions after the newest full state at which the store writes the next one."""
+        return self.compact_every or max(1, self.keep_versions // 2)
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file of the store as the manifest names it: a reader refuses it unless size and sha256 match."""
+
+    file: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -141,6 +192,10 @@ class VersionInfo:
         What the publisher passed (model name, config, events trained...), as JSON values.
     tensors
         Name -> (dtype name, shape) of the full state *after* this version.
+    compacted
+        For a delta: the full state after it, written later by the store from the files before it (None:
+        not compacted). A server following versions applies the delta; one loading from scratch starts
+        here.
     """
 
     version: int
@@ -152,6 +207,22 @@ class VersionInfo:
     created: float
     metadata: dict[str, Any]
     tensors: dict[str, tuple[str, tuple[int, ...]]]
+    compacted: FileRef | None = None
+
+    @property
+    def own(self) -> FileRef:
+        """The file published as this version (the snapshot or the delta)."""
+        return FileRef(self.file, self.size, self.sha256)
+
+    @property
+    def full(self) -> FileRef | None:
+        """The file holding the whole state of this version, if any: a snapshot's own, a delta's compacted."""
+        return self.own if self.kind == "snapshot" else self.compacted
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of this version in the store directory."""
+        return (self.file,) if self.compacted is None else (self.file, self.compacted.file)
 
     def as_json(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The manifest entry, with each `SHARED_METADATA` value replaced by ``{"shared": digest}``, and
@@ -162,6 +233,10 @@ class VersionInfo:
         if cached is None:
             entry = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
             entry["tensors"] = {name: [dtype, list(shape)] for name, (dtype, shape) in self.tensors.items()}
+            if self.compacted is None:
+                del entry["compacted"]
+            else:
+                entry["compacted"] = dataclasses.asdict(self.compacted)
             metadata, shared = dict(self.metadata), {}
             for key in SHARED_METADATA:
                 if isinstance(metadata.get(key), dict):
@@ -174,6 +249,14 @@ class VersionInfo:
             object.__setattr__(self, "_json", cached)  # frozen: a cache, not a change of value
         return cached
 
+    def as_json_text(self) -> str:
+        """`as_json`'s entry as compact JSON, encoded once (the manifest holds one per line)."""
+        text = self.__dict__.get("_json_text")
+        if text is None:
+            text = json.dumps(self.as_json()[0], separators=(",", ":"))
+            object.__setattr__(self, "_json_text", text)
+        return text
+
     @classmethod
     def from_json(cls, entry: dict[str, Any], shared: dict[str, Any] | None = None) -> VersionInfo:
         tensors = {
@@ -184,7 +267,8 @@ class VersionInfo:
         for key, value in metadata.items():
             if isinstance(value, dict) and set(value) == {"shared"} and shared is not None:
                 metadata[key] = shared[value["shared"]]
-        return cls(**{**entry, "tensors": tensors, "metadata": metadata})
+        compacted = FileRef(**entry["compacted"]) if entry.get("compacted") else None
+        return cls(**{**entry, "tensors": tensors, "metadata": metadata, "compacted": compacted})
 
     def metadata_json(self) -> dict[str, Any]:
         """The whole entry with its metadata as published (what `GET /versions` shows)."""
@@ -208,6 +292,9 @@ class LoadedVersion:
         The manifest entry of `version`.
     bytes_read
         Bytes of version files read (snapshot plus deltas).
+    damaged
+        What was found damaged on the way, one line per file (empty: nothing). A load of the current
+        version may then return an older one: `version` says which.
     """
 
     version: int
@@ -215,6 +302,7 @@ class LoadedVersion:
     deltas: tuple[int, ...]
     info: VersionInfo
     bytes_read: int
+    damaged: tuple[str, ...] = ()
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -251,21 +339,30 @@ class _Manifest:
     versions: dict[int, VersionInfo] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def files(self) -> set[str]:
+        return {name for info in self.versions.values() for name in info.files}
+
+    def newest_full(self) -> int:
+        """The newest version with a whole state on disk (0: none)."""
+        return max((v for v, info in self.versions.items() if info.full is not None), default=0)
+
     def to_bytes(self) -> bytes:
+        """The manifest file: one line per version, each encoded once per version rather than on every
+        publish (an indented dump of the whole document was most of a small delta's publish time)."""
         entries, shared = [], {}
         for version in sorted(self.versions):
-            entry, values = self.versions[version].as_json()
-            entries.append(entry)
-            shared.update(values)
-        document = {
-            "format": FORMAT,
-            "current": self.current,
-            "latest": self.latest,
-            "shared": shared,
-            "versions": entries,
-            "history": self.history,
-        }
-        return json.dumps(document, indent=1).encode()
+            info = self.versions[version]
+            entries.append(info.as_json_text())
+            shared.update(info.as_json()[1])
+        head = {"format": FORMAT, "current": self.current, "latest": self.latest}
+        lines = [
+            json.dumps(head)[:-1] + ",",
+            f'"shared": {json.dumps(shared)},',
+            '"versions": [',
+            ",\n".join(entries),
+            f'], "history": {json.dumps(self.history)}}}',
+        ]
+        return "\n".join(lines).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, path: Path) -> _Manifest:
@@ -316,11 +413,12 @@ class ModelStore:
 
     ``ModelStore(config)`` opens the store for writing (creating the directory) and holds its writer lock
     until `close`; ``ModelStore.open(directory)`` opens it read-only, from any process, any number of times.
+    The writer also compacts, in a background thread of its own (see `StoreConfig.compact_every`).
 
     Parameters
     ----------
     config
-        Directory, retention and fsync policy.
+        Directory, retention, compaction and fsync policy.
 
     Examples
     --------
@@ -336,35 +434,58 @@ class ModelStore:
     """
 
     def __init__(self, config: StoreConfig) -> None:
-        self.config = config
-        self.directory = Path(config.directory)
+        self._init(config)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = self._acquire_lock()
+        self._lock_fd = self._acquire_lock()
         try:
-            self._manifest = self._read_manifest() or _Manifest()
+            manifest = self._read_manifest() or _Manifest()
+            if self._read_backup:
+                # Numbers the damaged manifest may have given out must not be given again: a server may
+                # hold one of those versions and would take a new version of the same number for it.
+                manifest = dataclasses.replace(manifest, latest=max(manifest.latest, self._highest_file()))
+            self._manifest = manifest
             self._remove_unnamed_files()
+            if self._read_backup:  # heal manifest.json now; its damaged bytes must not become the backup
+                self._replace_manifest(manifest, backup=False)
+                self._read_backup = False
         except BaseException:
             self.close()
             raise
-        self._cached: tuple[tuple[int, int, int] | None, _Manifest | None] = (None, None)
+        self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freshrec-compact")
 
     @classmethod
     def open(cls, directory: str | Path) -> ModelStore:
         """Open a store read-only. A store not yet created or still empty has current version 0."""
         store = cls.__new__(cls)
-        store.config = StoreConfig(directory)
-        store.directory = Path(directory)
-        store._lock_fd = None
-        store._manifest = None  # type: ignore[assignment]  # readers always go to the file
-        store._cached = (None, None)
+        store._init(StoreConfig(directory))
         return store
+
+    def _init(self, config: StoreConfig) -> None:
+        self.config = config
+        self.directory = Path(config.directory)
+        self._lock_fd: int | None = None
+        self._manifest = _Manifest()  # the writer's copy; readers always go to the file
+        self._cached: tuple[tuple[int, int, int] | None, _Manifest | None] = (None, None)
+        self._read_backup = False  # the manifest last read came from MANIFEST_BACKUP
+        self._backup_ok = True  # MANIFEST on disk is one this writer may take as the next backup
+        self._reported: set[str] = set()
+        self._manifest_lock = threading.Lock()  # the publishing thread and the compactor both replace it
+        self._compactor: ThreadPoolExecutor | None = None
+        self._compaction: Future[None] | None = None
+        self._compacting = 0  # the version the last compaction started was for
+        self._snapshot_wanted: str | None = None
+        self._compaction_failures = 0
 
     @property
     def writable(self) -> bool:
         return self._lock_fd is not None
 
     def close(self) -> None:
-        """Release the writer lock (a reader has nothing to release)."""
+        """Wait for a compaction in progress, then release the writer lock (a reader has nothing to
+        release)."""
+        if self._compactor is not None:
+            self._compactor.shutdown(wait=True)
+            self._compactor = None
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -391,49 +512,53 @@ class ModelStore:
         return list(self._current_manifest().history)
 
     def load(self, version: int | None = None) -> tuple[State, LoadedVersion]:
-        """The full state of `version` (default: the current one): the newest snapshot at or before it,
-        then each delta after it in order. Every file is verified against the manifest before use.
+        """The full state of `version` (default: the current one): the newest full state at or before it,
+        then each delta after it in order. Every file is verified against the manifest before use, and a
+        damaged full state is passed over for an older one whose deltas lead to the same version.
 
-        Raises `VersionNotFoundError` if the version is not kept, `StoreCorruptError` if a file it needs is
-        damaged (nothing is returned: the caller keeps what it has).
+        When no intact files lead to the current version, ``load()`` returns the newest kept version before
+        it that they do lead to (`LoadedVersion.version` says which and `LoadedVersion.damaged` what was
+        found; the log says both, once); ``load(version)`` returns exactly `version` or raises.
+
+        Raises `VersionNotFoundError` if the version is not kept (or nothing is published), and
+        `StoreCorruptError` if intact files lead to no version asked for (nothing is returned: the caller
+        keeps what it has).
         """
         for attempt in range(3):
             manifest = self._current_manifest()
-            target = manifest.current if version is None else version
-            chain = _chain(manifest, target, self.directory)
+            damaged: list[StoreCorruptError] = []
             try:
-                state, size = self._read_snapshot(chain[0])
-                for info in chain[1:]:
-                    delta, delta_size = self._read_delta(info)
-                    apply_delta(state, delta)
-                    size += delta_size
-            except FileNotFoundError as missing:
-                # Retention may drop a file between our manifest read and the open: look again.
-                if attempt < 2 and self._manifest_changed_since(manifest):
+                if version is None:
+                    state, loaded = self._load_newest_intact(manifest, damaged)
+                else:
+                    state, loaded = self._load_exactly(manifest, version, damaged)
+            except StoreCorruptError:
+                if attempt < 2 and self._dropped_meanwhile(damaged):
                     continue
-                raise StoreCorruptError(
-                    f"{missing.filename} is named by the manifest of {self.directory} but missing; "
-                    "this version cannot be loaded: roll back to another kept version or publish a snapshot"
-                ) from missing
-            loaded = LoadedVersion(
-                target, chain[0].version, tuple(i.version for i in chain[1:]), chain[-1], size
-            )
+                raise
+            if damaged and attempt < 2 and self._dropped_meanwhile(damaged):
+                continue
+            if damaged:
+                self._report_damage(manifest.current if version is None else version, loaded)
             return state, loaded
         raise AssertionError("unreachable")
 
     def read_delta(self, version: int) -> Delta:
         """The changes of delta `version` relative to ``version - 1``, verified, for a server that holds
-        ``version - 1`` (apply with `apply_delta`). Raises `StoreError` if `version` is a snapshot."""
+        ``version - 1`` (apply with `apply_delta`). Raises `StoreError` if `version` is a snapshot,
+        `StoreCorruptError` if its file is damaged."""
         manifest = self._current_manifest()
         info = _kept(manifest, version, self.directory)
         if info.kind != "delta":
             raise StoreError(f"version {version} is a snapshot, not a delta; load it with load({version})")
         try:
-            return self._read_delta(info)[0]
-        except FileNotFoundError as missing:
-            raise VersionNotFoundError(
-                f"version {version} was dropped while being read; load() the current version"
-            ) from missing
+            return self._read_delta(info)
+        except StoreCorruptError as error:
+            if self._dropped_meanwhile([error]):
+                raise VersionNotFoundError(
+                    f"version {version} was dropped while being read; load() the current version"
+                ) from error
+            raise
 
     def wait_for_change(self, after_version: int, timeout: float, poll_interval: float = 0.05) -> int | None:
         """Block until the current version differs from `after_version` and return it, or return None after
@@ -449,6 +574,29 @@ class ModelStore:
                 return None
             time.sleep(min(poll_interval, left))
 
+    def health(self) -> dict[str, Any]:
+        """What an operator needs to know about the store's state (`GET /versions` shows the writer's):
+        versions kept and the bound, the newest version with a full state on disk, whether the manifest was
+        read from its backup, and for the writer, why it wants a snapshot (a compaction found damage)."""
+        manifest = self._current_manifest()
+        health: dict[str, Any] = {
+            "versions": len(manifest.versions),
+            "keep_versions": self.config.keep_versions,
+            "newest_full": manifest.newest_full(),
+            "manifest_from_backup": self._read_backup,
+        }
+        if self.writable:
+            health["compact_every"] = self.config.compaction_interval
+            health["compaction_failures"] = self._compaction_failures
+            health["snapshot_wanted"] = self._snapshot_wanted
+        return health
+
+    @property
+    def snapshot_wanted(self) -> str | None:
+        """Why the writer needs a full snapshot from the trainer (None: it does not): a compaction found the
+        newest version unreachable from intact files, which only a snapshot of the model can mend."""
+        return self._snapshot_wanted
+
     # ------------------------------------------------------------------ writing
     def publish_snapshot(self, state: State, metadata: dict[str, Any] | None = None) -> int:
         """Publish the full `state` as the next version and make it current; returns its number.
@@ -456,19 +604,12 @@ class ModelStore:
         Raises `NonFiniteValueError` (naming the tensor) if any float holds NaN or infinity.
         """
         manifest = self._writer_manifest("publish_snapshot")
-        tensors: State = {}
-        schema = {}
-        for name, array in state.items():
-            if name.startswith(_FILL_PREFIX):
-                raise StoreError(
-                    f"state tensor {name!r}: names starting with {_FILL_PREFIX!r} are the store's"
-                )
-            checked = _checked_array(name, array)
-            schema[name] = (str(checked.dtype), tuple(checked.shape))
-            tensors[name], fill = _trim_trailing_rows(checked)
-            if fill is not None:
-                tensors[_FILL_PREFIX + name] = fill
-        return self._publish("snapshot", tensors, schema, None, _json_metadata(metadata), manifest)
+        tensors, schema = _snapshot_tensors(state)
+        # A compaction in progress counts for retention, which a snapshot moves on: let it finish first.
+        self.wait_for_compaction()
+        version = self._publish("snapshot", tensors, schema, None, _json_metadata(metadata), manifest)
+        self._snapshot_wanted = None
+        return version
 
     def publish_delta(
         self,
@@ -538,21 +679,27 @@ class ModelStore:
             _kept(manifest, to, self.directory)
         except VersionNotFoundError as error:
             if request_id is not None:
-                self._record(manifest, {**event, "action": "rollback-refused", "error": str(error)})
+                self._record({**event, "action": "rollback-refused", "error": str(error)})
             raise
-        self._record(dataclasses.replace(manifest, current=to), {**event, "action": "rollback"})
+        self._record({**event, "action": "rollback"}, current=to)
 
-    def _record(self, manifest: _Manifest, event: dict[str, Any]) -> None:
-        updated = dataclasses.replace(manifest, history=[*manifest.history, event][-HISTORY_LIMIT:])
-        self._write_atomically(MANIFEST, updated.to_bytes())
-        self._manifest = updated
+    def _record(self, event: dict[str, Any], current: int | None = None) -> None:
+        with self._manifest_lock:
+            manifest = self._manifest
+            updated = dataclasses.replace(
+                manifest,
+                current=manifest.current if current is None else current,
+                history=[*manifest.history, event][-HISTORY_LIMIT:],
+            )
+            self._replace_manifest(updated)
 
     def write_status(self, document: dict[str, Any]) -> None:
-        """Replace the status file with `document` (JSON). Atomic but not fsynced: it describes the writer
-        (e.g. held gate decisions, which never become versions) and losing it on a crash loses nothing."""
+        """Replace the status file with `document` (JSON) and the writer's `health` under ``"store"``.
+        Atomic but not fsynced: it describes the writer (e.g. held gate decisions, which never become
+        versions) and losing it on a crash loses nothing."""
         self._writer_manifest("write_status")
         temporary = self.directory / f".{STATUS}.{os.getpid()}.tmp"
-        temporary.write_text(json.dumps(_json_metadata(document)))
+        temporary.write_text(json.dumps(_json_metadata({**document, "store": self.health()})))
         os.replace(temporary, self.directory / STATUS)
 
     def read_status(self) -> dict[str, Any]:
@@ -562,7 +709,20 @@ class ModelStore:
         except (FileNotFoundError, ValueError):
             return {}
 
-    # ------------------------------------------------------------------ internals
+    def compact(self, version: int) -> None:
+        """Write the full state of delta `version` now, in this thread: what the writer's background
+        compaction does every `StoreConfig.compact_every` versions (a benchmark, or an operator who wants a
+        server's start to read one file). A failure is logged and sets `snapshot_wanted`."""
+        self._writer_manifest("compact")
+        self.wait_for_compaction()
+        self._compact(version)
+
+    def wait_for_compaction(self, timeout: float | None = None) -> None:
+        """Block until the compaction in progress, if any, has finished (tests, benchmarks, shutdown)."""
+        if self._compaction is not None:
+            self._compaction.exception(timeout)
+
+    # ------------------------------------------------------------------ internals: writing
     def _publish(
         self,
         kind: VersionKind,
@@ -572,44 +732,140 @@ class ModelStore:
         metadata: dict[str, Any],
         manifest: _Manifest,
     ) -> int:
-        version = manifest.latest + 1
+        version = manifest.latest + 1  # only this thread publishes: the compactor never changes `latest`
         created = time.time()
         header = {"version": version, "kind": kind, "base": base, "created": created, "metadata": metadata}
-        chunks = _safetensors_chunks(tensors, {"freshrec": json.dumps(header)})
+        written = self._write_version_file(f"v{version:010d}.{kind}.safetensors", tensors, header)
+        info = VersionInfo(
+            version, kind, written.file, base, written.size, written.sha256, created, metadata, schema
+        )
+        with self._manifest_lock:  # the file is durable before any manifest names it
+            manifest = self._manifest
+            versions = {**manifest.versions, version: info}
+            self._replace_retained(
+                dataclasses.replace(manifest, current=version, latest=version, versions=versions)
+            )
+        self._keep_within_bound()
+        self._start_compaction()
+        return version
+
+    def _write_version_file(self, name: str, tensors: State, header: dict[str, Any]) -> FileRef:
+        chunks = safetensors_chunks(tensors, {"freshrec": json.dumps(header)})
         digest = hashlib.sha256()
         for chunk in chunks:
             digest.update(chunk)
-        name = f"v{version:010d}.{kind}.safetensors"
-        self._write_atomically(name, chunks)  # the file is durable before any manifest names it
-        size = sum(len(chunk) for chunk in chunks)
-        info = VersionInfo(version, kind, name, base, size, digest.hexdigest(), created, metadata, schema)
-        versions = {**manifest.versions, version: info}
-        kept = _retained(versions, self.config.keep_versions, version)
-        updated = dataclasses.replace(
-            manifest, current=version, latest=version, versions={v: versions[v] for v in sorted(kept)}
+        self._write_atomically(name, chunks)
+        return FileRef(name, sum(len(chunk) for chunk in chunks), digest.hexdigest())
+
+    def _replace_retained(self, manifest: _Manifest) -> None:
+        """Replace the manifest with `manifest` less the versions retention drops (call under the lock)."""
+        kept = _retained(manifest.versions, self.config.keep_versions, manifest.current)
+        self._replace_manifest(
+            dataclasses.replace(manifest, versions={v: manifest.versions[v] for v in sorted(kept)})
         )
+
+    def _replace_manifest(self, updated: _Manifest, backup: bool = True) -> None:
+        """Write `updated` as the manifest (the one it replaces becomes the backup), then delete the files
+        it no longer names: only now may they go (readers may still hold them open)."""
+        if backup and self._backup_ok:
+            self._back_up_manifest()
         self._write_atomically(MANIFEST, updated.to_bytes())
-        self._manifest = updated
-        # Only now that no manifest names them may the dropped files go (readers may still hold them open).
-        for dropped in set(versions) - kept:
-            _unlink(self.directory / versions[dropped].file)
-        return version
+        self._backup_ok = True
+        previous, self._manifest = self._manifest, updated
+        for name in previous.files() - updated.files():
+            _unlink(self.directory / name)
+
+    def _back_up_manifest(self) -> None:
+        """Make MANIFEST_BACKUP the manifest about to be replaced: a hard link to its file, which is never
+        written again (a replace gives the new manifest a new file), so no bytes are written or fsynced."""
+        temporary = self.directory / f".{MANIFEST_BACKUP}.{os.getpid()}.tmp"
+        _unlink(temporary)
+        try:
+            os.link(self.directory / MANIFEST, temporary)
+        except FileNotFoundError:
+            return  # the first publish: nothing to back up
+        except OSError:  # a file system without hard links
+            temporary.write_bytes((self.directory / MANIFEST).read_bytes())
+        os.replace(temporary, self.directory / MANIFEST_BACKUP)  # made durable with the manifest's rename
+
+    def _keep_within_bound(self) -> None:
+        """After a publish: if retention had to keep more than `keep_versions` (no version among the newest
+        has its full state yet), wait for the compaction in progress, and if that is not enough, compact the
+        oldest of the newest `keep_versions` now. Never happens while compactions keep up (the default
+        interval is half the bound)."""
+        keep = self.config.keep_versions
+        if len(self._manifest.versions) <= keep:
+            return
+        self.wait_for_compaction()
+        manifest = self._manifest
+        if len(manifest.versions) > keep and self._snapshot_wanted is None:
+            oldest = sorted(manifest.versions)[-keep]
+            if manifest.versions[oldest].full is None:
+                self._compact(oldest)
+
+    def _start_compaction(self) -> None:
+        """Compact the newest version in the background once `compaction_interval` versions followed the
+        newest full state (unless it is known unreachable). Full states are then never further apart than
+        the interval, which is what bounds retention: if the previous compaction is still running, wait for
+        it (only when compactions take longer than `compaction_interval` publishes)."""
+        manifest = self._manifest
+        newest = manifest.versions.get(manifest.latest)
+        if self._compactor is None or self._snapshot_wanted is not None or newest is None:
+            return
+        full = max(manifest.newest_full(), self._compacting)  # the one in progress counts already
+        if newest.full is None and manifest.latest - full >= self.config.compaction_interval:
+            self.wait_for_compaction()
+            if self._snapshot_wanted is None:  # the previous one may have failed
+                self._compacting = manifest.latest
+                self._compaction = self._compactor.submit(self._compact, manifest.latest)
+
+    def _compact(self, version: int) -> None:
+        """Write the full state of delta `version` from the files that lead to it and name it in the
+        manifest. A failure is logged and makes the writer want a snapshot; it never raises."""
+        try:
+            manifest = self._manifest
+            info = manifest.versions.get(version)
+            if info is None or info.full is not None:
+                return
+            damaged: list[StoreCorruptError] = []
+            found = self._load_along(manifest, version, damaged)
+            if self._dropped_meanwhile(damaged):
+                return  # retention dropped the files we were reading: the version went with them
+            if found is None or found[1].version != version:
+                self._compaction_failed(version, "; ".join(map(str, damaged)))
+                return
+            tensors, _ = _snapshot_tensors(found[0])
+            header = {
+                "version": version,
+                "kind": "snapshot",
+                "base": None,
+                "created": info.created,
+                "compacted": time.time(),
+                "metadata": info.metadata,
+            }
+            written = self._write_version_file(f"v{version:010d}.snapshot.safetensors", tensors, header)
+            with self._manifest_lock:
+                manifest = self._manifest
+                info = manifest.versions.get(version)
+                if info is None or not self.writable:  # dropped (or closed) while we wrote
+                    _unlink(self.directory / written.file)
+                    return
+                versions = {**manifest.versions, version: dataclasses.replace(info, compacted=written)}
+                self._replace_retained(dataclasses.replace(manifest, versions=versions))
+        except Exception as error:  # noqa: BLE001 - a compaction must never take the writer down
+            self._compaction_failed(version, repr(error))
+
+    def _compaction_failed(self, version: int, reason: str) -> None:
+        self._compaction_failures += 1
+        self._snapshot_wanted = f"version {version} could not be compacted: {reason}"
+        _log.warning(
+            "model store %s: %s; the trainer publishes a full snapshot next",
+            self.directory,
+            self._snapshot_wanted,
+        )
 
     def _write_atomically(self, name: str, data: bytes | Sequence[memoryview]) -> None:
-        temporary = self.directory / f".{name}.{os.getpid()}.tmp"
-        with open(temporary, "wb") as file:
-            for chunk in [data] if isinstance(data, bytes) else data:
-                file.write(chunk)
-            file.flush()
-            if self.config.fsync:
-                os.fsync(file.fileno())
-        os.replace(temporary, self.directory / name)
-        if self.config.fsync:  # the rename itself is durable only once the directory is
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        write_atomically(self.directory / name, data, fsync=self.config.fsync)
 
     def _writer_manifest(self, operation: str) -> _Manifest:
         if self._lock_fd is None:
@@ -638,21 +894,58 @@ class ModelStore:
 
     def _remove_unnamed_files(self) -> None:
         """Drop leftovers of a writer that died mid-publish: temp files and version files never named."""
-        named = {info.file for info in self._manifest.versions.values()}
+        named = self._manifest.files()
         for path in self.directory.iterdir():
             stray = path.name.endswith(".tmp") or bool(_VERSION_FILE.match(path.name))
             if stray and path.name not in named:
                 _unlink(path)
 
+    def _highest_file(self) -> int:
+        """The highest version number a version file in the directory carries (0: none)."""
+        found = (_VERSION_FILE.match(path.name) for path in self.directory.iterdir())
+        return max((int(match.group(1)) for match in found if match), default=0)
+
+    # ------------------------------------------------------------------ internals: reading
     def _read_manifest(self) -> _Manifest | None:
+        """The manifest (None: nothing published), from MANIFEST_BACKUP when MANIFEST is damaged or
+        missing (logged once)."""
         path = self.directory / MANIFEST
+        signature = None
         try:
             with open(path, "rb") as file:
                 signature = _signature(os.fstat(file.fileno()))
                 manifest = _Manifest.from_bytes(file.read(), path)
-        except FileNotFoundError:
-            return None
+            self._read_backup = False
+        except (FileNotFoundError, StoreCorruptError) as problem:
+            manifest = self._read_manifest_backup(problem)
+            self._read_backup = manifest is not None
         self._cached = (signature, manifest)
+        return manifest
+
+    def _read_manifest_backup(self, problem: Exception) -> _Manifest | None:
+        path = self.directory / MANIFEST_BACKUP
+        what = f"{self.directory / MANIFEST} is missing" if isinstance(problem, OSError) else str(problem)
+        try:
+            manifest = _Manifest.from_bytes(path.read_bytes(), path)
+        except FileNotFoundError:
+            if isinstance(problem, OSError):
+                return None  # nothing published yet
+            raise StoreCorruptError(f"{what}, and there is no {path} to fall back to") from None
+        except StoreCorruptError as error:
+            raise StoreCorruptError(f"{what}; its backup is damaged too: {error}") from None
+        # The backup may name the files of versions the last publish dropped: leave those versions out.
+        versions = {
+            v: info
+            for v, info in manifest.versions.items()
+            if all((self.directory / name).exists() for name in info.files)
+        }
+        if manifest.current not in versions:
+            versions = manifest.versions  # load() will say what is missing
+        manifest = dataclasses.replace(manifest, versions=versions)
+        self._report(
+            f"model store {self.directory}: {what}; reading {path} instead (current version "
+            f"{manifest.current}); the writer rewrites the manifest when it next opens or publishes"
+        )
         return manifest
 
     def _current_manifest(self) -> _Manifest:
@@ -661,35 +954,115 @@ class ModelStore:
         try:
             signature = _signature(os.stat(self.directory / MANIFEST))
         except FileNotFoundError:
-            return _Manifest()
+            signature = None
         cached_signature, cached = self._cached
         if cached is not None and signature == cached_signature:
             return cached
         return self._read_manifest() or _Manifest()
 
-    def _manifest_changed_since(self, manifest: _Manifest) -> bool:
-        return self._current_manifest() is not manifest
+    def _dropped_meanwhile(self, damaged: list[StoreCorruptError]) -> bool:
+        """Whether a file found missing is one the manifest no longer names (retention dropped it)."""
+        missing = {error.missing_file for error in damaged if error.missing_file is not None}
+        return bool(missing - self._current_manifest().files())
 
-    def _read_verified(self, info: VersionInfo) -> State:
-        path = self.directory / info.file
-        with open(path, "rb") as file:  # once open, a concurrent unlink cannot take the bytes away
-            data = file.read()
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != info.size or digest != info.sha256:
+    def _load_newest_intact(
+        self, manifest: _Manifest, damaged: list[StoreCorruptError]
+    ) -> tuple[State, LoadedVersion]:
+        """The current version, else the newest version before it that intact files lead to."""
+        target = manifest.current
+        _kept(manifest, target, self.directory)  # nothing published: VersionNotFoundError
+        while target in manifest.versions:
+            found = self._load_along(manifest, target, damaged)
+            if found is not None:
+                return found[0], dataclasses.replace(found[1], damaged=tuple(map(str, damaged)))
+            # No full state on the way to `target` is intact, so nothing on that way loads: look below it.
+            target = _path(manifest.versions, target)[-1].version - 1
+        raise StoreCorruptError(
+            f"no kept version up to the current one ({manifest.current}) of {self.directory} loads from "
+            f"intact files: {'; '.join(map(str, damaged))}; restart the trainer (it publishes a snapshot)",
+            next((error.missing_file for error in damaged if error.missing_file), None),
+        )
+
+    def _load_exactly(
+        self, manifest: _Manifest, version: int, damaged: list[StoreCorruptError]
+    ) -> tuple[State, LoadedVersion]:
+        _kept(manifest, version, self.directory)
+        found = self._load_along(manifest, version, damaged)
+        if found is None or found[1].version != version:
             raise StoreCorruptError(
-                f"version {info.version} file {path} has {len(data)} bytes and sha256 {digest[:12]}..., the "
-                f"manifest says {info.size} bytes and {info.sha256[:12]}...: the file is damaged and is not "
-                "applied; stay on the version you hold or roll back to another kept version"
+                f"version {version} cannot be loaded: {'; '.join(map(str, damaged))}; stay on the version "
+                "you hold or roll back to another kept version",
+                next((error.missing_file for error in damaged if error.missing_file), None),
+            )
+        return found[0], dataclasses.replace(found[1], damaged=tuple(map(str, damaged)))
+
+    def _load_along(
+        self, manifest: _Manifest, target: int, damaged: list[StoreCorruptError]
+    ) -> tuple[State, LoadedVersion] | None:
+        """The state of `target` from the newest intact full state on its way, or if a delta after that
+        one is damaged, of the version before that delta (no other full state gets past it: a newer one
+        was damaged, an older one needs the same delta). None if no full state on the way is intact.
+        Damage found is appended to `damaged`."""
+        path = _path(manifest.versions, target)  # newest first
+        for at, base in enumerate(path):
+            if base.full is None:
+                continue
+            try:
+                state = self._read_full(base)
+            except StoreCorruptError as error:
+                damaged.append(error)
+                continue
+            reached, size, deltas = base, base.full.size, []
+            for info in reversed(path[:at]):
+                try:
+                    apply_delta(state, self._read_delta(info))
+                except StoreCorruptError as error:
+                    damaged.append(error)
+                    break
+                except StoreError as error:  # verified, yet it does not fit: the writer wrote it wrong
+                    damaged.append(StoreCorruptError(f"version {info.version} does not apply: {error}"))
+                    break
+                reached, size = info, size + info.size
+                deltas.append(info.version)
+            return state, LoadedVersion(reached.version, base.version, tuple(deltas), reached, size)
+        return None
+
+    def _report_damage(self, asked: int, loaded: LoadedVersion) -> None:
+        if loaded.version == asked:
+            outcome = f"loaded version {asked} from the full state of version {loaded.snapshot}"
+        else:
+            outcome = f"loaded version {loaded.version} instead of version {asked}"
+        self._report(f"model store {self.directory}: {'; '.join(loaded.damaged)}; {outcome}")
+
+    def _report(self, message: str) -> None:
+        """Log `message` as a warning the first time this store meets it (a follower retries often)."""
+        if message not in self._reported:
+            if len(self._reported) > 1000:
+                self._reported.clear()
+            self._reported.add(message)
+            _log.warning(message)
+
+    def _read_verified(self, version: int, ref: FileRef) -> State:
+        path = self.directory / ref.file
+        try:
+            with open(path, "rb") as file:  # once open, a concurrent unlink cannot take the bytes away
+                data = file.read()
+        except FileNotFoundError:
+            raise StoreCorruptError(f"version {version} file {path} is missing", ref.file) from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != ref.size or digest != ref.sha256:
+            raise StoreCorruptError(
+                f"version {version} file {path} is damaged ({len(data)} bytes, sha256 {digest[:12]}...; "
+                f"the manifest says {ref.size} bytes, {ref.sha256[:12]}...) and is not applied"
             )
         try:
             return load_tensors(data)
         except Exception as error:  # the hash matched, so the writer itself wrote a bad file
-            raise StoreCorruptError(
-                f"version {info.version} file {path} is not safetensors: {error}"
-            ) from error
+            raise StoreCorruptError(f"version {version} file {path} is not safetensors: {error}") from error
 
-    def _read_snapshot(self, info: VersionInfo) -> tuple[State, int]:
-        state = self._read_verified(info)
+    def _read_full(self, info: VersionInfo) -> State:
+        assert info.full is not None
+        state = self._read_verified(info.version, info.full)
         for key in [key for key in state if key.startswith(_FILL_PREFIX)]:
             name, fill = key[len(_FILL_PREFIX) :], state.pop(key)
             dtype, shape = info.tensors[name]
@@ -698,10 +1071,10 @@ class ModelStore:
             full[:kept] = state[name]
             full[kept:] = fill
             state[name] = full
-        return state, info.size
+        return state
 
-    def _read_delta(self, info: VersionInfo) -> tuple[Delta, int]:
-        tensors = self._read_verified(info)
+    def _read_delta(self, info: VersionInfo) -> Delta:
+        tensors = self._read_verified(info.version, info.own)
         delta = Delta(info.version, int(info.base or 0), metadata=info.metadata)
         for key, array in tensors.items():
             prefix, _, name = key.partition("/")
@@ -711,33 +1084,7 @@ class ModelStore:
                 delta.replaced[name] = array
             elif prefix != "values":
                 raise StoreCorruptError(f"version {info.version} holds unknown tensor {key!r}")
-        return delta, info.size
-
-
-_SAFETENSORS_DTYPES = {
-    "bool": "BOOL", "uint8": "U8", "int8": "I8", "uint16": "U16", "int16": "I16", "uint32": "U32",
-    "int32": "I32", "uint64": "U64", "int64": "I64", "float16": "F16", "float32": "F32", "float64": "F64",
-}  # fmt: skip
-
-
-def _safetensors_chunks(tensors: State, metadata: dict[str, str]) -> list[memoryview]:
-    """The bytes of a safetensors file as views of the arrays themselves: a 57 MB state is hashed and
-    written without first being copied into one buffer (``safetensors.numpy.save`` spends ~4x longer)."""
-    header: dict[str, Any] = {"__metadata__": metadata}
-    views, offset = [], 0
-    for name in sorted(tensors):
-        array = tensors[name]
-        if array.dtype.name not in _SAFETENSORS_DTYPES:
-            raise StoreError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot hold")
-        # safetensors is little-endian and C-ordered; reshape(-1) keeps 0-d and empty arrays viewable
-        flat = np.ascontiguousarray(array.reshape(-1), dtype=array.dtype.newbyteorder("<")).view(np.uint8)
-        entry = {"dtype": _SAFETENSORS_DTYPES[array.dtype.name], "shape": list(array.shape)}
-        header[name] = {**entry, "data_offsets": [offset, offset + flat.nbytes]}
-        views.append(memoryview(flat))
-        offset += flat.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    return [memoryview(struct.pack("<Q", len(encoded)) + encoded), *views]
+        return delta
 
 
 def _trim_trailing_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -765,18 +1112,13 @@ def _trim_trailing_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     return array[:end], array[-1:]
 
 
-def _chain(manifest: _Manifest, version: int, directory: Path) -> list[VersionInfo]:
-    """The versions to read for `version`: its snapshot, then each delta up to it."""
-    chain = [_kept(manifest, version, directory)]
-    while chain[-1].kind == "delta":
-        base = chain[-1].base
-        if base not in manifest.versions:
-            raise StoreCorruptError(
-                f"version {chain[-1].version} is a delta on version {base}, which {directory} no longer "
-                "keeps; publish a snapshot"
-            )
-        chain.append(manifest.versions[base])
-    return chain[::-1]
+def _path(versions: dict[int, VersionInfo], version: int) -> list[VersionInfo]:
+    """`version` and the versions loading it may need, newest first: back through delta bases to a
+    snapshot (or to where the kept chain ends). Each one with a full state can start the load."""
+    path = [versions[version]]
+    while path[-1].kind == "delta" and path[-1].base in versions:
+        path.append(versions[int(path[-1].base)])  # type: ignore[arg-type]
+    return path
 
 
 def _kept(manifest: _Manifest, version: int, directory: Path) -> VersionInfo:
@@ -790,16 +1132,36 @@ def _kept(manifest: _Manifest, version: int, directory: Path) -> VersionInfo:
 
 
 def _retained(versions: dict[int, VersionInfo], keep: int, current: int) -> set[int]:
-    """The last `keep` versions and `current`, plus every version their loading needs."""
-    needed: set[int] = set()
-    for version in {*sorted(versions)[-keep:], current}:
-        while version not in needed:  # walk back to the snapshot; stop where a chain is already kept
-            needed.add(version)
-            info = versions[version]
-            if info.kind == "snapshot":
-                break
-            version = int(info.base)  # type: ignore[arg-type]
-    return needed
+    """The versions from the oldest full state among the newest `keep` on (whole chains: each loads from
+    kept files), plus `current` and what it loads from. With no full state among the newest `keep` (a
+    compaction not done yet, or failed), from the full state the oldest of them loads from: loading
+    never breaks, the bound waits."""
+    newest = sorted(versions)[-keep:]
+    start = next((v for v in newest if versions[v].full is not None), None)
+    if start is None:
+        path = _path(versions, newest[0])
+        start = next((info.version for info in path if info.full is not None), path[-1].version)
+    kept = {v for v in versions if v >= start}
+    for info in _path(versions, current) if current in versions else []:
+        kept.add(info.version)
+        if info.full is not None:
+            break
+    return kept
+
+
+def _snapshot_tensors(state: State) -> tuple[State, dict[str, tuple[str, tuple[int, ...]]]]:
+    """The tensors of a snapshot file of `state` (checked, trailing free rows left out) and its schema."""
+    tensors: State = {}
+    schema = {}
+    for name, array in state.items():
+        if name.startswith(_FILL_PREFIX):
+            raise StoreError(f"state tensor {name!r}: names starting with {_FILL_PREFIX!r} are the store's")
+        checked = _checked_array(name, array)
+        schema[name] = (str(checked.dtype), tuple(checked.shape))
+        tensors[name], fill = _trim_trailing_rows(checked)
+        if fill is not None:
+            tensors[_FILL_PREFIX + name] = fill
+    return tensors, schema
 
 
 def _checked_array(name: str, array: np.ndarray) -> np.ndarray:

@@ -167,6 +167,12 @@ def create_app(
     Gauge("freshrec_catalogue_items", "Items that can be recommended", registry=registry).set_function(
         lambda: runtime.catalogue_size
     )
+    Gauge(
+        "freshrec_store_degraded",
+        "1 while a version the store names cannot be loaded (an older one is served) or the manifest is "
+        "read from its backup",
+        registry=registry,
+    ).set_function(lambda: float(bool(runtime.store_health()["degraded"])))
 
     for name, help_text, field in (
         ("freshrec_gate_published", "Candidates the trainer's gate published", "published"),
@@ -275,6 +281,7 @@ def create_app(
             "current": runtime.store.current_version(),
             "versions": [info.metadata_json() for info in runtime.store.versions()],
             "gate": runtime.store.read_status().get("gate"),
+            "store": runtime.store_health(),
         }
 
     @app.post(

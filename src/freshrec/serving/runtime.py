@@ -24,7 +24,7 @@ from freshrec.models.registry import ModelSpec
 from freshrec.preprocess.encode import encode_ids, encode_int
 from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
 from freshrec.preprocess.validate import Rejection
-from freshrec.publishing.store import ModelStore
+from freshrec.publishing.store import ModelStore, StoreError
 from freshrec.serving.config import ServingConfig
 from freshrec.serving.follower import EventFollower
 from freshrec.serving.served import ServedModel, limit_faiss_threads
@@ -109,8 +109,7 @@ class ServingRuntime:
 
         torch.set_num_threads(self.config.compute_threads)
         limit_faiss_threads(self.config.compute_threads)
-        if self.store.current_version() > 0:
-            self.served.load_current()
+        self.served.load_initial()  # a damaged store starts on its newest intact version, or unready
         for thread in self._threads:
             thread.start()
 
@@ -131,6 +130,22 @@ class ServingRuntime:
     def version(self) -> int:
         """The served version (`served` holds its model, item index and publication time)."""
         return self.served.version
+
+    def store_health(self) -> dict[str, object]:
+        """The served model's `ServedModel.health`, what this process reads of the store
+        (`ModelStore.health`) and what the writer last said of it (``writer``, from its status file);
+        ``degraded`` when this server could not load a version the store names or read the manifest only
+        from its backup."""
+        try:
+            store: dict[str, object] = self.store.health()
+        except StoreError as error:  # the manifest and its backup are both damaged
+            store = {"manifest_from_backup": False, "manifest_problem": str(error)}
+        health: dict[str, object] = {**store, **self.served.health()}
+        health["degraded"] = bool(
+            health["degraded"] or health["manifest_from_backup"] or "manifest_problem" in health
+        )
+        health["writer"] = self.store.read_status().get("store")
+        return health
 
     @property
     def events_applied(self) -> int:
