@@ -18,9 +18,17 @@ from typing import Any
 import numpy as np
 
 from freshrec.errors import FreshrecError
-from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, ScoredBatch, hit_rate_of_ranks
-from freshrec.interactions import Query
+from freshrec.evaluation.gate import (
+    GateConfig,
+    GateDecision,
+    PublishGate,
+    ScoredBatch,
+    finite_or_none,
+    hit_rate_of_ranks,
+)
 from freshrec.models.base import Model
+from freshrec.publishing.guardrail import Guardrail, GuardrailConfig, GuardrailVerdict
+from freshrec.publishing.monitor import MonitorConfig, StreamMonitor
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
 from freshrec.publishing.store import DeltaBaseError, ModelStore
 
@@ -48,6 +56,10 @@ class PublisherConfig:
     rollback_poll_ms
         How often the trainer looks for a rollback request (`freshrec rollback`, ``POST /admin/rollback``):
         a file stat, so cheap enough to bound the wait of whoever asked to a few batches.
+    guardrail
+        The automatic rollback of published versions that do worse than the last trusted one.
+    monitor
+        How the stream figures of the status document (loss spikes, input shifts) are smoothed.
     """
 
     interval_ms: int = 1000
@@ -55,6 +67,8 @@ class PublisherConfig:
     snapshot_every: int = 1_000
     gate: GateConfig = field(default_factory=GateConfig)
     rollback_poll_ms: int = 50
+    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 class ModelPublisher:
@@ -90,6 +104,12 @@ class ModelPublisher:
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         if not self._adopt_serving_version():
             self._publish_snapshot(events_trained=0)
+        self.monitor = StreamMonitor(self.config.monitor)
+        self.guardrail = (
+            Guardrail(self.shadow, self._version, self.config.guardrail, self.config.gate)
+            if self.config.guardrail.enabled
+            else None
+        )
 
     def _adopt_serving_version(self) -> bool:
         """After a restart, continue from what is being served instead of replacing it with a fresh model:
@@ -153,10 +173,16 @@ class ModelPublisher:
         window the gate can judge (it passes windows under `GateConfig.min_window_events` on the loss alone).
         """
         k = self.config.gate.k
-        self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, k), scored.query)
+        serving_ranks = scored.ranks_by(self.shadow)
+        self._window.add(scored, hit_rate_of_ranks(scored.ranks, k), hit_rate_of_ranks(serving_ranks, k))
+        self.monitor.observe(scored, loss, events)
         self._events_since_publish += events
         if position is not None:
             self.metadata["log_offset"] = int(position)
+        if self.guardrail is not None:
+            verdict = self.guardrail.watch(scored, serving_ranks, self._version)
+            if verdict is not None and self._follow_guardrail(self.guardrail, verdict, events_trained):
+                return None
         if not self.due():
             return None
         return self._decide(loss, events_trained)
@@ -173,8 +199,15 @@ class ModelPublisher:
             loss,
             window_start=window.start,
             window_end=window.end,
+            top_item_share=window.top_item_share,
         )
         self.last_decision = decision
+        self.monitor.close_window()
+        if decision.suspect and self.guardrail is not None:
+            self.guardrail.saw_suspect_window()
+        if decision.rebase:  # what it learned from the suspect windows must not ship: start from serving
+            self.model.load_state_dict(self.shadow.state_dict())
+            self.model.drain_changes()
         self._last_publish = self._clock()  # a held candidate waits a full interval before the next try
         if decision.published:
             decision.version = self._publish_changes(events_trained, decision)
@@ -185,11 +218,18 @@ class ModelPublisher:
     def status(self) -> dict[str, Any]:
         """The gate's counters, level and recent decisions (what `GET /versions` and `/metrics` show)."""
         recent = list(self.gate.decisions)[-STATUS_DECISIONS:]
+        last = self.last_decision.as_dict() if self.last_decision is not None else {}
         return {
             "version": self._version,
             "published": self.gate.published,
             "held": self.gate.held,
-            "level": self.gate.level if np.isfinite(self.gate.level) else None,
+            "level": finite_or_none(self.gate.level),
+            "quarantined": self.gate.quarantined,
+            "rebases": self.gate.rebases,
+            "top_item_share": last.get("top_item_share"),
+            "top_item_share_level": finite_or_none(self.gate.concentration_level),
+            **self.monitor.figures(),
+            **(self.guardrail.status() if self.guardrail is not None else {}),
             "decisions": [decision.as_dict() for decision in recent],
         }
 
@@ -217,15 +257,46 @@ class ModelPublisher:
         if request is None or not answer_rollback(self.store, request):
             return None
         state, _ = self.store.load(request.to)
+        self._reset_to(state, request.to)
+        return request.to
+
+    def _reset_to(self, state: dict[str, np.ndarray], version: int) -> None:
+        """The candidate and the shadow become `version` of the store (whose full state is `state`), and
+        so does the guardrail's trusted copy: a rolled-back version is what the operator or the guardrail
+        trusts."""
         self.model.load_state_dict(state)
         self.model.drain_changes()  # the store already holds everything the model now is
         self.shadow.load_state_dict(state)
         self._window = _Window()  # scored by the shadow that was just replaced
-        self._version = request.to
+        self._version = version
         # A delta must follow the newest version, which a rollback never is: the next publish is a snapshot.
         self._deltas_since_snapshot = self.config.snapshot_every
         self.last_decision = None
-        return request.to
+        if self.guardrail is not None:
+            self.guardrail.trust(self.shadow, version)
+
+    def _follow_guardrail(self, guardrail: Guardrail, verdict: GuardrailVerdict, events_trained: int) -> bool:
+        """Trust the serving version or roll back to the trusted one, as the guardrail found; True if it
+        rolled back. The rollback goes through the store when the trusted version is still kept (recorded
+        in the manifest history with its reason), else its state is published again as a snapshot; either
+        way the gate then holds candidates for the cool-down."""
+        if verdict.action == "trust":
+            guardrail.trust(self.shadow, self._version)
+        if verdict.action != "rollback":
+            return False
+        trusted, to = guardrail.trusted.state_dict(), verdict.trusted_version
+        if to in {info.version for info in self.store.versions()}:
+            self.store.rollback(to, verdict.reason)
+        else:
+            rollback = {"from": verdict.serving_version, "to": to, "reason": verdict.reason}
+            metadata = {**self.metadata, "events_trained": events_trained + self._events_trained_before}
+            to = self.store.publish_snapshot(trusted, metadata={**metadata, "rollback": rollback})
+        guardrail.rolled_back(to)
+        self._reset_to(trusted, to)
+        self._events_since_publish = 0
+        self.gate.pause(self.config.guardrail.cooldown_events, f"cool-down after rollback to version {to}")
+        self._write_status()
+        return True
 
     def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
         changes = self.model.drain_changes()
@@ -258,25 +329,35 @@ class ModelPublisher:
 
 
 class _Window:
-    """The held-back events since the last decision: hit counts of both models and the time span."""
+    """The held-back events since the last decision: hit counts of both models, the time span and the
+    events' items (catalogue columns, for the top item's share)."""
 
     def __init__(self) -> None:
         self.events = 0
         self._candidate_hits = 0.0
         self._serving_hits = 0.0
+        self._items: list[np.ndarray] = []
         self.start = float("nan")
         self.end = float("nan")
 
-    def add(self, candidate_hr: float, serving_hr: float, query: Query) -> None:
-        n = len(query)
+    def add(self, scored: ScoredBatch, candidate_hr: float, serving_hr: float) -> None:
+        n = len(scored.query)
         if n == 0:
             return
         self._candidate_hits += candidate_hr * n
         self._serving_hits += serving_hr * n
         self.events += n
-        times = query.timestamps
+        targets = scored.candidates.targets
+        self._items.append(targets[targets >= 0])  # an item's first sighting has no column yet
+        times = scored.query.timestamps
         self.start = float(np.nanmin([self.start, times.min()]))
         self.end = float(np.nanmax([self.end, times.max()]))
+
+    @property
+    def top_item_share(self) -> float:
+        """The share of the window's events that went to its most frequent item (NaN when empty)."""
+        items = np.concatenate(self._items) if self._items else np.zeros(0, np.int64)
+        return float(np.bincount(items).max()) / self.events if len(items) else float("nan")
 
     @property
     def candidate_hr(self) -> float:
