@@ -29,6 +29,7 @@ from freshrec.errors import ConfigError
 from freshrec.evaluation.gate import GateConfig
 from freshrec.models.registry import ModelSpec
 from freshrec.preprocess.pipeline import PipelineConfig
+from freshrec.publishing.guardrail import GuardrailConfig
 from freshrec.publishing.publisher import PublisherConfig
 from freshrec.publishing.store import StoreConfig
 from freshrec.serving.config import ServingConfig
@@ -125,6 +126,9 @@ class PublishingSettings:
         Flush every version file before the manifest names it.
     gate
         The publish gate (`freshrec.evaluation.gate.GateConfig`): ``[publishing.gate] tolerance = 0.01``.
+    guardrail
+        The automatic rollback of a published version worse than the last trusted one
+        (`freshrec.publishing.guardrail.GuardrailConfig`): ``[publishing.guardrail] watch_events = 1024``.
     """
 
     store: Path = Path("runs/store")
@@ -136,6 +140,7 @@ class PublishingSettings:
     compact_every: int | None = None
     fsync: bool = True
     gate: GateConfig = field(default_factory=GateConfig)
+    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
 
     def publisher(self) -> PublisherConfig:
         return PublisherConfig(
@@ -144,6 +149,7 @@ class PublishingSettings:
             snapshot_every=self.snapshot_every,
             gate=self.gate,
             rollback_poll_ms=self.rollback_poll_ms,
+            guardrail=self.guardrail,
         )
 
     def store_config(self) -> StoreConfig:

@@ -175,6 +175,15 @@ def test_admin_rollback_goes_through_the_trainer_and_the_server_follows(tmp_path
             assert gate["published"] == publisher.gate.published >= 3 and gate["held"] == 0
             metrics = client.get("/metrics").text
             assert f"freshrec_gate_published {float(publisher.gate.published)}" in metrics
+            # The poison guard's and the stream's figures, read from the status file the trainer wrote.
+            assert (
+                "freshrec_gate_quarantined 0.0" in metrics and "freshrec_guardrail_rollbacks 0.0" in metrics
+            )
+            assert (
+                f"freshrec_guardrail_trusted_version {float(publisher.guardrail.trusted_version)}" in metrics
+            )
+            for name in ("freshrec_input_unknown_item_share", "freshrec_input_event_rate_mean"):
+                assert f"\n{name} " in metrics, name
     finally:
         stop.set()
         answering.join()

@@ -156,17 +156,22 @@ def test_a_loop_restored_from_a_checkpoint_continues_exactly(tmp_path, make_mode
     assert restored.trainer.totals.events == uninterrupted.trainer.totals.events == 6_000
 
 
+def publishing_loop(store: ModelStore, checkpoints: CheckpointStore) -> TrainingLoop:
+    """A popularity loop that checkpoints to `checkpoints` and tries to publish after every batch."""
+    model = PopularityModel()
+    config = PublisherConfig(interval_ms=0)
+    publisher = ModelPublisher(model, store, config, metadata={"model": {"name": "popularity"}})
+    return training_loop(model, checkpoints, publisher)
+
+
 def test_a_restored_publisher_holds_versions_until_past_the_served_position(tmp_path):
     """The served version learned events after the checkpoint: after a restart nothing is published until
     the trainer has learned them again, and every version's count matches its log offset."""
     write_log(tmp_path / "log", 8_000)
     checkpoints = CheckpointStore(tmp_path / "checkpoints", fsync=False)
-    publishing = PublisherConfig(interval_ms=0)
 
     def loop_over(store: ModelStore) -> TrainingLoop:
-        model = PopularityModel()
-        publisher = ModelPublisher(model, store, publishing, metadata={"model": {"name": "popularity"}})
-        return training_loop(model, checkpoints, publisher)
+        return publishing_loop(store, checkpoints)
 
     with ModelStore(StoreConfig(tmp_path / "store", keep_versions=1000, fsync=False)) as store:
         first = loop_over(store)
@@ -193,6 +198,44 @@ def test_a_restored_publisher_holds_versions_until_past_the_served_position(tmp_
             if "log_offset" in info.metadata:
                 assert info.metadata["events_trained"] == info.metadata["log_offset"], info.version
         assert versions[-1].metadata["events_trained"] == 8_000
+        restored.close()
+
+
+def test_the_gate_and_the_guardrail_resume_from_a_checkpoint(tmp_path):
+    """A trainer restarted mid cool-down, with a guardrail that trusts an older version than the served
+    one, keeps both: the gate's levels, counters and pause, and the trusted version's parameters (loaded
+    from the store), so a restart cannot make a burst's versions trusted or lift a quarantine."""
+    write_log(tmp_path / "log", 6_000)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints", fsync=False)
+
+    def loop_over(store: ModelStore) -> TrainingLoop:
+        return publishing_loop(store, checkpoints)
+
+    with ModelStore(StoreConfig(tmp_path / "store", keep_versions=1000, fsync=False)) as store:
+        first = loop_over(store)
+        run_from(first, tmp_path / "log", "earliest", stop_after=8)
+        publisher = first.publisher
+        assert publisher is not None and publisher.guardrail is not None
+        assert 0 < publisher.guardrail.trusted_version < publisher.version  # trust lags a watch behind
+        publisher.gate.pause(3000, "cool-down after rollback to version 2")
+        saved_gate, trusted = publisher.gate.state_dict(), publisher.guardrail.trusted_version
+        first.checkpoint(wait=True)
+        first.close()
+
+    with ModelStore(StoreConfig(tmp_path / "store", keep_versions=1000, fsync=False)) as store:
+        restored = loop_over(store)
+        saved = checkpoints.newest_intact()
+        assert saved is not None
+        restored.restore(saved)
+        publisher = restored.publisher
+        assert publisher is not None and publisher.guardrail is not None
+        assert publisher.gate.state_dict() == saved_gate and publisher.gate.level > 0
+        assert publisher.guardrail.trusted_version == trusted != store.current_version()
+        expected, _ = store.load(trusted)
+        for name, array in publisher.guardrail.trusted.state_dict().items():
+            assert np.array_equal(array, expected[name]), name
+        run_from(restored, tmp_path / "log", saved.position, stop_after=1)
+        assert "cool-down after rollback to version 2" in publisher.gate.decisions[-1].reason
         restored.close()
 
 

@@ -14,10 +14,19 @@ HR on a window collapses far below that level (the input became less predictable
 worse), the candidate must show that it learned something: beat the serving version by a clear margin. A
 real shift of behaviour is learnable, so a candidate that trained on its first windows wins and is
 published; noise is not, so both stay near zero and the candidate is held until clean data returns.
+
+A promotion (many users pushed onto one item) is learnable, so it would pass that test: the gate also
+watches the share of the window's events that go to its most frequent item, against a running level of
+that share, and holds a window far above it with no escape. A candidate held on such a *suspect* window
+(concentrated, or collapsed without a gain) has learned from it, so it is quarantined: when the input looks
+normal again it is not published but restarted from the serving version (`GateDecision.rebase`), and the
+next window judges the restarted candidate. Publishing thus resumes on the second full window of normal
+input after a burst.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -58,6 +67,11 @@ class GateConfig:
         Published windows before the level is trusted (before that, no collapse check).
     z
         Standard errors that make a difference significant (3: about one false alarm in 700 windows).
+    concentration_ratio
+        The window counts as concentrated when the share of its events that go to its most frequent item
+        exceeds this multiple of the level of that share (and by `z` standard errors): a share no natural
+        window gives one item (docs/decisions.md, "Poison guard"). Held without the collapse check's
+        escape, since a promotion is learnable. 0 turns the check off.
     """
 
     tolerance: float = 0.01
@@ -69,11 +83,24 @@ class GateConfig:
     level_windows: int = 20
     warmup_windows: int = 5
     z: float = 3.0
+    concentration_ratio: float = 3.0
 
 
 @dataclass
 class GateDecision:
-    """One verdict of the gate, with the figures it was made on."""
+    """One verdict of the gate, with the figures it was made on.
+
+    Attributes
+    ----------
+    top_item_share
+        Share of the window's events that went to its most frequent item (NaN when not measured).
+    suspect
+        The window's input looked poisoned (concentrated, or collapsed without a learnable gain): the
+        candidate that learned from it is quarantined.
+    rebase
+        The quarantined candidate met normal input again: the publisher restarts it from the serving
+        version instead of publishing what it learned from the suspect windows.
+    """
 
     published: bool
     reason: str
@@ -84,23 +111,29 @@ class GateDecision:
     window_end: float
     decided_at: float = field(default_factory=time.time)
     version: int | None = None
+    top_item_share: float = float("nan")
+    suspect: bool = False
+    rebase: bool = False
 
     def as_dict(self) -> dict[str, object]:
         """Plain JSON values; a figure that was not measured (no window) is None, never NaN."""
         return {
             "published": self.published,
             "reason": self.reason,
-            "candidate_hr": _finite_or_none(self.candidate_hr),
-            "serving_hr": _finite_or_none(self.serving_hr),
+            "candidate_hr": finite_or_none(self.candidate_hr),
+            "serving_hr": finite_or_none(self.serving_hr),
             "window_events": self.window_events,
-            "window_start": _finite_or_none(self.window_start),
-            "window_end": _finite_or_none(self.window_end),
+            "window_start": finite_or_none(self.window_start),
+            "window_end": finite_or_none(self.window_end),
             "decided_at": self.decided_at,
             "version": self.version,
+            "top_item_share": finite_or_none(self.top_item_share),
+            "suspect": self.suspect,
+            "rebase": self.rebase,
         }
 
 
-def _finite_or_none(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
@@ -133,7 +166,39 @@ class ScoredBatch:
 
     def rescore(self, model: Model, k: int) -> float:
         """HR@k of another `model` on the same events (0 when none was ranked)."""
-        return hit_rate_of_ranks(rank_candidates(model, self.query, self.candidates), k)
+        return hit_rate_of_ranks(self.ranks_by(model), k)
+
+    def ranks_by(self, model: Model) -> np.ndarray:
+        """Each event's target rank under another `model` (-1: not rankable)."""
+        return rank_candidates(model, self.query, self.candidates)
+
+
+@dataclass
+class RunningLevel:
+    """A mean over the first `windows` values, then an exponential mean over about `windows`: slow enough
+    that a burst does not drag it far, fast enough to follow drift. NaN until `warmup` values were added.
+
+    >>> level = RunningLevel(windows=2, warmup=2)
+    >>> level.add(1.0); level.value
+    nan
+    >>> level.add(3.0); level.value
+    2.0
+    >>> level.add(4.0); level.value  # weight 1/2 from now on
+    3.0
+    """
+
+    windows: int
+    warmup: int = 1
+    count: int = 0
+    mean: float = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.mean += (value - self.mean) / min(self.count, self.windows)  # the first value: weight 1
+
+    @property
+    def value(self) -> float:
+        return self.mean if self.count >= self.warmup else float("nan")
 
 
 class PublishGate:
@@ -150,14 +215,56 @@ class PublishGate:
     """
 
     def __init__(self, config: GateConfig | None = None) -> None:
-        self.config = config or GateConfig()
-        self.decisions: deque[GateDecision] = deque(maxlen=self.config.history)
+        self.config = config = config or GateConfig()
+        self.decisions: deque[GateDecision] = deque(maxlen=config.history)
         self.published = 0
         self.held = 0
-        #: Running mean of HR on published windows (NaN until `warmup_windows` were published).
-        self.level = float("nan")
-        self._level_windows = 0
-        self._running_level = 0.0
+        #: Suspect windows the candidate learned from since it was last published or restarted.
+        self.quarantined = 0
+        #: Quarantined candidates restarted from the serving version.
+        self.rebases = 0
+        self._hr_level = RunningLevel(config.level_windows, config.warmup_windows)
+        self._share_level = RunningLevel(config.level_windows, config.warmup_windows)
+        self._paused_events = 0
+        self._pause_reason = ""
+
+    @property
+    def level(self) -> float:
+        """Running mean of HR on published windows (NaN until `warmup_windows` were published)."""
+        return self._hr_level.value
+
+    @property
+    def concentration_level(self) -> float:
+        """Running mean of the top item's share on published windows (NaN until `warmup_windows`)."""
+        return self._share_level.value
+
+    def pause(self, events: int, reason: str) -> None:
+        """Hold every candidate until windows of `events` more events were judged (a cool-down)."""
+        self._paused_events, self._pause_reason = max(int(events), 0), reason
+
+    def state_dict(self) -> dict[str, object]:
+        """The counters, levels, quarantine and cool-down as plain JSON values (a trainer checkpoint
+        records them: a trainer restarted mid-burst must not forget that its candidate is quarantined, nor
+        judge without a level for its first windows)."""
+        return {
+            "published": self.published,
+            "held": self.held,
+            "quarantined": self.quarantined,
+            "rebases": self.rebases,
+            "hr_level": dataclasses.asdict(self._hr_level),
+            "share_level": dataclasses.asdict(self._share_level),
+            "paused_events": self._paused_events,
+            "pause_reason": self._pause_reason,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Take back what `state_dict` returned."""
+        self.published, self.held = int(state["published"]), int(state["held"])  # type: ignore[arg-type]
+        self.quarantined, self.rebases = int(state["quarantined"]), int(state["rebases"])  # type: ignore[arg-type]
+        self._hr_level = RunningLevel(**state["hr_level"])  # type: ignore[arg-type]
+        self._share_level = RunningLevel(**state["share_level"])  # type: ignore[arg-type]
+        self._paused_events = int(state["paused_events"])  # type: ignore[arg-type]
+        self._pause_reason = str(state["pause_reason"])
 
     def decide(
         self,
@@ -168,23 +275,41 @@ class PublishGate:
         *,
         window_start: float = float("nan"),
         window_end: float = float("nan"),
+        top_item_share: float = float("nan"),
     ) -> GateDecision:
-        """The verdict for a candidate; `loss` is its last training loss (None for count-based models)."""
-        k, tolerance = self.config.k, self.config.tolerance
+        """The verdict for a candidate; `loss` is its last training loss (None for count-based models) and
+        `top_item_share` the share of the window's events that went to its most frequent item."""
+        k, tolerance, minimum = self.config.k, self.config.tolerance, self.config.min_window_events
+        suspect = rebase = False
         if loss is not None and not math.isfinite(loss):
             passed, reason = False, f"non-finite training loss: {loss}"
-        elif window_events < self.config.min_window_events:
-            passed, reason = (
-                True,
-                f"window of {window_events} events is below {self.config.min_window_events}",
+        elif self._paused_events > 0:
+            passed, reason = False, f"{self._pause_reason}; paused for {self._paused_events} more events"
+            self._paused_events = max(self._paused_events - window_events, 0)
+        elif window_events < minimum:
+            passed = not self.quarantined  # a small window cannot show that the input is normal again
+            reason = f"window of {window_events} events is below {minimum}"
+            if self.quarantined:
+                reason += f": the candidate stays quarantined after {self.quarantined} suspect windows"
+        elif self._concentrated(top_item_share, window_events):
+            passed, suspect = False, True
+            reason = (
+                f"window concentrated: its top item has {top_item_share:.3f} of the events vs a level of "
+                f"{self.concentration_level:.3f} (a promotion is learnable: no gain clears it)"
             )
-        elif self._collapsed(serving_hr, window_events) and not self._learned(
+        elif (collapsed := self._collapsed(serving_hr, window_events)) and not self._learned(
             candidate_hr, serving_hr, window_events
         ):
-            passed = False
+            passed, suspect = False, True
             reason = (
                 f"window collapsed: serving HR@{k} {serving_hr:.4f} vs level {self.level:.4f}, and the "
                 f"candidate's {candidate_hr:.4f} is no clear gain (noise is not learnable)"
+            )
+        elif self.quarantined and not collapsed:
+            passed, rebase = False, True
+            reason = (
+                f"the candidate learned from {self.quarantined} suspect windows and the input is normal "
+                "again: it restarts from the serving version"
             )
         elif candidate_hr + tolerance < serving_hr:
             drop = serving_hr - candidate_hr
@@ -197,33 +322,43 @@ class PublishGate:
             passed = True
             reason = f"HR@{k} {candidate_hr:.4f} vs serving {serving_hr:.4f} (tolerance {tolerance:.4f})"
         figures = (candidate_hr, serving_hr, window_events, window_start, window_end)
-        decision = GateDecision(passed, reason, *figures)
+        decision = GateDecision(
+            passed, reason, *figures, top_item_share=top_item_share, suspect=suspect, rebase=rebase
+        )
         self.decisions.append(decision)
         if passed:
             self.published += 1
-            if window_events >= self.config.min_window_events:
-                self._update_level(candidate_hr)
+            self.quarantined = 0
+            if window_events >= minimum:
+                self._hr_level.add(candidate_hr)
+                if math.isfinite(top_item_share):
+                    self._share_level.add(top_item_share)
         else:
             self.held += 1
+            self.quarantined += suspect
+            if rebase:
+                self.quarantined = 0
+                self.rebases += 1
         return decision
 
     def _collapsed(self, serving_hr: float, window_events: int) -> bool:
         ratio = self.config.collapse_ratio
         if ratio <= 0 or not math.isfinite(self.level) or not math.isfinite(serving_hr):
             return False
-        error = math.sqrt(self.level * (1.0 - self.level) / window_events)
-        return serving_hr < ratio * self.level and serving_hr < self.level - self.config.z * error
+        level = self.level
+        return serving_hr < ratio * level and serving_hr < level - self._error(level, window_events)
+
+    def _concentrated(self, share: float, window_events: int) -> bool:
+        ratio, level = self.config.concentration_ratio, self.concentration_level
+        if ratio <= 0 or not math.isfinite(level) or not math.isfinite(share):
+            return False
+        return share > ratio * level and share > level + self._error(level, window_events)
+
+    def _error(self, p: float, window_events: int) -> float:
+        """`z` standard errors of a share `p` measured on a window."""
+        return self.config.z * math.sqrt(p * (1.0 - p) / window_events)
 
     def _learned(self, candidate_hr: float, serving_hr: float, window_events: int) -> bool:
         p = max(serving_hr, 1.0 / window_events)
-        error = math.sqrt(p * (1.0 - p) / window_events)
-        margin = max(self.config.collapse_margin, self.config.z * error)
+        margin = max(self.config.collapse_margin, self._error(p, window_events))
         return candidate_hr >= serving_hr + margin
-
-    def _update_level(self, hr: float) -> None:
-        # A mean over the first windows, then an exponential mean over about `level_windows`.
-        self._level_windows += 1
-        weight = 1.0 / min(self._level_windows, self.config.level_windows)
-        self._running_level += weight * (hr - self._running_level)  # the first window: weight 1
-        if self._level_windows >= self.config.warmup_windows:
-            self.level = self._running_level

@@ -19,12 +19,20 @@ from typing import Any
 import numpy as np
 
 from freshrec.errors import FreshrecError
-from freshrec.evaluation.gate import GateConfig, GateDecision, PublishGate, ScoredBatch, hit_rate_of_ranks
+from freshrec.evaluation.gate import (
+    GateConfig,
+    GateDecision,
+    PublishGate,
+    ScoredBatch,
+    finite_or_none,
+    hit_rate_of_ranks,
+)
 from freshrec.evaluation.prequential import RankingMetrics
-from freshrec.interactions import Query
 from freshrec.models.base import Model
+from freshrec.publishing.guardrail import Guardrail, GuardrailConfig, GuardrailVerdict
+from freshrec.publishing.monitor import MonitorConfig, StreamMonitor
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
-from freshrec.publishing.store import DeltaBaseError, ModelStore, StoreCorruptError
+from freshrec.publishing.store import DeltaBaseError, ModelStore, StoreCorruptError, VersionNotFoundError
 
 #: Gate decisions kept in the store's status file for servers to show.
 STATUS_DECISIONS = 20
@@ -54,6 +62,10 @@ class PublisherConfig:
     rollback_poll_ms
         How often the trainer looks for a rollback request (`freshrec rollback`, ``POST /admin/rollback``):
         a file stat, so cheap enough to bound the wait of whoever asked to a few batches.
+    guardrail
+        The automatic rollback of published versions that do worse than the last trusted one.
+    monitor
+        How the stream figures of the status document (loss spikes, input shifts) are smoothed.
     """
 
     interval_ms: int = 1000
@@ -61,6 +73,8 @@ class PublisherConfig:
     snapshot_every: int | None = None
     gate: GateConfig = field(default_factory=GateConfig)
     rollback_poll_ms: int = 50
+    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 class ModelPublisher:
@@ -96,6 +110,8 @@ class ModelPublisher:
         # (what the served version had learned): publishing sooner would take users back in time.
         self._hold_until = 0
         self._trained = 0  # events the trainer had learned at the last `consider` (its own count)
+        # Events learned by the lineage of the version in the shadow, and of the guardrail's trusted copy.
+        self._served_events_trained = 0
         self.last_decision: GateDecision | None = None
         self.model.drain_changes()  # changes before the first snapshot are in the snapshot
         try:
@@ -105,6 +121,13 @@ class ModelPublisher:
             adopted = False
         if not adopted:
             self._publish_snapshot(events_trained=0)
+        self.monitor = StreamMonitor(self.config.monitor)
+        self.guardrail = (
+            Guardrail(self.shadow, self._version, self.config.guardrail, self.config.gate)
+            if self.config.guardrail.enabled
+            else None
+        )
+        self._trusted_events_trained = self._served_events_trained
 
     def _adopt_serving_version(self) -> bool:
         """After a restart, continue from what is being served instead of replacing it with a fresh model:
@@ -124,13 +147,21 @@ class ModelPublisher:
         self.model.drain_changes()
         self.resume_offset = int(loaded.metadata.get("log_offset", 0))
         self._events_trained_before = int(loaded.metadata.get("events_trained", 0))
+        self._served_events_trained = self._events_trained_before
         self._version = loaded.version
         self._deltas_since_snapshot = self.config.snapshot_every  # our drains do not extend that version
         return True
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """What a trainer checkpoint records of the publisher (`restore` takes it back)."""
-        return {"version": self._version, "events_trained_before": self._events_trained_before}
+        """What a trainer checkpoint records of the publisher (`restore` takes it back): plain JSON."""
+        state: dict[str, Any] = {
+            "version": self._version,
+            "events_trained_before": self._events_trained_before,
+            "gate": self.gate.state_dict(),
+        }
+        if self.guardrail is not None:
+            state["guardrail"] = self.guardrail.state_dict()
+        return state
 
     def restore(self, saved: dict[str, Any], position: int, created: float, events_trained: int) -> int:
         """Continue after the trainer's loop restored a checkpoint taken at source `position` (Unix time
@@ -142,17 +173,24 @@ class ModelPublisher:
         learned again on the checkpoint's state, so no version counts one twice; and no version is
         published until the trainer has passed the served version's position. The next version is a full
         snapshot (the candidate's state no longer follows the served version's). If the store was rolled
-        back after the checkpoint (by an operator while the trainer was down), the operator's choice wins:
-        the candidate takes the served version's parameters and learns only what comes after it.
+        back after the checkpoint (by an operator while the trainer was down, or by the guardrail before
+        the crash), that choice wins: the candidate takes the served version's parameters and learns only
+        what comes after it. The gate keeps its levels, quarantine and cool-down; the guardrail its trusted
+        version, reloaded from the store while it is kept (else it trusts what is served).
         """
         self.model.drain_changes()
         self._events_trained_before = int(saved.get("events_trained_before", 0))
         self._deltas_since_snapshot = self.config.snapshot_every
         self._window = _Window()
+        if "gate" in saved:
+            self.gate.load_state_dict(saved["gate"])
         served = self.store.current_version()
         if served == 0:
             return position
-        served_position = int(self._served_metadata().get("log_offset", 0))
+        served_metadata = self._served_metadata()
+        self._served_events_trained = int(served_metadata.get("events_trained", 0))
+        self._restore_guardrail(saved.get("guardrail"))
+        served_position = int(served_metadata.get("log_offset", 0))
         rolled_back = any(float(event.get("time", 0.0)) > created for event in self.store.history())
         if rolled_back:
             state, loaded = self.store.load()
@@ -162,6 +200,23 @@ class ModelPublisher:
             return max(position, served_position)
         self._hold_until = served_position if served_position > position else 0
         return position
+
+    def _restore_guardrail(self, saved: dict[str, Any] | None) -> None:
+        guardrail = self.guardrail
+        if guardrail is None:
+            return
+        self._trusted_events_trained = self._served_events_trained  # the guardrail trusts the shadow
+        if not saved:
+            return
+        trusted, version = None, int(saved["trusted_version"])
+        if version != guardrail.trusted_version:
+            try:
+                trusted, loaded = self.store.load(version)
+            except (StoreCorruptError, VersionNotFoundError) as error:
+                _log.info("the guardrail trusts the served version: %s", error)
+                return
+            self._trusted_events_trained = int(loaded.metadata.get("events_trained", 0))
+        guardrail.load_state_dict(saved, trusted)
 
     def _served_metadata(self) -> dict[str, Any]:
         current = self.store.current_version()
@@ -236,10 +291,16 @@ class ModelPublisher:
                     self.metadata["log_offset"] = int(position)
                 return None
         k = self.config.gate.k
-        self._window.add(hit_rate_of_ranks(scored.ranks, k), scored.rescore(self.shadow, k), scored.query)
+        serving_ranks = scored.ranks_by(self.shadow)
+        self._window.add(scored, hit_rate_of_ranks(scored.ranks, k), hit_rate_of_ranks(serving_ranks, k))
+        self.monitor.observe(scored, loss, events)
         self._events_since_publish += events
         if position is not None:
             self.metadata["log_offset"] = int(position)
+        if self.guardrail is not None:
+            verdict = self.guardrail.watch(scored, serving_ranks, self._version)
+            if verdict is not None and self._follow_guardrail(self.guardrail, verdict):
+                return None
         if not self.due():
             return None
         return self._decide(loss, events_trained)
@@ -256,8 +317,15 @@ class ModelPublisher:
             loss,
             window_start=window.start,
             window_end=window.end,
+            top_item_share=window.top_item_share,
         )
         self.last_decision = decision
+        self.monitor.close_window()
+        if decision.suspect and self.guardrail is not None:
+            self.guardrail.saw_suspect_window()
+        if decision.rebase:  # what it learned from the suspect windows must not ship: start from serving
+            self.model.load_state_dict(self.shadow.state_dict())
+            self.model.drain_changes()
         self._last_publish = self._clock()  # a held candidate waits a full interval before the next try
         if decision.published:
             decision.version = self._publish_changes(events_trained, decision)
@@ -268,11 +336,18 @@ class ModelPublisher:
     def status(self) -> dict[str, Any]:
         """The gate's counters, level and recent decisions (what `GET /versions` and `/metrics` show)."""
         recent = list(self.gate.decisions)[-STATUS_DECISIONS:]
+        last = self.last_decision.as_dict() if self.last_decision is not None else {}
         return {
             "version": self._version,
             "published": self.gate.published,
             "held": self.gate.held,
-            "level": self.gate.level if np.isfinite(self.gate.level) else None,
+            "level": finite_or_none(self.gate.level),
+            "quarantined": self.gate.quarantined,
+            "rebases": self.gate.rebases,
+            "top_item_share": last.get("top_item_share"),
+            "top_item_share_level": finite_or_none(self.gate.concentration_level),
+            **self.monitor.figures(),
+            **(self.guardrail.status() if self.guardrail is not None else {}),
             "decisions": [decision.as_dict() for decision in recent],
         }
 
@@ -304,17 +379,54 @@ class ModelPublisher:
         # The version rolled back to, now current; or, if its files are damaged, the newest intact one
         # before it, which is what servers load too.
         state, loaded = self.store.load()
+        self._reset_to(state, loaded.version, int(loaded.metadata.get("events_trained", 0)))
+        return loaded.version
+
+    def _reset_to(self, state: dict[str, np.ndarray], version: int, events_trained: int) -> None:
+        """The candidate and the shadow become `version` of the store (whose full state is `state` and
+        whose lineage learned `events_trained` events), and so does the guardrail's trusted copy: a
+        rolled-back version is what the operator or the guardrail trusts."""
         # `events_trained` counts what the served parameters learned: from now on, the chosen version's.
-        self._events_trained_before = int(loaded.metadata.get("events_trained", 0)) - self._trained
+        self._events_trained_before = events_trained - self._trained
         self.model.load_state_dict(state)
         self.model.drain_changes()  # the store already holds everything the model now is
         self.shadow.load_state_dict(state)
         self._window = _Window()  # scored by the shadow that was just replaced
-        self._version = loaded.version
+        self._version = version
         # A delta must follow the newest version, which a rollback never is: the next publish is a snapshot.
         self._deltas_since_snapshot = self.config.snapshot_every
         self.last_decision = None
-        return request.to
+        self._served_events_trained = events_trained
+        if self.guardrail is not None:
+            self.guardrail.trust(self.shadow, version)
+            self._trusted_events_trained = events_trained
+
+    def _follow_guardrail(self, guardrail: Guardrail, verdict: GuardrailVerdict) -> bool:
+        """Trust the serving version or roll back to the trusted one, as the guardrail found; True if it
+        rolled back. The rollback goes through the store when the trusted version is still kept (recorded
+        in the manifest history with its reason), else its state is published again as a snapshot (with
+        the rollback in its metadata); either way the gate then holds candidates for the cool-down."""
+        if verdict.action == "trust":
+            guardrail.trust(self.shadow, self._version)
+            self._trusted_events_trained = self._served_events_trained
+        if verdict.action != "rollback":
+            return False
+        trusted, to = guardrail.trusted.state_dict(), verdict.trusted_version
+        events_trained = self._trusted_events_trained
+        try:
+            self.store.rollback(to, verdict.reason)
+        except VersionNotFoundError:
+            _log.info("trusted version %d is no longer kept: publishing its state again", to)
+            rollback = {"from": verdict.serving_version, "state_of": to, "reason": verdict.reason}
+            metadata = {**self.metadata, "events_trained": events_trained, "rollback": rollback}
+            to = self.store.publish_snapshot(trusted, metadata=metadata, rollback=rollback)
+        _log.warning("%s: rolled back to version %d", verdict.reason, to)
+        guardrail.rolled_back(to)
+        self._reset_to(trusted, to, events_trained)
+        self._events_since_publish = 0
+        self.gate.pause(self.config.guardrail.cooldown_events, f"cool-down after rollback to version {to}")
+        self._write_status()
+        return True
 
     def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
         changes = self.model.drain_changes()
@@ -336,6 +448,7 @@ class ModelPublisher:
             self.shadow.apply_changes(changes)
             self._deltas_since_snapshot = (since or 0) + 1
             self._version = version
+            self._served_events_trained = events_trained
             return version
         return self._publish_snapshot(events_trained, metadata)
 
@@ -347,29 +460,40 @@ class ModelPublisher:
         self._deltas_since_snapshot = 0
         self._last_publish = self._clock()
         self._version = version
+        self._served_events_trained = int(metadata.get("events_trained", events_trained))
         return version
 
 
 class _Window:
-    """The held-back events since the last decision: hit counts of both models and the time span."""
+    """The held-back events since the last decision: hit counts of both models, the time span and the
+    events' items (catalogue columns, for the top item's share)."""
 
     def __init__(self) -> None:
         self.events = 0
         self._candidate_hits = 0.0
         self._serving_hits = 0.0
+        self._items: list[np.ndarray] = []
         self.start = float("nan")
         self.end = float("nan")
 
-    def add(self, candidate_hr: float, serving_hr: float, query: Query) -> None:
-        n = len(query)
+    def add(self, scored: ScoredBatch, candidate_hr: float, serving_hr: float) -> None:
+        n = len(scored.query)
         if n == 0:
             return
         self._candidate_hits += candidate_hr * n
         self._serving_hits += serving_hr * n
         self.events += n
-        times = query.timestamps
+        targets = scored.candidates.targets
+        self._items.append(targets[targets >= 0])  # an item's first sighting has no column yet
+        times = scored.query.timestamps
         self.start = float(np.nanmin([self.start, times.min()]))
         self.end = float(np.nanmax([self.end, times.max()]))
+
+    @property
+    def top_item_share(self) -> float:
+        """The share of the window's events that went to its most frequent item (NaN when empty)."""
+        items = np.concatenate(self._items) if self._items else np.zeros(0, np.int64)
+        return float(np.bincount(items).max()) / self.events if len(items) else float("nan")
 
     @property
     def candidate_hr(self) -> float:

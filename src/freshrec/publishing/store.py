@@ -598,16 +598,26 @@ class ModelStore:
         return self._snapshot_wanted
 
     # ------------------------------------------------------------------ writing
-    def publish_snapshot(self, state: State, metadata: dict[str, Any] | None = None) -> int:
+    def publish_snapshot(
+        self,
+        state: State,
+        metadata: dict[str, Any] | None = None,
+        rollback: dict[str, Any] | None = None,
+    ) -> int:
         """Publish the full `state` as the next version and make it current; returns its number.
 
-        Raises `NonFiniteValueError` (naming the tensor) if any float holds NaN or infinity.
+        `rollback` (``from``, ``reason``, ...) makes the publish a rollback by republishing: the state of a
+        version no longer kept is published again, and the manifest history records it, in the same write,
+        as a ``rollback`` to the new version (with the time). Raises `NonFiniteValueError` (naming the
+        tensor) if any float holds NaN or infinity.
         """
         manifest = self._writer_manifest("publish_snapshot")
         tensors, schema = _snapshot_tensors(state)
         # A compaction in progress counts for retention, which a snapshot moves on: let it finish first.
         self.wait_for_compaction()
-        version = self._publish("snapshot", tensors, schema, None, _json_metadata(metadata), manifest)
+        version = self._publish(
+            "snapshot", tensors, schema, None, _json_metadata(metadata), manifest, rollback
+        )
         self._snapshot_wanted = None
         return version
 
@@ -731,6 +741,7 @@ class ModelStore:
         base: int | None,
         metadata: dict[str, Any],
         manifest: _Manifest,
+        rollback: dict[str, Any] | None = None,
     ) -> int:
         version = manifest.latest + 1  # only this thread publishes: the compactor never changes `latest`
         created = time.time()
@@ -742,9 +753,14 @@ class ModelStore:
         with self._manifest_lock:  # the file is durable before any manifest names it
             manifest = self._manifest
             versions = {**manifest.versions, version: info}
-            self._replace_retained(
-                dataclasses.replace(manifest, current=version, latest=version, versions=versions)
+            history = manifest.history
+            if rollback is not None:
+                event = {"time": created, **rollback, "to": version, "action": "rollback"}
+                history = [*history, event][-HISTORY_LIMIT:]
+            updated = dataclasses.replace(
+                manifest, current=version, latest=version, versions=versions, history=history
             )
+            self._replace_retained(updated)
         self._keep_within_bound()
         self._start_compaction()
         return version

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
@@ -174,12 +177,7 @@ def create_app(
         registry=registry,
     ).set_function(lambda: float(bool(runtime.store_health()["degraded"])))
 
-    for name, help_text, field in (
-        ("freshrec_gate_published", "Candidates the trainer's gate published", "published"),
-        ("freshrec_gate_held", "Candidates the trainer's gate held back", "held"),
-        ("freshrec_gate_level", "Running HR@K of published windows", "level"),
-    ):
-        Gauge(name, help_text, registry=registry).set_function(lambda f=field: _gate_figure(runtime, f))
+    registry.register(TrainerFigures(runtime))
 
     # Bounds the bodies being parsed at once, hence their memory; made on the app's own event loop.
     ingest_slots: list[asyncio.Semaphore] = []
@@ -331,7 +329,75 @@ def _rollback_body(body: bytes) -> RollbackBody:
         raise RequestValidationError(errors) from None
 
 
-def _gate_figure(runtime: ServingRuntime, name: str) -> float:
-    """One figure of the trainer's gate from the store's status file (NaN before the trainer wrote one)."""
-    value = runtime.store.read_status().get("gate", {}).get(name)
-    return float(value) if isinstance(value, int | float) else float("nan")
+class TrainerFigures(Collector):
+    """The trainer's figures from the store's status file, read once per scrape: the gate's counters and
+    level, the guardrail's rollbacks, loss spikes and input shifts (docs/operations.md, "Poisoned input").
+    NaN before the trainer wrote them, or for a figure it cannot measure (no loss for a count model)."""
+
+    def __init__(self, runtime: ServingRuntime) -> None:
+        self._runtime = runtime
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, help_text) for name, help_text, _ in TRAINER_FIGURES]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        figures = self._runtime.store.read_status().get("gate", {})
+        families = []
+        for name, help_text, key in TRAINER_FIGURES:
+            value = figures.get(key)
+            number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+            families.append(GaugeMetricFamily(name, help_text, value=math.nan if number is None else number))
+        return families
+
+
+#: (metric, help, key of the status file's ``gate`` document) for every figure the trainer reports.
+TRAINER_FIGURES = (
+    ("freshrec_gate_published", "Candidates the trainer's gate published", "published"),
+    ("freshrec_gate_held", "Candidates the trainer's gate held back", "held"),
+    ("freshrec_gate_level", "Running HR@K of published windows", "level"),
+    ("freshrec_gate_quarantined", "Suspect windows the held candidate learned from", "quarantined"),
+    ("freshrec_gate_rebases", "Quarantined candidates restarted from the serving version", "rebases"),
+    ("freshrec_gate_top_item_share", "Share of the last window's events on its top item", "top_item_share"),
+    (
+        "freshrec_gate_top_item_share_level",
+        "Running share of the top item on published windows",
+        "top_item_share_level",
+    ),
+    ("freshrec_guardrail_rollbacks", "Automatic rollbacks by the guardrail", "rollbacks"),
+    ("freshrec_guardrail_trusted_version", "The version the guardrail trusts", "trusted_version"),
+    (
+        "freshrec_guardrail_serving_hr",
+        "HR@K of the serving version on the last watch",
+        "guardrail_serving_hr",
+    ),
+    (
+        "freshrec_guardrail_trusted_hr",
+        "HR@K of the trusted version on the last watch",
+        "guardrail_trusted_hr",
+    ),
+    ("freshrec_trainer_loss", "The trainer's last training loss", "loss_last"),
+    ("freshrec_trainer_loss_mean", "Running mean of the training loss", "loss_mean"),
+    ("freshrec_trainer_loss_spikes", "Training losses far above their running mean", "loss_spikes"),
+    ("freshrec_input_event_rate", "Events per second of event time in the last window", "event_rate"),
+    ("freshrec_input_event_rate_mean", "Running mean of the event rate", "event_rate_mean"),
+    (
+        "freshrec_input_unknown_user_share",
+        "Share of the last window's events by new users",
+        "unknown_user_share",
+    ),
+    (
+        "freshrec_input_unknown_user_share_mean",
+        "Running share of events by new users",
+        "unknown_user_share_mean",
+    ),
+    (
+        "freshrec_input_unknown_item_share",
+        "Share of the last window's events on new items",
+        "unknown_item_share",
+    ),
+    (
+        "freshrec_input_unknown_item_share_mean",
+        "Running share of events on new items",
+        "unknown_item_share_mean",
+    ),
+)
