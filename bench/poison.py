@@ -34,7 +34,7 @@ from freshrec.publishing.publisher import PublisherConfig  # noqa: E402
 from freshrec.sources.synthetic import SyntheticConfig  # noqa: E402
 
 #: The gate without its poison checks: it still compares the candidate with the serving version.
-BLIND = GateConfig(collapse_ratio=0.0, concentration_ratio=0.0)
+BLIND = GateConfig(collapse_ratio=0.0, concentration_ratio=0.0, rare_ratio=0.0)
 CONFIGURATIONS = {
     "gate + guardrail": PublisherConfig(interval_ms=0),
     "gate only": PublisherConfig(interval_ms=0, guardrail=GuardrailConfig(enabled=False)),

@@ -135,3 +135,17 @@ def test_decisions_report_their_top_item_share_and_flags_as_json():
     figures = gate.decide(0.5, 0.2, 500, loss=0.3, top_item_share=0.3).as_dict()
     assert figures["top_item_share"] == 0.3 and figures["suspect"] is True and figures["rebase"] is False
     assert gate.decide(0.3, 0.3, 500).as_dict()["top_item_share"] is None  # not measured: None, not NaN
+
+
+def test_a_window_on_rare_items_is_held_and_natural_variation_is_not():
+    gate = PublishGate(GateConfig(tolerance=0.01, min_window_events=64))
+    for _ in range(10):
+        assert gate.decide(0.30, 0.30, 500, loss=0.3, rare_item_share=0.10).published
+    assert gate.rare_level == pytest.approx(0.10)
+    held = gate.decide(0.35, 0.30, 500, loss=0.3, rare_item_share=0.60)
+    assert not held.published and held.suspect and "rare items" in held.reason
+    assert held.as_dict()["rare_item_share"] == 0.60
+    # Twice the usual share of rare items (a few new items at once) is not a burst: the candidate that
+    # learned from the held window restarts, and the next one publishes.
+    assert gate.decide(0.30, 0.30, 500, loss=0.3, rare_item_share=0.20).rebase
+    assert gate.decide(0.30, 0.30, 500, loss=0.3, rare_item_share=0.20).published

@@ -19,7 +19,7 @@ from freshrec.publishing.store import ModelStore
 from freshrec.sources.synthetic import SyntheticConfig
 from tests.publishing.test_poison_guard import BURST, CLEAN, RECOVERY, UNGUARDED, model
 
-CHECKS_OFF = GateConfig(collapse_ratio=0.0, concentration_ratio=0.0)
+CHECKS_OFF = GateConfig(collapse_ratio=0.0, concentration_ratio=0.0, rare_ratio=0.0)
 GUARDRAIL_ONLY = PublisherConfig(interval_ms=0, gate=CHECKS_OFF)
 #: Decisions after an automatic rollback before a version is published again: the cool-down (1,024
 #: evaluated events, 4 windows of 256), then up to 4 windows in which the restarted candidate, which learns

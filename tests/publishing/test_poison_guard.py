@@ -22,7 +22,7 @@ TOLERANCE = GateConfig().tolerance
 RESUME_EVENTS = 4 * 256
 UNGUARDED = PublisherConfig(
     interval_ms=0,
-    gate=GateConfig(collapse_ratio=0.0, concentration_ratio=0.0),
+    gate=GateConfig(collapse_ratio=0.0, concentration_ratio=0.0, rare_ratio=0.0),
     guardrail=GuardrailConfig(enabled=False),
 )
 
@@ -58,6 +58,19 @@ def test_a_random_item_burst_is_held_and_publishing_resumes(clean, without_burst
     assert guarded.publisher.gate.rebases >= 1  # what the candidate learned from noise never shipped
     # Control: without the checks nearly every version learned from noise ships. (Uniform noise costs
     # this co-occurrence model little on clean events; a model learned from noise must not ship anyway.)
+    unguarded = poisoning.drill(burst, model, tmp_path / "unguarded", UNGUARDED)
+    assert unguarded.published_in_burst >= len(unguarded.burst) - 1
+
+
+def test_a_burst_on_the_least_popular_items_is_held_and_publishing_resumes(clean, without_burst, tmp_path):
+    # Flipped choices: the burst's events go to the items users choose least, spread over many of them.
+    burst = poisoning.least_popular_items(clean, CLEAN, CLEAN + BURST)
+    guarded = poisoning.drill(burst, model, tmp_path / "guarded")
+    assert len(guarded.burst) >= 15 and guarded.published_in_burst == 0
+    assert sum("rare items" in decision.reason for decision in guarded.burst) >= len(guarded.burst) - 1
+    assert guarded.parameters_hr >= without_burst.parameters_hr - TOLERANCE
+    assert guarded.first_publish is not None and guarded.first_publish <= RESUME_EVENTS
+    # Control: without the checks every version that learned the flipped choices ships.
     unguarded = poisoning.drill(burst, model, tmp_path / "unguarded", UNGUARDED)
     assert unguarded.published_in_burst >= len(unguarded.burst) - 1
 

@@ -229,7 +229,10 @@ def test_the_gate_and_the_guardrail_resume_from_a_checkpoint(tmp_path):
         restored.restore(saved)
         publisher = restored.publisher
         assert publisher is not None and publisher.guardrail is not None
-        assert publisher.gate.state_dict() == saved_gate and publisher.gate.level > 0
+        restored_gate = publisher.gate.state_dict()
+        # All but the rare items' level, which restarts with the recent counts it is measured against.
+        assert restored_gate.pop("rare_level") != saved_gate.pop("rare_level")
+        assert restored_gate == saved_gate and publisher.gate.level > 0
         assert publisher.guardrail.trusted_version == trusted != store.current_version()
         expected, _ = store.load(trusted)
         for name, array in publisher.guardrail.trusted.state_dict().items():

@@ -22,6 +22,11 @@ that share, and holds a window far above it with no escape. A candidate held on 
 normal again it is not published but restarted from the serving version (`GateDecision.rebase`), and the
 next window judges the restarted candidate. Publishing thus resumes on the second full window of normal
 input after a burst.
+
+Noise and flipped choices (a burst on the items users do not choose) are learnable too, at least by a
+model with item parameters, and spread over many items: the gate also watches the share of the window's
+events on *rare* items (outside the head of recent events, `publishing.publisher`), against its running
+level, and holds a window far above it like a concentrated one.
 """
 
 from __future__ import annotations
@@ -72,6 +77,11 @@ class GateConfig:
         exceeds this multiple of the level of that share (and by `z` standard errors): a share no natural
         window gives one item (docs/decisions.md, "Poison guard"). Held without the collapse check's
         escape, since a promotion is learnable. 0 turns the check off.
+    rare_ratio
+        The window counts as a burst on rare items when the share of its events on items outside the head
+        of recent events exceeds this multiple of the level of that share (and by `z` standard errors):
+        noise and flipped choices put most of a burst there, natural drift a few new items at a time.
+        Suspect like a concentrated window. 0 turns the check off.
     """
 
     tolerance: float = 0.01
@@ -84,6 +94,7 @@ class GateConfig:
     warmup_windows: int = 5
     z: float = 3.0
     concentration_ratio: float = 3.0
+    rare_ratio: float = 3.0
 
 
 @dataclass
@@ -94,6 +105,8 @@ class GateDecision:
     ----------
     top_item_share
         Share of the window's events that went to its most frequent item (NaN when not measured).
+    rare_item_share
+        Share of the window's events on items outside the head of recent events (NaN when not measured).
     suspect
         The window's input looked poisoned (concentrated, or collapsed without a learnable gain): the
         candidate that learned from it is quarantined.
@@ -112,6 +125,7 @@ class GateDecision:
     decided_at: float = field(default_factory=time.time)
     version: int | None = None
     top_item_share: float = float("nan")
+    rare_item_share: float = float("nan")
     suspect: bool = False
     rebase: bool = False
 
@@ -128,6 +142,7 @@ class GateDecision:
             "decided_at": self.decided_at,
             "version": self.version,
             "top_item_share": finite_or_none(self.top_item_share),
+            "rare_item_share": finite_or_none(self.rare_item_share),
             "suspect": self.suspect,
             "rebase": self.rebase,
         }
@@ -225,6 +240,7 @@ class PublishGate:
         self.rebases = 0
         self._hr_level = RunningLevel(config.level_windows, config.warmup_windows)
         self._share_level = RunningLevel(config.level_windows, config.warmup_windows)
+        self._rare_level = RunningLevel(config.level_windows, config.warmup_windows)
         self._paused_events = 0
         self._pause_reason = ""
 
@@ -238,9 +254,18 @@ class PublishGate:
         """Running mean of the top item's share on published windows (NaN until `warmup_windows`)."""
         return self._share_level.value
 
+    @property
+    def rare_level(self) -> float:
+        """Running mean of the rare items' share on published windows (NaN until `warmup_windows`)."""
+        return self._rare_level.value
+
     def pause(self, events: int, reason: str) -> None:
         """Hold every candidate until windows of `events` more events were judged (a cool-down)."""
         self._paused_events, self._pause_reason = max(int(events), 0), reason
+
+    def forget_rare_level(self) -> None:
+        """Start the rare items' level afresh (the counts it was measured against were lost)."""
+        self._rare_level = RunningLevel(self.config.level_windows, self.config.warmup_windows)
 
     def state_dict(self) -> dict[str, object]:
         """The counters, levels, quarantine and cool-down as plain JSON values (a trainer checkpoint
@@ -253,6 +278,7 @@ class PublishGate:
             "rebases": self.rebases,
             "hr_level": dataclasses.asdict(self._hr_level),
             "share_level": dataclasses.asdict(self._share_level),
+            "rare_level": dataclasses.asdict(self._rare_level),
             "paused_events": self._paused_events,
             "pause_reason": self._pause_reason,
         }
@@ -263,6 +289,7 @@ class PublishGate:
         self.quarantined, self.rebases = int(state["quarantined"]), int(state["rebases"])  # type: ignore[arg-type]
         self._hr_level = RunningLevel(**state["hr_level"])  # type: ignore[arg-type]
         self._share_level = RunningLevel(**state["share_level"])  # type: ignore[arg-type]
+        self._rare_level = RunningLevel(**state["rare_level"])  # type: ignore[arg-type]
         self._paused_events = int(state["paused_events"])  # type: ignore[arg-type]
         self._pause_reason = str(state["pause_reason"])
 
@@ -276,9 +303,11 @@ class PublishGate:
         window_start: float = float("nan"),
         window_end: float = float("nan"),
         top_item_share: float = float("nan"),
+        rare_item_share: float = float("nan"),
     ) -> GateDecision:
-        """The verdict for a candidate; `loss` is its last training loss (None for count-based models) and
-        `top_item_share` the share of the window's events that went to its most frequent item."""
+        """The verdict for a candidate; `loss` is its last training loss (None for count-based models),
+        `top_item_share` the share of the window's events that went to its most frequent item and
+        `rare_item_share` the share on items outside the head of recent events."""
         k, tolerance, minimum = self.config.k, self.config.tolerance, self.config.min_window_events
         suspect = rebase = False
         if loss is not None and not math.isfinite(loss):
@@ -296,6 +325,12 @@ class PublishGate:
             reason = (
                 f"window concentrated: its top item has {top_item_share:.3f} of the events vs a level of "
                 f"{self.concentration_level:.3f} (a promotion is learnable: no gain clears it)"
+            )
+        elif self._above(rare_item_share, self.rare_level, self.config.rare_ratio, window_events):
+            passed, suspect = False, True
+            reason = (
+                f"window on rare items: {rare_item_share:.3f} of its events vs a level of "
+                f"{self.rare_level:.3f} (noise or flipped choices)"
             )
         elif (collapsed := self._collapsed(serving_hr, window_events)) and not self._learned(
             candidate_hr, serving_hr, window_events
@@ -323,7 +358,13 @@ class PublishGate:
             reason = f"HR@{k} {candidate_hr:.4f} vs serving {serving_hr:.4f} (tolerance {tolerance:.4f})"
         figures = (candidate_hr, serving_hr, window_events, window_start, window_end)
         decision = GateDecision(
-            passed, reason, *figures, top_item_share=top_item_share, suspect=suspect, rebase=rebase
+            passed,
+            reason,
+            *figures,
+            top_item_share=top_item_share,
+            rare_item_share=rare_item_share,
+            suspect=suspect,
+            rebase=rebase,
         )
         self.decisions.append(decision)
         if passed:
@@ -333,6 +374,8 @@ class PublishGate:
                 self._hr_level.add(candidate_hr)
                 if math.isfinite(top_item_share):
                     self._share_level.add(top_item_share)
+                if math.isfinite(rare_item_share):
+                    self._rare_level.add(rare_item_share)
         else:
             self.held += 1
             self.quarantined += suspect
@@ -349,7 +392,10 @@ class PublishGate:
         return serving_hr < ratio * level and serving_hr < level - self._error(level, window_events)
 
     def _concentrated(self, share: float, window_events: int) -> bool:
-        ratio, level = self.config.concentration_ratio, self.concentration_level
+        return self._above(share, self.concentration_level, self.config.concentration_ratio, window_events)
+
+    def _above(self, share: float, level: float, ratio: float, window_events: int) -> bool:
+        """Whether a window's `share` is over `ratio` times its `level` and significantly above it."""
         if ratio <= 0 or not math.isfinite(level) or not math.isfinite(share):
             return False
         return share > ratio * level and share > level + self._error(level, window_events)

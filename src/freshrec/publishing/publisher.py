@@ -102,6 +102,8 @@ class ModelPublisher:
         self._events_since_publish = 0
         self._next_rollback_poll = 0.0
         self._window = _Window()
+        self._popularity = RecentPopularity()
+        self._suspect_events = 0  # in the suspect windows since the last normal one
         #: Event-log offset the adopted version had learned everything before (0: start from scratch).
         self.resume_offset = 0
         # Events the adopted version had learned: `events_trained` in metadata counts the whole lineage.
@@ -184,6 +186,8 @@ class ModelPublisher:
         self._window = _Window()
         if "gate" in saved:
             self.gate.load_state_dict(saved["gate"])
+            # The recent counts rare items are measured against start empty: so does the share's level.
+            self.gate.forget_rare_level()
         served = self.store.current_version()
         if served == 0:
             return position
@@ -318,8 +322,14 @@ class ModelPublisher:
             window_start=window.start,
             window_end=window.end,
             top_item_share=window.top_item_share,
+            rare_item_share=self._popularity.rare_share(window.columns),
         )
         self.last_decision = decision
+        # A burst must not make its own items the head, yet input that stays that way for a half-life of
+        # the counts is the new normal: suspect windows are counted only after that long.
+        self._suspect_events = self._suspect_events + window.events if decision.suspect else 0
+        if self._suspect_events == 0 or self._suspect_events > self._popularity.half_life_events:
+            self._popularity.add(window.columns)
         self.monitor.close_window()
         if decision.suspect and self.guardrail is not None:
             self.guardrail.saw_suspect_window()
@@ -346,6 +356,8 @@ class ModelPublisher:
             "rebases": self.gate.rebases,
             "top_item_share": last.get("top_item_share"),
             "top_item_share_level": finite_or_none(self.gate.concentration_level),
+            "rare_item_share": last.get("rare_item_share"),
+            "rare_item_share_level": finite_or_none(self.gate.rare_level),
             **self.monitor.figures(),
             **(self.guardrail.status() if self.guardrail is not None else {}),
             "decisions": [decision.as_dict() for decision in recent],
@@ -464,6 +476,44 @@ class ModelPublisher:
         return version
 
 
+class RecentPopularity:
+    """Decayed counts of recent events per catalogue column, and the *head*: the most frequent items that
+    make `head` of the counted events. An item outside it (or not yet in the catalogue) is rare.
+
+    >>> popularity = RecentPopularity(half_life_events=1e9, head=0.9)
+    >>> popularity.add(np.array([0] * 9 + [1]))
+    >>> popularity.rare_share(np.array([0, 1, 2, -1]))  # item 1 is the last tenth, 2 and -1 never seen
+    0.75
+    """
+
+    def __init__(self, half_life_events: float = 8192.0, head: float = 0.9) -> None:
+        self.half_life_events = half_life_events
+        self.head = head
+        self._counts = np.zeros(0, dtype=np.float64)
+
+    def add(self, columns: np.ndarray) -> None:
+        """Count the events on catalogue `columns` (-1: not in the catalogue) after decaying the counts."""
+        if len(columns) == 0:
+            return
+        self._counts *= 0.5 ** (len(columns) / self.half_life_events)
+        known = columns[columns >= 0]
+        if len(known) and known.max() >= len(self._counts):
+            self._counts = np.pad(self._counts, (0, int(known.max()) + 1 - len(self._counts)))
+        self._counts += np.bincount(known, minlength=len(self._counts))
+
+    def rare_share(self, columns: np.ndarray) -> float:
+        """Share of the events on `columns` whose item is rare (NaN when no event or nothing counted)."""
+        total = self._counts.sum()
+        if len(columns) == 0 or total <= 0:
+            return float("nan")
+        order = np.argsort(-self._counts, kind="stable")
+        within = np.cumsum(self._counts[order]) - self._counts[order] < self.head * total
+        in_head = np.zeros(len(self._counts) + 1, dtype=bool)  # the last entry stands for -1
+        in_head[order[within & (self._counts[order] > 0)]] = True
+        known = np.where((columns >= 0) & (columns < len(self._counts)), columns, -1)
+        return float(1.0 - in_head[known].mean())
+
+
 class _Window:
     """The held-back events since the last decision: hit counts of both models, the time span and the
     events' items (catalogue columns, for the top item's share)."""
@@ -473,6 +523,7 @@ class _Window:
         self._candidate_hits = 0.0
         self._serving_hits = 0.0
         self._items: list[np.ndarray] = []
+        self._columns: list[np.ndarray] = []
         self.start = float("nan")
         self.end = float("nan")
 
@@ -485,9 +536,15 @@ class _Window:
         self.events += n
         targets = scored.candidates.targets
         self._items.append(targets[targets >= 0])  # an item's first sighting has no column yet
+        self._columns.append(targets)
         times = scored.query.timestamps
         self.start = float(np.nanmin([self.start, times.min()]))
         self.end = float(np.nanmax([self.end, times.max()]))
+
+    @property
+    def columns(self) -> np.ndarray:
+        """The catalogue column of each event's item (-1: its first sighting)."""
+        return np.concatenate(self._columns) if self._columns else np.zeros(0, np.int64)
 
     @property
     def top_item_share(self) -> float:

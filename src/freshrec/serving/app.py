@@ -363,6 +363,12 @@ TRAINER_FIGURES = (
         "Running share of the top item on published windows",
         "top_item_share_level",
     ),
+    ("freshrec_gate_rare_item_share", "Share of the last window's events on rare items", "rare_item_share"),
+    (
+        "freshrec_gate_rare_item_share_level",
+        "Running share of rare items on published windows",
+        "rare_item_share_level",
+    ),
     ("freshrec_guardrail_rollbacks", "Automatic rollbacks by the guardrail", "rollbacks"),
     ("freshrec_guardrail_trusted_version", "The version the guardrail trusts", "trusted_version"),
     (
