@@ -3,10 +3,14 @@ normalised blend, and a replica fed only deltas equals the trainer (components a
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from freshrec.config import as_plain, parse
 from freshrec.embeddings.config import TableConfig
@@ -155,10 +159,10 @@ def test_load_state_dict_round_trips() -> None:
     rng = np.random.default_rng(3)
     for step in range(4):
         trainer.learn(cycle_stream(rng, step, size=8, items=20))
-    copy = with_sasrec(seed=5)
-    copy.load_state_dict(trainer.state_dict())
-    assert_same_state(trainer.state_dict(), copy.state_dict())
-    assert copy.drain_changes().changed_rows == 0
+    restored = with_sasrec(seed=5)
+    restored.load_state_dict(trainer.state_dict())
+    assert_same_state(trainer.state_dict(), restored.state_dict())
+    assert restored.drain_changes().changed_rows == 0
 
 
 def test_reference_ranks_count_the_reference_scores_above_with_ties_as_half() -> None:
@@ -168,6 +172,44 @@ def test_reference_ranks_count_the_reference_scores_above_with_ties_as_half() ->
     np.testing.assert_array_equal(
         _reference_ranks(scores, reference, flat), [[0.0, 0.5, 2.0, 4.0], [0.0, 0.0, 0.0, 0.0]]
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reference=hnp.arrays(
+        np.float64, st.tuples(st.integers(1, 3), st.integers(1, 12)), elements=st.integers(-3, 3)
+    ),
+    data=st.data(),
+)
+def test_reference_ranks_equal_the_count_of_reference_scores_above(reference, data) -> None:
+    rows = reference.shape[0]
+    scores = data.draw(hnp.arrays(np.float64, (rows, 7), elements=st.integers(-4, 4)))
+    above = (reference[:, None, :] > scores[:, :, None]).sum(axis=2)
+    tied = (reference[:, None, :] == scores[:, :, None]).sum(axis=2)
+    flat = np.zeros((rows, 1), dtype=bool)
+    np.testing.assert_array_equal(_reference_ranks(scores, reference, flat), above + 0.5 * tied)
+
+
+def test_learning_after_scoring_the_same_query_reuses_its_features() -> None:
+    rng = np.random.default_rng(4)
+    blend = with_sasrec(capacity=64)
+    for step in range(3):
+        blend.learn(cycle_stream(rng, step))
+    batch = cycle_stream(rng, 3)
+    catalogue = np.arange(1, 41, dtype=U)
+    fresh = copy.deepcopy(blend)
+    evaluated = blend.features(batch.query, catalogue)  # what the trainer's evaluation computes
+    subset = np.array([3, 1, 17, 40], dtype=U)
+    reused = blend.features(batch.query, subset)
+    np.testing.assert_array_equal(reused, evaluated[:, subset.astype(int) - 1])  # the same numbers
+    # Computed afresh for other keys, a component's matrix products round differently in the last bits.
+    np.testing.assert_allclose(reused, fresh.features(batch.query, subset), rtol=1e-5, atol=1e-5)
+    # Per-row candidates give each cell the feature of its key.
+    per_row = np.tile(subset, (len(batch), 1))[:, ::-1]
+    np.testing.assert_allclose(fresh.features(batch.query, per_row), reused[:, ::-1], rtol=1e-5, atol=1e-5)
+    # Once anything learned, the features are those of the new state, not the remembered ones.
+    blend.learn(batch)
+    assert np.abs(blend.features(batch.query, subset) - reused).max() > 1e-3
 
 
 def test_buckets_cross_history_length_with_the_time_since_the_last_event() -> None:

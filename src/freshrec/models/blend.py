@@ -33,8 +33,10 @@ Training candidates
 By default (``training_candidates="recent"``) the blend's softmax in training runs over every distinct
 item of the recent positives (its occurrence window) besides the batch's positives and negatives, with no
 logQ correction: that set holds the hard competitors evaluation ranks against, where the trainer's few
-sampled negatives mostly hold easy ones (HR@10 0.2123 -> 0.2149 with four components). It costs one
-scoring of ~the live catalogue per batch, like evaluation does.
+sampled negatives mostly hold easy ones (HR@10 0.2123 -> 0.2149 with four components). It would cost one
+more scoring of ~the live catalogue per batch; but in test-then-train the batch was just ranked against
+the catalogue with the same query and nothing has learned since, so the blend keeps those features (per
+distinct key) and its learning step only gathers them.
 """
 
 from __future__ import annotations
@@ -240,6 +242,7 @@ class BlendedModel(Model):
         self._bounds = np.asarray(config.history_buckets, dtype=np.int64)
         self._gap_bounds = np.asarray(config.gap_buckets, dtype=np.float64)
         self._changed = True  # the first drain reports the initial weights
+        self._known_features: _KnownFeatures | None = None
 
     # ------------------------------------------------------------------ scoring
     def score(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:
@@ -254,43 +257,59 @@ class BlendedModel(Model):
         """float32 [B, C, K * F]: for component k, feature ``k * F + f`` is the `BlendConfig.feature_kinds`
         entry f of each candidate, relative to the row's reference set (see the module docstring)."""
         candidates = as_keys(np.asarray(candidate_keys), "candidate_keys").reshape(np.shape(candidate_keys))
-        reference = self._reference()
         n, count = len(query), candidates.shape[-1]
         if n == 0 or count == 0:
             return np.zeros((n, count, self.feature_count), dtype=np.float32)
+        known = self._known_features
+        if known is not None and known.query is query:
+            columns = known.columns_of(candidates)
+            if columns is not None:  # the trainer's learning step after its evaluation: nothing to score
+                return _gather(known.features, columns)
         # Each distinct key is scored once (the reference repeats popular items and may overlap the
-        # candidates), as one shared candidate list, then spread back to its columns: per-row candidate
-        # lists [B, C] work with components that only take a shared list.
+        # candidates), as one shared candidate list: per-row candidate lists [B, C] work with components
+        # that only take a shared list.
+        reference = self._reference()
         keys, inverse = np.unique(np.concatenate([candidates.reshape(-1), reference]), return_inverse=True)
-        rows = np.arange(n)[:, None]
-        if candidates.ndim == 1:
-            columns = np.broadcast_to(inverse, (n, len(inverse)))
-        else:
-            cells = candidates.size
-            columns = np.concatenate(
-                [inverse[:cells].reshape(n, count), np.broadcast_to(inverse[cells:], (n, len(reference)))],
-                axis=1,
-            )
-        out = np.empty((n, count, self.feature_count), dtype=np.float32)
+        columns = inverse[: candidates.size].reshape(candidates.shape)
+        if candidates.ndim == 2:  # each row its own candidates: only those cells
+            return self._key_features(query, keys, inverse[candidates.size :], columns)
+        features = self._key_features(query, keys, inverse[candidates.size :])
+        if features.nbytes <= KNOWN_FEATURES_BYTES:
+            # Until anything learns, the same query's features do not change: learning reuses them.
+            self._known_features = _KnownFeatures(query, keys, features)
+        return _gather(features, columns)
+
+    def _key_features(
+        self, query: Query, keys: np.ndarray, reference: np.ndarray, cells: np.ndarray | None = None
+    ) -> np.ndarray:
+        """float32 [B, U, K * F]: the features of each of the sorted distinct `keys`, the reference set
+        being the keys at positions `reference` (with repeats); with `cells` (int [B, C] positions among
+        the keys), [B, C, K * F] of those cells only."""
+        n = len(query)
+        columns = len(keys) if cells is None else cells.shape[1]
+        out = np.empty((n, columns, self.feature_count), dtype=np.float32)
         kinds = self.config.feature_kinds
         width = len(kinds)
+        rows = np.arange(n)[:, None]
         for k, component in enumerate(self.components):
             distinct = component.score(self._component_query(query, component), keys)
-            scores = np.asarray(distinct, np.float64)[rows, columns]  # [B, C + R]
+            ref = np.asarray(distinct, np.float64)[:, reference] if len(reference) else None
+            scores = np.asarray(distinct if cells is None else distinct[rows, cells], np.float64)
             if component.name in self.config.log_components:
-                ref = scores[:, count:] if len(reference) else scores[:, :count]
-                floor = self.config.log_floor * np.maximum(ref.mean(axis=1, keepdims=True), 0.0) + 1e-30
+                base = scores if ref is None else ref
+                floor = self.config.log_floor * np.maximum(base.mean(axis=1, keepdims=True), 0.0) + 1e-30
                 scores = np.log(np.maximum(scores, 0.0) + floor)
-            ref = scores[:, count:] if len(reference) else scores[:, :count]
+                ref = None if ref is None else np.log(np.maximum(ref, 0.0) + floor)
+            ref = scores if ref is None else ref
             mean = ref.mean(axis=1, keepdims=True)
             std = ref.std(axis=1, keepdims=True)
             # A component that scores every reference item alike (up to float32 rounding of its scores)
             # says nothing about this row: its features are 0 there.
             flat = std <= 1e-5 * np.abs(ref).max(axis=1, keepdims=True) + 1e-30
             if component.name in self.config.raw_components:
-                normalised = scores[:, :count] - mean
+                normalised = scores - mean
             else:
-                z = (scores[:, :count] - mean) / np.where(flat, np.inf, std)
+                z = (scores - mean) / np.where(flat, np.inf, std)
                 normalised = np.sign(z) * np.log1p(np.abs(z)) if self.config.compress else z
             ranks = None
             for f, kind in enumerate(kinds):
@@ -298,7 +317,7 @@ class BlendedModel(Model):
                     out[:, :, k * width + f] = normalised
                     continue
                 if ranks is None:
-                    ranks = _reference_ranks(scores[:, :count], ref, flat)
+                    ranks = _reference_ranks(scores, ref, flat)
                 out[:, :, k * width + f] = _rank_feature(kind, ranks)
         return out
 
@@ -345,6 +364,7 @@ class BlendedModel(Model):
         if n == 0:
             return LearnStats()
         loss = self._learn_weights(batch)
+        self._known_features = None  # the components learn now: their scores change
         extra: dict[str, float] = {}
         for component in self.components:
             stats = component.learn(batch)
@@ -425,6 +445,7 @@ class BlendedModel(Model):
         """Restore `state_dict` output of a blend of the same components and config."""
         load_parts(self._parts, state)
         self._load_own(state)
+        self._known_features = None
         self._changed = False
 
     def _load_own(self, state: State) -> None:
@@ -446,6 +467,7 @@ class BlendedModel(Model):
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, component by component."""
         apply_parts(self._parts, changes)
+        self._known_features = None
         if "blend.weights" in changes.replaced:
             self._load_own(changes.replaced)
 
@@ -453,13 +475,49 @@ class BlendedModel(Model):
 def _reference_ranks(scores: np.ndarray, reference: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """float64 [B, C]: how many of the row's reference scores beat each candidate's (ties count half).
 
-    Rows where the component is flat get rank 0 everywhere (a constant per row, which ranks nothing)."""
-    ordered = torch.from_numpy(np.sort(reference, axis=1))
-    values = torch.from_numpy(np.ascontiguousarray(scores))
-    below = torch.searchsorted(ordered, values, side="left").numpy()
-    not_above = torch.searchsorted(ordered, values, side="right").numpy()
-    ranks = reference.shape[1] - 0.5 * (below + not_above)
+    Rows where the component is flat get rank 0 everywhere (a constant per row, which ranks nothing).
+    One binary search per candidate (the costly part): the reference scores tied with the one found
+    are counted from the sorted row's runs of equal values."""
+    ordered = np.ascontiguousarray(np.sort(reference, axis=1))
+    size = ordered.shape[1]
+    below = torch.searchsorted(torch.from_numpy(ordered), torch.from_numpy(np.ascontiguousarray(scores)))
+    below = below.numpy()
+    # run_end[i]: one past the last reference score equal to ordered[i] (its run of ties).
+    last = np.ones(ordered.shape, dtype=bool)
+    last[:, :-1] = ordered[:, 1:] != ordered[:, :-1]
+    positions = np.broadcast_to(np.arange(1, size + 1), ordered.shape)
+    run_end = np.minimum.accumulate(np.where(last, positions, size)[:, ::-1], axis=1)[:, ::-1]
+    found = np.minimum(below, size - 1) + size * np.arange(len(ordered))[:, None]  # in the raveled rows
+    tied = (below < size) & (ordered.ravel()[found] == scores)
+    not_above = np.where(tied, run_end.ravel()[found], below)
+    ranks = size - 0.5 * (below + not_above)
     return np.where(flat, 0.0, ranks)
+
+
+def _gather(features: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """float32 [B, C, F]: the `features` [B, U, F] of each row's `columns` (int [C], shared, or [B, C])."""
+    if columns.ndim == 1:
+        return np.take(features, columns, axis=1)
+    return np.take_along_axis(features, columns[:, :, None], axis=1)
+
+
+#: Largest feature array the blend keeps for the learning step that follows an evaluation (bigger ones,
+#: a large catalogue ranked for many events, are computed again instead of doubling the peak memory).
+KNOWN_FEATURES_BYTES = 256 * 2**20
+
+
+@dataclass
+class _KnownFeatures:
+    """The features of sorted distinct `keys` for the rows of `query`, valid until anything learns."""
+
+    query: Query
+    keys: np.ndarray
+    features: np.ndarray
+
+    def columns_of(self, candidates: np.ndarray) -> np.ndarray | None:
+        """Positions of `candidates` among the keys (same shape), or None if any is not among them."""
+        columns = np.minimum(np.searchsorted(self.keys, candidates), len(self.keys) - 1)
+        return columns if np.array_equal(self.keys[columns], candidates) else None
 
 
 def _rank_feature(kind: str, ranks: np.ndarray) -> np.ndarray:
