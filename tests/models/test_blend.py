@@ -18,7 +18,7 @@ from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.model_state import public_state
 from freshrec.models.base import Model
-from freshrec.models.blend import BlendConfig, BlendedModel, _reference_ranks
+from freshrec.models.blend import BlendConfig, BlendedModel, _ranks_among_keys, _reference_ranks
 from freshrec.models.cooccurrence import CooccurrenceConfig, CooccurrenceModel
 from freshrec.models.popularity import PopularityConfig, PopularityModel
 from freshrec.models.sasrec import SASRecConfig, SASRecModel
@@ -188,6 +188,22 @@ def test_reference_ranks_equal_the_count_of_reference_scores_above(reference, da
     tied = (reference[:, None, :] == scores[:, :, None]).sum(axis=2)
     flat = np.zeros((rows, 1), dtype=bool)
     np.testing.assert_array_equal(_reference_ranks(scores, reference, flat), above + 0.5 * tied)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=hnp.arrays(
+        np.float32, st.tuples(st.integers(1, 3), st.integers(1, 12)), elements=st.integers(-3, 3)
+    ),
+    data=st.data(),
+)
+def test_ranks_by_sorting_the_keys_equal_the_binary_search_over_the_reference(scores, data) -> None:
+    keys = scores.shape[1]
+    reference = np.array(data.draw(st.lists(st.integers(0, keys - 1), min_size=1, max_size=20)))
+    flat = np.zeros((len(scores), 1), dtype=bool)
+    expected = _reference_ranks(scores.astype(np.float64), scores[:, reference].astype(np.float64), flat)
+    weights = np.bincount(reference, minlength=keys)
+    np.testing.assert_array_equal(_ranks_among_keys(scores, weights, flat), expected)
 
 
 def test_learning_after_scoring_the_same_query_reuses_its_features() -> None:

@@ -291,6 +291,7 @@ class BlendedModel(Model):
         kinds = self.config.feature_kinds
         width = len(kinds)
         rows = np.arange(n)[:, None]
+        weights = np.bincount(reference, minlength=len(keys)) if cells is None else None
         for k, component in enumerate(self.components):
             distinct = component.score(self._component_query(query, component), keys)
             ref = np.asarray(distinct, np.float64)[:, reference] if len(reference) else None
@@ -316,7 +317,14 @@ class BlendedModel(Model):
                 if kind == "score":
                     out[:, :, k * width + f] = normalised
                     continue
-                if ranks is None:
+                if ranks is None and cells is None and len(reference):
+                    # The reference keys are among the scored ones: a sort of each row ranks them all.
+                    # Raw component scores are float32, so comparing them as float32 is exact.
+                    logged = component.name in self.config.log_components
+                    ranks = _ranks_among_keys(
+                        scores if logged else np.asarray(distinct, np.float32), weights, flat
+                    )
+                elif ranks is None:
                     ranks = _reference_ranks(scores, ref, flat)
                 out[:, :, k * width + f] = _rank_feature(kind, ranks)
         return out
@@ -492,6 +500,30 @@ def _reference_ranks(scores: np.ndarray, reference: np.ndarray, flat: np.ndarray
     not_above = np.where(tied, run_end.ravel()[found], below)
     ranks = size - 0.5 * (below + not_above)
     return np.where(flat, 0.0, ranks)
+
+
+def _ranks_among_keys(scores: np.ndarray, weights: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """float64 [B, U]: `_reference_ranks` when the reference set is made of the scored keys themselves,
+    key u appearing `weights[u]` times (int [U]): one sort of each row, no binary search. A key's rank is
+    the weight of the keys scored above it plus half the weight of those tied with it."""
+    n, size = scores.shape
+    order = np.argsort(scores, axis=1)
+    offsets = size * np.arange(n)[:, None]
+    flat_order = order + offsets  # positions in the raveled rows
+    ordered = scores.ravel()[flat_order]
+    cumulative = np.cumsum(weights[order], axis=1).ravel()  # weight at or below each sorted position
+    positions = np.broadcast_to(np.arange(size), (n, size))
+    first = np.ones((n, size), dtype=bool)  # first of its run of ties
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    last = np.ones((n, size), dtype=bool)
+    last[:, :-1] = first[:, 1:]
+    start = np.maximum.accumulate(np.where(first, positions, 0), axis=1)
+    end = np.minimum.accumulate(np.where(last, positions, size - 1)[:, ::-1], axis=1)[:, ::-1]
+    below = np.where(start > 0, cumulative[np.maximum(start - 1, 0) + offsets], 0)
+    not_above = cumulative[end + offsets]
+    ranks = np.empty(n * size, dtype=np.float64)
+    ranks[flat_order] = weights.sum() - 0.5 * (below + not_above)
+    return np.where(flat, 0.0, ranks.reshape(n, size))
 
 
 def _gather(features: np.ndarray, columns: np.ndarray) -> np.ndarray:
