@@ -201,6 +201,33 @@ def test_a_restored_publisher_holds_versions_until_past_the_served_position(tmp_
         restored.close()
 
 
+def test_a_checkpoint_ahead_of_the_served_version_is_published_without_new_events(tmp_path):
+    """Killed after its last checkpoint but before publishing it, a trainer restarted on a quiet log
+    publishes what the checkpoint learned at once: the served version must not stay behind for want of
+    new events."""
+    write_log(tmp_path / "log", 6_000)
+    checkpoints = CheckpointStore(tmp_path / "checkpoints", fsync=False)
+    with ModelStore(StoreConfig(tmp_path / "store", keep_versions=1000, fsync=False)) as store:
+        first = publishing_loop(store, checkpoints)
+        run_from(first, tmp_path / "log", "earliest", stop_after=4)
+        assert first.publisher is not None
+        first.publisher.config.interval_ms = 10**9  # no version after these: the trainer dies first
+        run_from(first, tmp_path / "log", 4 * READ)
+        first.checkpoint(wait=True)
+        assert store.versions()[-1].metadata["log_offset"] == 4 * READ
+
+    with ModelStore(StoreConfig(tmp_path / "store", keep_versions=1000, fsync=False)) as store:
+        restored = publishing_loop(store, checkpoints)
+        saved = checkpoints.newest_intact()
+        assert saved is not None and saved.position == 6_000
+        restored.restore(saved)
+        restored.idle()  # no event arrives
+        newest = store.versions()[-1].metadata
+        assert newest["log_offset"] == newest["events_trained"] == 6_000
+        assert newest["prequential"]["events"] == 6_000
+        restored.close()
+
+
 def test_the_gate_and_the_guardrail_resume_from_a_checkpoint(tmp_path):
     """A trainer restarted mid cool-down, with a guardrail that trusts an older version than the served
     one, keeps both: the gate's levels, counters and pause, and the trusted version's parameters (loaded

@@ -165,7 +165,14 @@ class ModelPublisher:
             state["guardrail"] = self.guardrail.state_dict()
         return state
 
-    def restore(self, saved: dict[str, Any], position: int, created: float, events_trained: int) -> int:
+    def restore(
+        self,
+        saved: dict[str, Any],
+        position: int,
+        created: float,
+        events_trained: int,
+        prequential: RankingMetrics | None = None,
+    ) -> int:
         """Continue after the trainer's loop restored a checkpoint taken at source `position` (Unix time
         `created`), whose publisher state was `saved` (`checkpoint_state`) and whose trainer had learned
         `events_trained` events; returns the position before which events are only observed, not learned.
@@ -178,9 +185,15 @@ class ModelPublisher:
         back after the checkpoint (by an operator while the trainer was down, or by the guardrail before
         the crash), that choice wins: the candidate takes the served version's parameters and learns only
         what comes after it. The gate keeps its levels, quarantine and cool-down; the guardrail its trusted
-        version, reloaded from the store while it is kept (else it trusts what is served).
+        version, reloaded from the store while it is kept (else it trusts what is served). A checkpoint
+        ahead of the served version (the trainer was killed between the two) is due for publishing at once,
+        new events or not, with the checkpoint's `prequential` figures.
         """
         self.model.drain_changes()
+        self._trained = events_trained
+        self.metadata["log_offset"] = int(position)
+        if prequential is not None:
+            self._record_prequential(prequential)
         self._events_trained_before = int(saved.get("events_trained_before", 0))
         self._deltas_since_snapshot = self.config.snapshot_every
         self._window = _Window()
@@ -203,6 +216,8 @@ class ModelPublisher:
             self._events_trained_before = int(loaded.metadata.get("events_trained", 0)) - events_trained
             return max(position, served_position)
         self._hold_until = served_position if served_position > position else 0
+        # Learned before the crash, published by no version: due now, not only once more events arrive.
+        self._events_since_publish = max(position - served_position, 0)
         return position
 
     def _restore_guardrail(self, saved: dict[str, Any] | None) -> None:
@@ -279,11 +294,7 @@ class ModelPublisher:
         """
         self._trained = events_trained
         if prequential is not None:
-            self.metadata["prequential"] = {
-                "events": prequential.events,
-                "hr": round(prequential.hr, 6),
-                "ndcg": round(prequential.ndcg, 6),
-            }
+            self._record_prequential(prequential)
         if self._hold_until:
             # Catching up after a restart: the shadow already learned these events, so its figures on them
             # say nothing, and a version now would serve less than is served.
@@ -308,6 +319,13 @@ class ModelPublisher:
         if not self.due():
             return None
         return self._decide(loss, events_trained)
+
+    def _record_prequential(self, prequential: RankingMetrics) -> None:
+        self.metadata["prequential"] = {
+            "events": prequential.events,
+            "hr": round(prequential.hr, 6),
+            "ndcg": round(prequential.ndcg, 6),
+        }
 
     def _decide(self, loss: float | None, events_trained: int) -> GateDecision:
         """Judge the held-back window (empty when idle: the loss alone decides), publish or hold, and

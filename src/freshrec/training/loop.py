@@ -290,5 +290,9 @@ class TrainingLoop:
         if self.publisher is not None:
             saved = checkpoint.metadata.get("publisher") or {}
             self.resume_offset = self.publisher.restore(
-                saved, checkpoint.position, checkpoint.created, self.trainer.totals.events
+                saved,
+                checkpoint.position,
+                checkpoint.created,
+                self.trainer.totals.events,
+                self.trainer.evaluator.running(),
             )
