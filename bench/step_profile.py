@@ -47,8 +47,10 @@ def step_parts(model) -> list[Part]:
     ]
     if blend:
         parts += [
-            (2, "blend: features of the distinct keys", "models/blend.py", "_key_features"),
-            (3, "ranks against the reference set", "models/blend.py", "_reference_ranks"),
+            (2, "blend: features (every call, learning's too)", "models/blend.py", "features"),
+            (3, "features of the distinct keys", "models/blend.py", "_key_features"),
+            (3, "ranks against the reference set (binary search)", "models/blend.py", "_reference_ranks"),
+            (3, "ranks against the reference set (sort)", "models/blend.py", "_ranks_among_keys"),
             (3, "rank features (-log(1 + rank))", "models/blend.py", "_rank_feature"),
         ]
         parts += [(3, f"{c.name}: score (every call)", path(c), "score") for c in components]
