@@ -294,8 +294,9 @@ class BlendedModel(Model):
         weights = np.bincount(reference, minlength=len(keys)) if cells is None else None
         for k, component in enumerate(self.components):
             distinct = component.score(self._component_query(query, component), keys)
-            ref = np.asarray(distinct, np.float64)[:, reference] if len(reference) else None
-            scores = np.asarray(distinct if cells is None else distinct[rows, cells], np.float64)
+            distinct64 = np.asarray(distinct, np.float64)
+            ref = distinct64[:, reference] if len(reference) else None
+            scores = distinct64 if cells is None else distinct64[rows, cells]
             if component.name in self.config.log_components:
                 base = scores if ref is None else ref
                 floor = self.config.log_floor * np.maximum(base.mean(axis=1, keepdims=True), 0.0) + 1e-30

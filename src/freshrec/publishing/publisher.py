@@ -332,6 +332,7 @@ class ModelPublisher:
         record the decision in the store's status file. The window starts afresh: its serving figures
         were scored by a shadow that a publish replaces."""
         window, self._window = self._window, _Window()
+        columns = window.columns
         decision = self.gate.decide(
             window.candidate_hr,
             window.serving_hr,
@@ -339,15 +340,15 @@ class ModelPublisher:
             loss,
             window_start=window.start,
             window_end=window.end,
-            top_item_share=window.top_item_share,
-            rare_item_share=self._popularity.rare_share(window.columns),
+            top_item_share=_top_item_share(columns),
+            rare_item_share=self._popularity.rare_share(columns),
         )
         self.last_decision = decision
         # A burst must not make its own items the head, yet input that stays that way for a half-life of
         # the counts is the new normal: suspect windows are counted only after that long.
         self._suspect_events = self._suspect_events + window.events if decision.suspect else 0
         if self._suspect_events == 0 or self._suspect_events > self._popularity.half_life_events:
-            self._popularity.add(window.columns)
+            self._popularity.add(columns)
         self.monitor.close_window()
         if decision.suspect and self.guardrail is not None:
             self.guardrail.saw_suspect_window()
@@ -540,7 +541,6 @@ class _Window:
         self.events = 0
         self._candidate_hits = 0.0
         self._serving_hits = 0.0
-        self._items: list[np.ndarray] = []
         self._columns: list[np.ndarray] = []
         self.start = float("nan")
         self.end = float("nan")
@@ -553,7 +553,6 @@ class _Window:
         self._serving_hits += serving_hr * n
         self.events += n
         targets = scored.candidates.targets
-        self._items.append(targets[targets >= 0])  # an item's first sighting has no column yet
         self._columns.append(targets)
         times = scored.query.timestamps
         self.start = float(np.nanmin([self.start, times.min()]))
@@ -565,15 +564,16 @@ class _Window:
         return np.concatenate(self._columns) if self._columns else np.zeros(0, np.int64)
 
     @property
-    def top_item_share(self) -> float:
-        """The share of the window's events that went to its most frequent item (NaN when empty)."""
-        items = np.concatenate(self._items) if self._items else np.zeros(0, np.int64)
-        return float(np.bincount(items).max()) / self.events if len(items) else float("nan")
-
-    @property
     def candidate_hr(self) -> float:
         return self._candidate_hits / self.events if self.events else float("nan")
 
     @property
     def serving_hr(self) -> float:
         return self._serving_hits / self.events if self.events else float("nan")
+
+
+def _top_item_share(columns: np.ndarray) -> float:
+    """The share of a window's events (catalogue `columns`) that went to its most frequent item (NaN when
+    empty). An item's first sighting has no column yet (-1) and counts for no item."""
+    known = columns[columns >= 0]
+    return float(np.bincount(known).max()) / len(columns) if len(known) else float("nan")
