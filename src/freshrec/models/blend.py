@@ -384,28 +384,38 @@ class BlendedModel(Model):
         return LearnStats(loss=loss, extra=extra)
 
     def _learn_weights(self, batch: Interactions) -> float:
+        """One Adagrad step of the weights on the batch's softmax over its candidates; returns the loss.
+
+        The logits are linear in the weights of each row's bucket, so the gradient has a closed form,
+        ``sum_c (softmax_c - onehot_c) * feature_c`` per row, summed into its bucket: two passes over the
+        features, no autograd graph."""
         positives = as_keys(batch.item_keys, "item_keys")
         negatives = as_keys(batch.negative_keys, "negative_keys").reshape(-1)
         recent = self.config.training_candidates == "recent"
         pool = [positives, negatives] + ([self._occurrences[: int(self._ring[1])]] if recent else [])
         candidates = np.unique(np.concatenate(pool))
-        features = torch.from_numpy(self.features(batch.query, candidates))  # [B, C, F]
+        features = self.features(batch.query, candidates)  # float32 [B, C, F]
         buckets = self.history_bucket(batch.query)
-        weights = torch.from_numpy(self.weights.astype(np.float32)).requires_grad_(True)
-        logits = torch.einsum("bck,bk->bc", features, weights[torch.from_numpy(buckets)])
+        n = len(batch)
+        logits = np.matmul(features, self.weights[buckets].astype(np.float32)[:, :, None])[:, :, 0]
         # The recent items are all in the softmax, not sampled: there is no sampling bias to correct.
         if self.config.logq_correction and not recent:
-            logits = logits - torch.from_numpy(self._log_sampling_probability(candidates))
+            logits -= self._log_sampling_probability(candidates)
         if self.config.mask_history_in_loss:
-            logits = logits.masked_fill(torch.from_numpy(self._history_mask(batch, candidates)), _MASKED)
-        targets = torch.from_numpy(np.searchsorted(candidates, positives))
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        loss.backward()
-        assert weights.grad is not None
-        grad = weights.grad.numpy().astype(np.float64)
+            logits[self._history_mask(batch, candidates)] = _MASKED
+        rows, targets = np.arange(n), np.searchsorted(candidates, positives)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        total = probabilities.sum(axis=1)
+        loss = float(np.mean(np.log(total) - logits[rows, targets]))
+        probabilities /= total[:, None] * n  # d(mean loss) / d(logit) = (softmax - onehot) / B
+        probabilities[rows, targets] -= 1.0 / n
+        row_grad = np.matmul(probabilities[:, None, :], features)[:, 0, :].astype(np.float64)  # [B, F]
+        grad = np.zeros_like(self.weights)
+        np.add.at(grad, buckets, row_grad)
         self._accumulator += grad * grad
         self.weights -= self.config.learning_rate * grad / (np.sqrt(self._accumulator) + 1e-8)
-        return float(loss.detach())
+        return loss
 
     def _log_sampling_probability(self, candidates: np.ndarray) -> np.ndarray:
         """float32 log(1 + occurrences among the recent positives) of each candidate: log q up to a
