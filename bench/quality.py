@@ -1,13 +1,15 @@
 """Prequential quality on MovieLens-100K: the protocol's references and every freshrec model, in one run.
 
 Usage: `python bench/quality.py [--batch-size 256] [--models a,b] [--skip-references] [--skip-rating]
-[--no-write]`
+[--reference-commit COMMIT [--reference-models blend]] [--no-write]`
 
 The references are the straightforward implementations of ../shared/PROTOCOL.md (B = 1, dense matrices,
 `bench/references.py`); freshrec's models run through the real pipeline (`freshrec.training.replay`) with
 micro-batches of B events. Rating prediction (`bench/rating.py`: freshrec `rating-mf` against River and
-Vowpal Wabbit when installed, the `bench` extra) runs in the same run. The tables go to BENCHMARKS.md
-(section "quality") with the date and machine.
+Vowpal Wabbit when installed, the `bench` extra) runs in the same run. With `--reference-commit`, the
+`--reference-models` run once more as the code of that commit had them (`bench/at_commit.py`), so a
+speed-up is a ratio measured in one run; the default commit is the blend as issue 15 found it. The tables
+go to BENCHMARKS.md (section "quality") with the date and machine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import references  # noqa: E402
+from bench.at_commit import replay_at_commit, short_commit  # noqa: E402
 from bench.rating import rating_markdown, run_rating_benchmark  # noqa: E402
 from bench.report import machine_line, markdown_table, write_section  # noqa: E402
 from freshrec.features.items import ItemFeatureTable  # noqa: E402
@@ -50,6 +53,9 @@ LEARNED_MODELS = {"bpr-mf", "two-tower", "two-tower+genres", "sasrec", "blend", 
 TOP_K_MODELS = [name for name in MODEL_FACTORIES if name != "rating-mf"] + ["two-tower+genres"]
 #: Issue 4's bar for the best model (HR@10, NDCG@10 over all events).
 TARGET = (0.22, 0.115)
+#: The commit whose blend issue 15 measured ("today's blend", 1,244 learning events/s): the last change
+#: to the blend before the work on its speed.
+BLEND_BEFORE_SPEED_WORK = "a7fef50"
 
 
 def build_model(name: str, movielens_path: Path | None) -> Recommender:
@@ -67,6 +73,14 @@ def main() -> int:
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--skip-rating", action="store_true", help="leave out rating prediction")
     parser.add_argument("--movielens-path", type=Path, default=None)
+    parser.add_argument(
+        "--reference-commit",
+        nargs="?",
+        const=BLEND_BEFORE_SPEED_WORK,
+        default=None,
+        help=f"also run --reference-models as of this commit (alone: {BLEND_BEFORE_SPEED_WORK})",
+    )
+    parser.add_argument("--reference-models", default="blend", help="comma-separated, for --reference-commit")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
@@ -107,6 +121,17 @@ def main() -> int:
         )
         rows.append((f"freshrec `{name}`", str(args.batch_size), result))
 
+    if args.reference_commit:
+        commit = short_commit(args.reference_commit)
+        for name in [m for m in args.reference_models.split(",") if m]:
+            result = {"name": name, **replay_at_commit(commit, name, args.batch_size, args.movielens_path)}
+            print(
+                f"freshrec {name} at {commit}: HR@10 {result['hr']:.4f} NDCG@10 {result['ndcg']:.4f} "
+                f"(learning {result['learning_events_per_second']:,.0f} events/s)",
+                flush=True,
+            )
+            rows.append((f"freshrec `{name}` as of {commit}", str(args.batch_size), result))
+
     rating_rows = [] if args.skip_rating else run_rating_benchmark(args.movielens_path, args.batch_size)
 
     header = [
@@ -132,7 +157,10 @@ def main() -> int:
         ]
         for label, b, r in rows
     ]
-    freshrec_rows = [(label, r) for label, _, r in rows if label.startswith("freshrec")]
+    earlier = [(label, r) for label, _, r in rows if " as of " in label]
+    freshrec_rows = [
+        (label, r) for label, _, r in rows if label.startswith("freshrec") and (label, r) not in earlier
+    ]
     reference_rows = [(label, r) for label, _, r in rows if label.startswith("reference")]
     verdict = []
     if freshrec_rows:
@@ -151,6 +179,16 @@ def main() -> int:
             verdict.append(
                 f"Learned vs heuristics: {l_label} {l_best['hr']:.4f} vs {h_label} {h_best['hr']:.4f}: "
                 f"{winner} wins."
+            )
+    for label, then in earlier:
+        now = next((r for _, r in freshrec_rows if r["name"] == then["name"]), None)
+        if now is not None:
+            verdict.append(
+                f"{label}: learning {then['learning_events_per_second']:,.0f} events/s, today "
+                f"{now['learning_events_per_second']:,.0f} "
+                f"({now['learning_events_per_second'] / then['learning_events_per_second']:.1f}x); "
+                f"end to end {now['events_per_second'] / then['events_per_second']:.1f}x; HR@10 "
+                f"{then['hr']:.4f} then, {now['hr']:.4f} today."
             )
     if reference_rows:
         ref_label, ref = max(reference_rows, key=lambda lr: lr[1]["hr"])

@@ -435,9 +435,8 @@ class TwoTowerModel(VectorModel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.dense = _DenseTowers(config, num_features)
-        self.optimizer = torch.optim.Adam(
-            self.dense.parameters(), lr=config.dense_learning_rate, foreach=True
-        )
+        # fused: one kernel over every parameter; the per-tensor (foreach) step costs ~3x on the CPU.
+        self.optimizer = torch.optim.Adam(self.dense.parameters(), lr=config.dense_learning_rate, fused=True)
         self._dense = DenseParameters(dict(self.dense.named_parameters()), self.optimizer, "TwoTowerModel")
         self._fingerprint = np.array(
             [item_features.fingerprint() if item_features is not None else 0], dtype=np.uint64
