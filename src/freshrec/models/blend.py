@@ -518,23 +518,41 @@ def _ranks_among_keys(scores: np.ndarray, weights: np.ndarray, flat: np.ndarray)
     key u appearing `weights[u]` times (int [U]): one sort of each row, no binary search. A key's rank is
     the weight of the keys scored above it plus half the weight of those tied with it."""
     n, size = scores.shape
-    order = np.argsort(scores, axis=1)
-    offsets = size * np.arange(n)[:, None]
-    flat_order = order + offsets  # positions in the raveled rows
-    ordered = scores.ravel()[flat_order]
+    order, ordered = _sorted_order(scores)  # int64 [B, U]: the keys in score order, and comparable scores
     cumulative = np.cumsum(weights[order], axis=1).ravel()  # weight at or below each sorted position
-    positions = np.broadcast_to(np.arange(size), (n, size))
-    first = np.ones((n, size), dtype=bool)  # first of its run of ties
-    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    last = np.ones((n, size), dtype=bool)
-    last[:, :-1] = first[:, 1:]
-    start = np.maximum.accumulate(np.where(first, positions, 0), axis=1)
-    end = np.minimum.accumulate(np.where(last, positions, size - 1)[:, ::-1], axis=1)[:, ::-1]
-    below = np.where(start > 0, cumulative[np.maximum(start - 1, 0) + offsets], 0)
-    not_above = cumulative[end + offsets]
+    # Runs of tied scores, numbered over the raveled rows (a row's first position opens a run).
+    first = np.ones((n, size), dtype=bool)
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=first[:, 1:])
+    first = first.ravel()
+    run = np.cumsum(first) - 1  # run of each sorted position
+    ends = np.append(np.flatnonzero(first)[1:], n * size) - 1  # last position of each run
+    not_above = cumulative[ends]  # weight at or below the run
+    below = np.empty_like(not_above)  # weight under the run: the previous run's, 0 for a row's first
+    below[1:] = not_above[:-1]
+    below[run[size * np.arange(n)]] = 0
+    per_run = weights.sum() - 0.5 * (below + not_above)
     ranks = np.empty(n * size, dtype=np.float64)
-    ranks[flat_order] = weights.sum() - 0.5 * (below + not_above)
+    ranks[(order + size * np.arange(n)[:, None]).ravel()] = per_run[run]
     return np.where(flat, 0.0, ranks.reshape(n, size))
+
+
+def _sorted_order(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 [B, U] twice: each row's column order by ascending score, and the row's scores in that
+    order as integers that compare as the scores do (equal exactly when the scores are).
+
+    float32 scores are sorted as one int64 per cell, the score's order-preserving bits above its column:
+    a plain value sort, which numpy runs several times faster than an argsort."""
+    if scores.dtype != np.float32 or scores.shape[1] >= 2**31:
+        order = np.argsort(scores, axis=1)
+        ordered = np.take_along_axis(scores, order, axis=1)
+        return order, np.unique(ordered, return_inverse=True)[1].reshape(ordered.shape)
+    bits = (scores + np.float32(0.0)).view(np.int32)  # + 0.0 makes -0.0 the same bits as 0.0
+    # IEEE floats order as sign-magnitude integers: flipping the magnitude of negative ones makes them
+    # order as two's-complement integers.
+    comparable = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+    packed = (comparable.astype(np.int64) << 32) | np.arange(scores.shape[1], dtype=np.int64)
+    packed.sort(axis=1)
+    return packed & 0xFFFFFFFF, packed >> 32
 
 
 def _gather(features: np.ndarray, columns: np.ndarray) -> np.ndarray:
