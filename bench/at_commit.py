@@ -10,12 +10,14 @@ settings as today's rows. Needs the git history (a clone, not an sdist) and the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,9 +60,9 @@ def short_commit(commit: str) -> str:
     return found.stdout.strip()
 
 
-def replay_at_commit(commit: str, model: str, batch_size: int, movielens_path: Path | None) -> dict:
-    """The figures of `model` replayed on MovieLens-100K by freshrec as of `commit` (keys as
-    `bench/quality.py`'s rows)."""
+@contextlib.contextmanager
+def exported_source(commit: str) -> Iterator[Path]:
+    """The ``src/`` folder of `commit`, exported into a temporary folder removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="freshrec-at-commit-") as folder:
         archive = Path(folder) / "src.tar"
         subprocess.run(
@@ -69,15 +71,25 @@ def replay_at_commit(commit: str, model: str, batch_size: int, movielens_path: P
         )
         with tarfile.open(archive) as tar:
             tar.extractall(folder, filter="data")
-        source = Path(folder) / "src"
-        env = {**os.environ, "PYTHONPATH": str(source)}
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(source), model, str(batch_size), str(movielens_path or "")],
-            env=env,
-            cwd=folder,
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode:
-            raise SystemExit(f"{model} at {commit} failed:\n{done.stderr[-4000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        yield Path(folder) / "src"
+
+
+def run_with_source(source: Path, arguments: list[str], what: str) -> str:
+    """Run ``python ARGUMENTS`` with `source` first on the import path (this tree's ``bench`` after it);
+    returns its stdout, or stops with its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, *arguments], env=env, cwd=source.parent, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-4000:]}")
+    return done.stdout
+
+
+def replay_at_commit(commit: str, model: str, batch_size: int, movielens_path: Path | None) -> dict:
+    """The figures of `model` replayed on MovieLens-100K by freshrec as of `commit` (keys as
+    `bench/quality.py`'s rows)."""
+    with exported_source(commit) as source:
+        arguments = ["-c", _CHILD, str(source), model, str(batch_size), str(movielens_path or "")]
+        out = run_with_source(source, arguments, f"{model} at {commit}")
+        return json.loads(out.strip().splitlines()[-1])

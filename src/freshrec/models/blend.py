@@ -293,25 +293,29 @@ class BlendedModel(Model):
         rows = np.arange(n)[:, None]
         weights = np.bincount(reference, minlength=len(keys)) if cells is None else None
         for k, component in enumerate(self.components):
-            distinct = component.score(self._component_query(query, component), keys)
-            distinct64 = np.asarray(distinct, np.float64)
-            ref = distinct64[:, reference] if len(reference) else None
-            scores = distinct64 if cells is None else distinct64[rows, cells]
-            if component.name in self.config.log_components:
+            # Scores stay float32 (as the components give them); only the per-row statistics over the
+            # reference set, a few hundred columns, are summed in float64.
+            distinct = np.asarray(component.score(self._component_query(query, component), keys), np.float32)
+            logged = component.name in self.config.log_components
+            ref = distinct[:, reference].astype(np.float64) if len(reference) else None
+            scores = distinct if cells is None else distinct[rows, cells]
+            if logged:
+                scores = scores.astype(np.float64)
                 base = scores if ref is None else ref
                 floor = self.config.log_floor * np.maximum(base.mean(axis=1, keepdims=True), 0.0) + 1e-30
                 scores = np.log(np.maximum(scores, 0.0) + floor)
                 ref = None if ref is None else np.log(np.maximum(ref, 0.0) + floor)
-            ref = scores if ref is None else ref
+            ref = scores.astype(np.float64) if ref is None else ref
             mean = ref.mean(axis=1, keepdims=True)
             std = ref.std(axis=1, keepdims=True)
             # A component that scores every reference item alike (up to float32 rounding of its scores)
             # says nothing about this row: its features are 0 there.
             flat = std <= 1e-5 * np.abs(ref).max(axis=1, keepdims=True) + 1e-30
+            centred = scores - mean.astype(scores.dtype)
             if component.name in self.config.raw_components:
-                normalised = scores - mean
+                normalised = centred
             else:
-                z = (scores - mean) / np.where(flat, np.inf, std)
+                z = centred * np.where(flat, 0.0, 1.0 / np.where(flat, 1.0, std)).astype(scores.dtype)
                 normalised = np.sign(z) * np.log1p(np.abs(z)) if self.config.compress else z
             ranks = None
             for f, kind in enumerate(kinds):
@@ -321,10 +325,7 @@ class BlendedModel(Model):
                 if ranks is None and cells is None and len(reference):
                     # The reference keys are among the scored ones: a sort of each row ranks them all.
                     # Raw component scores are float32, so comparing them as float32 is exact.
-                    logged = component.name in self.config.log_components
-                    ranks = _ranks_among_keys(
-                        scores if logged else np.asarray(distinct, np.float32), weights, flat
-                    )
+                    ranks = _ranks_among_keys(scores if logged else distinct, weights, flat)
                 elif ranks is None:
                     ranks = _reference_ranks(scores, ref, flat)
                 out[:, :, k * width + f] = _rank_feature(kind, ranks)
@@ -514,7 +515,7 @@ def _reference_ranks(scores: np.ndarray, reference: np.ndarray, flat: np.ndarray
 
 
 def _ranks_among_keys(scores: np.ndarray, weights: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """float64 [B, U]: `_reference_ranks` when the reference set is made of the scored keys themselves,
+    """float32 [B, U]: `_reference_ranks` when the reference set is made of the scored keys themselves,
     key u appearing `weights[u]` times (int [U]): one sort of each row, no binary search. A key's rank is
     the weight of the keys scored above it plus half the weight of those tied with it."""
     n, size = scores.shape
@@ -530,10 +531,11 @@ def _ranks_among_keys(scores: np.ndarray, weights: np.ndarray, flat: np.ndarray)
     below = np.empty_like(not_above)  # weight under the run: the previous run's, 0 for a row's first
     below[1:] = not_above[:-1]
     below[run[size * np.arange(n)]] = 0
-    per_run = weights.sum() - 0.5 * (below + not_above)
-    ranks = np.empty(n * size, dtype=np.float64)
+    # Half-integers below 2**23: exact in float32.
+    per_run = (weights.sum() - 0.5 * (below + not_above)).astype(np.float32)
+    ranks = np.empty(n * size, dtype=np.float32)
     ranks[(order + size * np.arange(n)[:, None]).ravel()] = per_run[run]
-    return np.where(flat, 0.0, ranks.reshape(n, size))
+    return np.where(flat, np.float32(0.0), ranks.reshape(n, size))
 
 
 def _sorted_order(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -582,10 +584,11 @@ class _KnownFeatures:
 
 
 def _rank_feature(kind: str, ranks: np.ndarray) -> np.ndarray:
-    """float64 [B, C]: the `BlendConfig.feature_kinds` entry `kind` (not "score") of reference ranks."""
+    """[B, C] of the ranks' dtype: the `BlendConfig.feature_kinds` entry `kind` (not "score") of
+    reference ranks."""
     if kind == "log_rank":
         return -np.log1p(ranks)
     if kind == "inverse_rank":
         return 1.0 / (1.0 + ranks)
     limit = {"top1": 1.0, "top3": 3.0, "top10": 10.0}[kind]
-    return (ranks < limit).astype(np.float64)
+    return (ranks < limit).astype(ranks.dtype)
