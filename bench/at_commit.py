@@ -10,6 +10,7 @@ settings as today's rows. Needs the git history (a clone, not an sdist) and the 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -21,6 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The blend's last commit before the work on its speed: the blend issue 15 measured ("today's blend",
+#: 1,244 learning events/s on MovieLens-100K).
+BLEND_BEFORE_SPEED_WORK = "a7fef50"
 
 #: Replays MovieLens-100K with the commit's own freshrec and prints the figures as one JSON line. The
 #: API it calls (`OnlineTrainer`, `TrainerConfig`, `replay`, `create_model`) is the same since the
@@ -46,6 +50,18 @@ print(json.dumps({
     "learning_events_per_second": report.learning_events_per_second,
 }))
 """
+
+
+def add_reference_commit_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--reference-commit [COMMIT]`` on `parser`: `what` is done at that commit too (alone, at
+    `BLEND_BEFORE_SPEED_WORK`)."""
+    parser.add_argument(
+        "--reference-commit",
+        nargs="?",
+        const=BLEND_BEFORE_SPEED_WORK,
+        default=None,
+        help=f"{what} as of this commit too (alone: {BLEND_BEFORE_SPEED_WORK})",
+    )
 
 
 def short_commit(commit: str) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import references  # noqa: E402
-from bench.at_commit import replay_at_commit, short_commit  # noqa: E402
+from bench.at_commit import add_reference_commit_option, replay_at_commit, short_commit  # noqa: E402
 from bench.rating import rating_markdown, run_rating_benchmark  # noqa: E402
 from bench.report import machine_line, markdown_table, write_section  # noqa: E402
 from freshrec.features.items import ItemFeatureTable  # noqa: E402
@@ -53,9 +53,6 @@ LEARNED_MODELS = {"bpr-mf", "two-tower", "two-tower+genres", "sasrec", "blend", 
 TOP_K_MODELS = [name for name in MODEL_FACTORIES if name != "rating-mf"] + ["two-tower+genres"]
 #: Issue 4's bar for the best model (HR@10, NDCG@10 over all events).
 TARGET = (0.22, 0.115)
-#: The commit whose blend issue 15 measured ("today's blend", 1,244 learning events/s): the last change
-#: to the blend before the work on its speed.
-BLEND_BEFORE_SPEED_WORK = "a7fef50"
 
 
 def build_model(name: str, movielens_path: Path | None) -> Recommender:
@@ -73,13 +70,7 @@ def main() -> int:
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--skip-rating", action="store_true", help="leave out rating prediction")
     parser.add_argument("--movielens-path", type=Path, default=None)
-    parser.add_argument(
-        "--reference-commit",
-        nargs="?",
-        const=BLEND_BEFORE_SPEED_WORK,
-        default=None,
-        help=f"also run --reference-models as of this commit (alone: {BLEND_BEFORE_SPEED_WORK})",
-    )
+    add_reference_commit_option(parser, "run --reference-models")
     parser.add_argument("--reference-models", default="blend", help="comma-separated, for --reference-commit")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.at_commit import exported_source, run_with_source, short_commit  # noqa: E402
+from bench.at_commit import add_reference_commit_option, exported_source, run_with_source, short_commit  # noqa: E402
 from bench.report import machine_line, markdown_table, write_section  # noqa: E402
 from freshrec.models.blend import BlendedModel  # noqa: E402
 from freshrec.models.registry import create_model  # noqa: E402
@@ -72,10 +72,6 @@ def step_parts(model) -> list[Part]:
     return parts
 
 
-#: The blend's last commit before the work on its speed (issue 15's "today's blend").
-BLEND_BEFORE_SPEED_WORK = "a7fef50"
-
-
 def profile(model_name: str, events: int, batch_size: int, movielens_path: Path | None) -> dict:
     """Milliseconds per step of each part of `step_parts` (by label), the events/s under the profiler,
     the seconds, events and steps of the run."""
@@ -110,13 +106,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--movielens-path", type=Path, default=None)
-    parser.add_argument(
-        "--reference-commit",
-        nargs="?",
-        const=BLEND_BEFORE_SPEED_WORK,
-        default=None,
-        help=f"profile this commit's code too, first (alone: {BLEND_BEFORE_SPEED_WORK})",
-    )
+    add_reference_commit_option(parser, "profile the code")
     parser.add_argument("--json", action="store_true", help="print the profile as JSON only")
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite BENCHMARKS.md")
     args = parser.parse_args()
