@@ -251,7 +251,8 @@ class BlendedModel(Model):
         `candidate_keys` is uint64 [C] or [B, C]."""
         features = self.features(query, candidate_keys)  # [B, C, F]
         weights = self.weights[self.history_bucket(query)]  # [B, F]
-        return np.einsum("bck,bk->bc", features, weights.astype(np.float32)).astype(np.float32)
+        # A batched matrix-vector product: BLAS, twice as fast as the einsum loop.
+        return np.matmul(features, weights.astype(np.float32)[:, :, None])[:, :, 0]
 
     def features(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:
         """float32 [B, C, K * F]: for component k, feature ``k * F + f`` is the `BlendConfig.feature_kinds`
@@ -558,8 +559,15 @@ def _sorted_order(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gather(features: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """float32 [B, C, F]: the `features` [B, U, F] of each row's `columns` (int [C], shared, or [B, C])."""
+    """float32 [B, C, F]: the `features` [B, U, F] of each row's `columns` (int [C], shared, or [B, C]).
+
+    Columns that are every key in order (an evaluation of the whole catalogue, the reference set
+    among it) are a read-only view of `features`, not a copy."""
     if columns.ndim == 1:
+        if len(columns) == features.shape[1] and np.array_equal(columns, np.arange(len(columns))):
+            shared = features.view()
+            shared.flags.writeable = False
+            return shared
         return np.take(features, columns, axis=1)
     return np.take_along_axis(features, columns[:, :, None], axis=1)
 
