@@ -75,6 +75,15 @@ def test_learns_and_a_replica_fed_only_deltas_answers_exactly_alike(name: str) -
     scores = probe(model, trainer.features, items)
     assert scores.shape == (4, len(items)) and np.isfinite(scores).all(), name
     np.testing.assert_array_equal(probe(replica, trainer.features, items), scores)
+    if model.scores_rows_alike:  # what it claims: every row one vector times a positive factor
+        users = np.array([1, 2, 3, 10**9], dtype=np.uint64)
+        times = np.array([1.7e9, 1.7e9 + 3600, 1.7e9 + 86_400 * 30, 1.7e9 + 5.0])
+        rows = model.score(trainer.features.query(users, times, length=model.history_length), items)
+        factors = rows.max(axis=1, keepdims=True)
+        assert (factors > 0).all(), name
+        np.testing.assert_allclose(
+            rows / factors, np.broadcast_to(rows[:1] / factors[:1], rows.shape), rtol=1e-6
+        )
     for key, array in public_state(model.state_dict()).items():  # scoring changes nothing
         np.testing.assert_array_equal(array, before[key], err_msg=f"{name}: score changed {key}")
     # Loading a state is not a change to publish.

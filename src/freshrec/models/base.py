@@ -63,11 +63,17 @@ class Model(ABC):
     reads_history_values
         Whether the model reads `Query.history_values` (the values of the history events, e.g. ratings):
         the feature state then keeps them.
+    scores_rows_alike
+        Whether every row's scores of a shared candidate list are one vector times a positive factor of
+        the row (popularity: counts decayed to the row's time): whatever is computed from a row's scores
+        that does not depend on their scale (their order, their standardised values) is then the same
+        for every row, and a blend computes it once.
     """
 
     name: str
     history_length: int = 0
     reads_history_values: ClassVar[bool] = False
+    scores_rows_alike: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:

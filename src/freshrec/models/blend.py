@@ -297,6 +297,8 @@ class BlendedModel(Model):
             # Scores stay float32 (as the components give them); only the per-row statistics over the
             # reference set, a few hundred columns, are summed in float64.
             distinct = np.asarray(component.score(self._component_query(query, component), keys), np.float32)
+            if cells is None and component.scores_rows_alike:
+                distinct = distinct[:1]  # the first row's features are every row's (written broadcast)
             logged = component.name in self.config.log_components
             ref = distinct[:, reference].astype(np.float64) if len(reference) else None
             scores = distinct if cells is None else distinct[rows, cells]
@@ -329,7 +331,7 @@ class BlendedModel(Model):
                     ranks = _ranks_among_keys(scores if logged else distinct, weights, flat)
                 elif ranks is None:
                     ranks = _reference_ranks(scores, ref, flat)
-                out[:, :, k * width + f] = _rank_feature(kind, ranks)
+                out[:, :, k * width + f] = _rank_feature(kind, ranks, ref.shape[1])
         return out
 
     def history_bucket(self, query: Query) -> np.ndarray:
@@ -591,12 +593,17 @@ class _KnownFeatures:
         return columns if np.array_equal(self.keys[columns], candidates) else None
 
 
-def _rank_feature(kind: str, ranks: np.ndarray) -> np.ndarray:
+def _rank_feature(kind: str, ranks: np.ndarray, size: int) -> np.ndarray:
     """[B, C] of the ranks' dtype: the `BlendConfig.feature_kinds` entry `kind` (not "score") of
-    reference ranks."""
+    reference ranks, which are half-integers from 0 to the reference `size`.
+
+    Those are few values: the feature of each is computed once, into a table indexed by twice the rank
+    (a logarithm per cell costs several times the lookup)."""
+    halves = np.arange(2 * size + 1, dtype=ranks.dtype) / ranks.dtype.type(2)
     if kind == "log_rank":
-        return -np.log1p(ranks)
-    if kind == "inverse_rank":
-        return 1.0 / (1.0 + ranks)
-    limit = {"top1": 1.0, "top3": 3.0, "top10": 10.0}[kind]
-    return (ranks < limit).astype(ranks.dtype)
+        table = -np.log1p(halves)
+    elif kind == "inverse_rank":
+        table = 1.0 / (1.0 + halves)
+    else:
+        table = (halves < {"top1": 1.0, "top3": 3.0, "top10": 10.0}[kind]).astype(ranks.dtype)
+    return table[(2 * ranks).astype(np.intp)]

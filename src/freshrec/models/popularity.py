@@ -146,6 +146,7 @@ class PopularityModel(Model):
     """
 
     history_length = 0
+    scores_rows_alike = True  # the counts, decayed to each row's time by one factor
 
     def __init__(self, config: PopularityConfig | None = None) -> None:
         self.config = config or PopularityConfig()
