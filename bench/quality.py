@@ -1,7 +1,7 @@
 """Prequential quality on MovieLens-100K: the protocol's references and every freshrec model, in one run.
 
 Usage: `python bench/quality.py [--batch-size 256] [--models a,b] [--skip-references] [--skip-rating]
-[--reference-commit COMMIT [--reference-models blend]] [--no-write]`
+[--reference-commit COMMIT [--reference-models blend]] [--section quality] [--no-write]`
 
 The references are the straightforward implementations of ../shared/PROTOCOL.md (B = 1, dense matrices,
 `bench/references.py`); freshrec's models run through the real pipeline (`freshrec.training.replay`) with
@@ -72,6 +72,11 @@ def main() -> int:
     parser.add_argument("--movielens-path", type=Path, default=None)
     add_reference_commit_option(parser, "run --reference-models")
     parser.add_argument("--reference-models", default="blend", help="comma-separated, for --reference-commit")
+    parser.add_argument(
+        "--section",
+        default="quality",
+        help="BENCHMARKS.md section to write (another name keeps a partial run from replacing the table)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
@@ -188,7 +193,7 @@ def main() -> int:
         [
             "## Quality: prequential top-10 on MovieLens-100K",
             "",
-            f"`python bench/quality.py` — {machine_line()}",
+            f"`{' '.join(['python bench/quality.py', *sys.argv[1:]])}` — {machine_line()}",
             "",
             "Protocol of PROTOCOL.md: time order, test-then-train, all items seen so far ranked, the user's "
             "seen "
@@ -209,7 +214,7 @@ def main() -> int:
     print()
     print(markdown)
     if not args.no_write:
-        write_section("quality", markdown)
+        write_section(args.section, markdown)
     return 0
 
 
