@@ -53,7 +53,8 @@ def test_shares_warn_past_warn_share_and_fail_past_max_rejected_share(
     assert result.exit_code == code and bool(result.warnings) == warned
     if warned:
         assert result.warnings[0].startswith(
-            f"{bad} of 100 records rejected ({bad}.0%); user_id: missing field x {bad}"
+            f"{bad} of 100 records rejected ({bad}.0%), more than --warn-share 5.0% (pipeline.warn_share); "
+            f"user_id: missing field x {bad}"
         )
     if code:
         assert "more than --max-rejected-share 25.0% (pipeline.max_rejected_share)" in result.failure

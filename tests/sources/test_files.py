@@ -470,3 +470,11 @@ def test_delimiter_header_and_time_unit_round_trip(
     for line, ((user, item, _, _), t) in enumerate(zip(rows, times, strict=True), start=first):
         assert by_line[line][:2] == (f"u{user}", f"i{item}")
         assert by_line[line][2] == pytest.approx(t / scale, rel=1e-12, abs=1e-9)
+
+
+def test_a_first_line_of_data_is_named_as_such(tmp_path: Path) -> None:
+    path = _write(tmp_path / "raw.csv", "u1,i1,1700000000\nu2,i2,1700000001\n")
+    with pytest.raises(
+        SourceError, match="its first line looks like data, not column names: pass --no-header"
+    ):
+        FileReplaySource(path)

@@ -81,25 +81,25 @@ def diagnose(
     result = Diagnosis()
     rejected_share, duplicate_share = counts.rejected_share, counts.duplicate_share
     rejected = f"{counts.rejected:,} of {counts.read:,} records rejected ({rejected_share:.1%})"
-    if counts.rejected:
-        rejected += "; " + _reasons_and_fixes(counts)
+    reasons = f"; {_reasons_and_fixes(counts)}" if counts.rejected else ""
+    past_warning = f", more than --warn-share {warn_share:.1%} (pipeline.warn_share)"
     if counts.accepted == 0:
         result.failure = (
-            f"nothing was accepted: {rejected}"
+            f"nothing was accepted: {rejected}{reasons}"
             if counts.read
             else "nothing was accepted: the source holds no records"
         )
     elif rejected_share > max_rejected_share:
         result.failure = (
-            f"{rejected}: more than --max-rejected-share {max_rejected_share:.1%} "
-            "(pipeline.max_rejected_share)"
+            f"{rejected}, more than --max-rejected-share {max_rejected_share:.1%} "
+            f"(pipeline.max_rejected_share){reasons}"
         )
     elif rejected_share > warn_share:
-        result.warnings.append(f"{rejected}, more than {warn_share:.1%} (--warn-share)")
+        result.warnings.append(f"{rejected}{past_warning}{reasons}")
     if counts.accepted and duplicate_share > warn_share:
         line = (
             f"{counts.duplicates:,} of {counts.accepted:,} accepted events ({duplicate_share:.1%}) dropped "
-            f"as repeats of an earlier event_id, more than {warn_share:.1%} (--warn-share); "
+            f"as repeats of an earlier event_id{past_warning}; "
         )
         if event_id_column is not None:
             line += (

@@ -418,6 +418,11 @@ class FileReplaySource:
             how = f" (read with delimiter {self.delimiter!r}; pass --delimiter if that is wrong)"
             if not self.header:
                 how = f" (no header: columns are named by position, e.g. --columns user=0,item=1,time=2){how}"
+            elif any(parse_times(np.array([name], dtype=object)).ok[0] for name in names):
+                how = (
+                    " (its first line looks like data, not column names: pass --no-header and name columns "
+                    f"by position, e.g. --columns user=0,item=1,time=2){how}"
+                )
         try:
             mapping = self.mapping if self.mapping is not None else ColumnMapping.infer(names)
         except SourceError as error:
