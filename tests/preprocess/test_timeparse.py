@@ -177,3 +177,45 @@ def test_arbitrary_values_never_raise_and_ok_means_finite(values: list) -> None:
     ok = parsed.status == OK
     assert np.isfinite(parsed.seconds[ok]).all()
     assert np.isnan(parsed.seconds[~ok]).all()
+
+
+@pytest.mark.parametrize(
+    ("unit", "number", "seconds"),
+    [
+        ("s", 1_700_000_000, 1_700_000_000.0),
+        ("ms", 1_700_000_000_250, 1_700_000_000.25),
+        ("us", 1_700_000_000_000_001, 1_700_000_000.000001),
+        ("ns", 1_700_000_000 * 10**9, 1_700_000_000.0),
+    ],
+)
+def test_time_unit_scales_numbers_in_every_column_type_and_never_iso_text(unit, number, seconds) -> None:
+    for column in (
+        np.array([number], dtype=np.int64),
+        np.array([float(number)]),
+        _objects(number),
+        _objects(str(number)),
+        pa.array([str(number)]),
+    ):
+        parsed = parse_times(column, unit)
+        assert parsed.status.tolist() == [OK]
+        assert parsed.seconds[0] == pytest.approx(seconds, rel=1e-15)
+    mixed = parse_times(_objects(str(number), "2024-01-01T00:00:00Z"), unit)
+    assert mixed.seconds[1] == 1_704_067_200.0
+
+
+def test_time_format_is_tried_first_and_the_usual_forms_still_read() -> None:
+    parsed = parse_times(
+        pa.array(["05/31/2024 14:00", "20240101", "2024-01-01", "31/05/2024 14:00"]), "s", "%m/%d/%Y %H:%M"
+    )
+    assert parsed.seconds[:3].tolist() == [1_717_164_000.0, 20_240_101.0, 1_704_067_200.0]
+    assert parsed.status.tolist() == [OK, OK, OK, UNPARSEABLE]
+    assert parse_times(pa.array(["20240101"]), "s", "%Y%m%d").seconds.tolist() == [1_704_067_200.0]
+    offset = parse_times(pa.array(["05/31/2024 14:00+0200"]), "s", "%m/%d/%Y %H:%M%z")
+    assert offset.seconds.tolist() == [1_717_164_000.0 - 7200]
+
+
+def test_bad_time_options_name_the_option() -> None:
+    with pytest.raises(ConfigError, match="time_unit 'sec' is not one of s, ms, us, ns"):
+        parse_times(_objects(1), "sec")
+    with pytest.raises(ConfigError, match="time_format 'mdy' has no strptime code"):
+        parse_times(_objects("x"), "s", "mdy")

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from freshrec.errors import ConfigError
 from freshrec.events import EVENT_KINDS, KIND_CODES, SchemaLimits
-from freshrec.preprocess.validate import DeadLetterWriter, EventValidator, Rejection, validate_records
+from freshrec.preprocess.validate import (
+    DeadLetterWriter,
+    EventValidator,
+    Rejection,
+    reason_group,
+    validate_records,
+)
 from freshrec.sources.base import EVENT_COLUMNS, RawBatch
 
 GOOD = {"event_id": "e1", "timestamp": 1_700_000_000, "user_id": "alice", "item_id": 42}
@@ -438,3 +444,35 @@ def test_dead_letter_writer_without_a_path_only_counts() -> None:
     with DeadLetterWriter(None) as dead:
         dead.write([Rejection(1, "user_id", "missing field", {})])
     assert dead.count == 1 and dead.path is None
+
+
+@pytest.mark.parametrize(
+    ("field", "first", "second"),
+    [
+        ("timestamp", 1.7e12, 1.8e12),
+        ("timestamp", -1, -5),
+        ("timestamp", "next tuesday", "05/01/2024 14:00"),
+        ("timestamp", [1], [2, 3]),
+        ("user_id", "x" * 300, "y" * 301),
+        ("user_id", "\ud800", "a\udc00"),
+        ("item_id", 3.5, 4.25),
+        ("item_id", 2**64, 2**65),
+        ("kind", "buy", "add_to_cart"),
+        ("value", "abc", "xyz"),
+        ("value", math.inf, "-inf"),
+        ("device", [1], [2, 3]),
+        ("device", "d" * 257, "e" * 300),
+    ],
+)
+def test_reason_groups_count_rejections_of_one_kind_together(field: str, first, second) -> None:
+    """Two different bad values of one kind: one group, which quotes neither value."""
+    result = validate_records([_one(**{field: first}), _one(**{field: second})])
+    assert result.rejected == 2
+    groups = {reason_group(r.reason) for r in result.rejections}
+    assert len(groups) == 1, [r.reason for r in result.rejections]
+    [group] = groups
+    for value in (first, second):
+        quoted = (
+            value[:10] if isinstance(value, str) else f"{value:.6g}" if isinstance(value, float) else None
+        )
+        assert quoted is None or quoted not in group, group

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freshrec.errors import ConfigError, SourceError
@@ -347,3 +347,134 @@ def test_dirty_csv_replays_to_the_end_with_every_bad_line_dead_lettered(tmp_path
 def test_raw_batch_checks_its_shape() -> None:
     with pytest.raises(ValueError, match="column 'user_id' has 1 rows"):
         RawBatch({"user_id": np.array([1])}, np.array([0, 1]))
+
+
+# -- saying what the file is: format, delimiter, header, time unit and format -----------------------------
+
+
+def test_delimiter_is_sniffed_or_given_and_named_in_errors(tmp_path: Path) -> None:
+    path = _write(tmp_path / "export.csv", "userId;movieId;ts\n1;10;200\n2;11;100\n3;12;300\n")
+    source = FileReplaySource(path, MAPPING)
+    assert source.delimiter == ";"
+    assert _all_rows(source)[0]["user_id"] == [2, 1, 3]
+    assert _all_rows(FileReplaySource(path, MAPPING, delimiter="semicolon"))[0]["item_id"] == [11, 10, 12]
+    with pytest.raises(SourceError, match=r"read with delimiter ','; pass --delimiter if that is wrong"):
+        FileReplaySource(path, MAPPING, delimiter=",")
+    with pytest.raises(ConfigError, match="must be one character"):
+        FileReplaySource(path, MAPPING, delimiter=";;")
+    with pytest.raises(ConfigError, match="csv and tsv files only"):
+        FileReplaySource(_write(tmp_path / "e.jsonl", "{}\n"), delimiter=";")
+
+
+def test_no_header_names_columns_by_position_and_keeps_line_numbers(tmp_path: Path) -> None:
+    path = _write(tmp_path / "raw.csv", "1,10,200\n\n2,11\n3,12,100\n")
+    source = FileReplaySource(path, "user=0,item=1,time=2", header=False)
+    columns, positions, malformed = _all_rows(source)
+    assert columns["user_id"] == [3, 1] and positions == [4, 1]
+    assert [(m.position, m.reason) for m in malformed] == [(3, "wrong number of fields: expected 3, got 2")]
+    with pytest.raises(SourceError, match=r"columns are named by position, e\.g\. --columns user=0"):
+        FileReplaySource(path, header=False)
+
+
+def test_time_unit_scales_numbers_only_and_time_format_reads_text(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "t.csv",
+        "u,i,t\n1,1,1700000000500\n2,2,2023-11-14T22:13:20Z\n3,3,soon\n4,4,1700000001000\n",
+    )
+    columns, positions, _ = _all_rows(FileReplaySource(path, "user=u,item=i,time=t", time_unit="ms"))
+    assert positions == [3, 2, 5, 4]
+    assert columns["timestamp"] == [1_700_000_000.0, 1_700_000_000.5, 1_700_000_001.0, "soon"]
+    us = _write(tmp_path / "us.csv", "u,i,t\n1,1,05/31/2024 14:00\n2,2,2024-05-01\n")
+    columns, _, _ = _all_rows(FileReplaySource(us, "user=u,item=i,time=t", time_format="%m/%d/%Y %H:%M"))
+    assert columns["timestamp"] == [1_714_521_600.0, 1_717_164_000.0]
+    with pytest.raises(ConfigError, match="time_unit 'min' is not one of s, ms, us, ns"):
+        FileReplaySource(path, "user=u,item=i,time=t", time_unit="min")
+
+
+def test_parquet_timestamps_keep_their_unit_whatever_time_unit_says(tmp_path: Path) -> None:
+    path = tmp_path / "e.parquet"
+    stamps = pa.array([1_700_000_000_000_000], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"user_id": [1], "item_id": [2], "timestamp": stamps}), path)
+    assert _all_rows(FileReplaySource(path, time_unit="ms"))[0]["timestamp"] == [1_700_000_000.0]
+    pq.write_table(pa.table({"user_id": [1], "item_id": [2], "timestamp": [1_700_000_000_000]}), path)
+    assert _all_rows(FileReplaySource(path, time_unit="ms"))[0]["timestamp"] == [1_700_000_000.0]
+
+
+def test_a_json_array_file_is_read_and_its_non_objects_are_malformed(tmp_path: Path) -> None:
+    records = [
+        {"user_id": 1, "item_id": 2, "timestamp": 20},
+        7,
+        {"user_id": 3, "item_id": 4, "timestamp": 10},
+    ]
+    path = _write(tmp_path / "e.json", json.dumps(records, indent=2))
+    columns, positions, malformed = _all_rows(FileReplaySource(path))
+    assert columns["user_id"] == [3, 1] and positions == [2, 0]
+    assert [(m.position, m.reason) for m in malformed] == [(1, "expected a JSON object, got int")]
+    assert FileReplaySource(path, format="json").total_records == 3
+    # JSON lines whose first line happens to be an array stay JSON lines; a broken array is one clear error.
+    lines = _write(tmp_path / "l.jsonl", '[1, 2]\n{"user_id": 1, "item_id": 2, "timestamp": 5}\n')
+    assert [m.reason for m in _all_rows(FileReplaySource(lines))[2]] == ["expected a JSON object, got array"]
+    broken = _write(tmp_path / "b.json", '[\n  {"user_id": 1,\n  "item_id" 2}\n]')
+    with pytest.raises(SourceError, match=r"starts like one JSON array but is not valid JSON at line 3"):
+        FileReplaySource(broken)
+
+
+def test_the_event_id_column_is_known(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.csv", "user_id,item_id,timestamp,event_id\n1,2,3,a\n")
+    assert FileReplaySource(path).event_id_column == "event_id"
+    assert FileReplaySource(path, "user=user_id,item=item_id,time=timestamp").event_id_column is None
+
+
+_CELL = st.text("abcxyz0123456789", min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(_CELL, _CELL, st.integers(0, 4_000_000_000), st.integers(0, 999)), min_size=2, max_size=25
+    ),
+    delimiter=st.sampled_from([",", ";", "\t", "|"]),
+    given_delimiter=st.booleans(),
+    header=st.booleans(),
+    unit=st.sampled_from(["s", "ms", "us"]),
+)
+def test_delimiter_header_and_time_unit_round_trip(
+    tmp_path_factory, rows, delimiter, given_delimiter, header, unit
+) -> None:
+    """Whatever delimiter (said or sniffed), header or none, and unit a file is written with, reading it with
+    the same options gives back every cell: ids as written, times in seconds."""
+    scale = {"s": 1, "ms": 1_000, "us": 1_000_000}[unit]
+    times = [seconds * scale + (fraction % scale) for _, _, seconds, fraction in rows]
+    lines = [
+        delimiter.join((f"u{user}", f"i{item}", str(t)))
+        for (user, item, _, _), t in zip(rows, times, strict=True)
+    ]
+    if header:
+        lines.insert(0, delimiter.join(("user", "item", "when")))
+    path = tmp_path_factory.mktemp("round") / "events.csv"
+    path.write_text("\n".join(lines) + "\n")
+    mapping = "user=user,item=item,time=when" if header else "user=0,item=1,time=2"
+    source = FileReplaySource(
+        path, mapping, delimiter=delimiter if given_delimiter else None, header=header, time_unit=unit
+    )
+    assert source.delimiter == delimiter
+    columns, positions, malformed = _all_rows(source)
+    assert malformed == []
+    by_line = {
+        p: (u, i, t)
+        for p, u, i, t in zip(
+            positions, columns["user_id"], columns["item_id"], columns["timestamp"], strict=True
+        )
+    }
+    first = 2 if header else 1
+    for line, ((user, item, _, _), t) in enumerate(zip(rows, times, strict=True), start=first):
+        assert by_line[line][:2] == (f"u{user}", f"i{item}")
+        assert by_line[line][2] == pytest.approx(t / scale, rel=1e-12, abs=1e-9)
+
+
+def test_a_first_line_of_data_is_named_as_such(tmp_path: Path) -> None:
+    path = _write(tmp_path / "raw.csv", "u1,i1,1700000000\nu2,i2,1700000001\n")
+    with pytest.raises(
+        SourceError, match="its first line looks like data, not column names: pass --no-header"
+    ):
+        FileReplaySource(path)

@@ -26,7 +26,13 @@ from freshrec.interactions import EncodedBatch
 from freshrec.model_state import State, under_prefix, with_prefix
 from freshrec.preprocess.dedupe import Deduplicator
 from freshrec.preprocess.encode import IdEncoder, encode_ids
-from freshrec.preprocess.validate import DeadLetterWriter, EventValidator, Rejection, ValidationResult
+from freshrec.preprocess.validate import (
+    DeadLetterWriter,
+    EventValidator,
+    Rejection,
+    ValidationResult,
+    reason_group,
+)
 from freshrec.sources.base import EVENT_COLUMNS, RawBatch
 
 __all__ = ["IngestCounts", "IngestPipeline", "IngestedBatch", "PipelineConfig", "encode_events"]
@@ -50,6 +56,12 @@ class PipelineConfig:
     item_ids
         Raw item ids remembered for the way back from keys (what a server or the library API answers
         with), least recently seen forgotten first; 0 remembers none.
+    warn_share
+        Share of records rejected, or of accepted events dropped as duplicates, past which a replay warns
+        (`freshrec.preprocess.diagnose`).
+    max_rejected_share
+        Share of records rejected past which a replay fails (exit code 3); a replay that accepts nothing
+        fails whatever this says. 1.0 fails only then.
     """
 
     default_kind: str = "view"
@@ -57,11 +69,17 @@ class PipelineConfig:
     dedupe_window: int = 1_000_000
     read_size: int = 8192
     item_ids: int = 0
+    warn_share: float = 0.05
+    max_rejected_share: float = 1.0
 
     def __post_init__(self) -> None:
         EventValidator(self.limits, self.default_kind)  # names a bad kind
         if self.read_size < 1:
             raise ConfigError(f"read_size must be at least 1 record, got {self.read_size}")
+        for name in ("warn_share", "max_rejected_share"):
+            share = getattr(self, name)
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"{name} must be a share between 0 and 1 (0.05 is 5%), got {share}")
 
 
 @dataclass
@@ -103,20 +121,44 @@ class IngestedBatch:
 
 @dataclass
 class IngestCounts:
-    """Running totals of a pipeline: read = accepted + rejected, and the reasons of the rejections."""
+    """Running totals of a pipeline: read = accepted + rejected, and the reasons of the rejections.
+
+    Attributes
+    ----------
+    reasons
+        Rejections per ``"field: reason"``, the reason without the value it quotes
+        (`freshrec.preprocess.validate.reason_group`): ``"timestamp: timestamp out of range: after
+        2200-01-01 (milliseconds?)"``.
+    examples
+        The first rejection of each key of `reasons`, as it was written to the dead letters.
+    """
 
     read: int = 0
     accepted: int = 0
     rejected: int = 0
     duplicates: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, Rejection] = field(default_factory=dict)
 
     def add(self, batch: IngestedBatch) -> None:
         self.read += batch.read
         self.accepted += batch.accepted
         self.rejected += len(batch.rejections)
         self.duplicates += batch.duplicates
-        self.reasons.update(f"{r.field}: {_reason_kind(r.reason)}" for r in batch.rejections)
+        for rejection in batch.rejections:
+            key = f"{rejection.field}: {reason_group(rejection.reason)}"
+            self.reasons[key] += 1
+            self.examples.setdefault(key, rejection)
+
+    @property
+    def rejected_share(self) -> float:
+        """Rejected records per record read (0 when nothing was read)."""
+        return self.rejected / self.read if self.read else 0.0
+
+    @property
+    def duplicate_share(self) -> float:
+        """Accepted events dropped as repeats per accepted event (0 when nothing was accepted)."""
+        return self.duplicates / self.accepted if self.accepted else 0.0
 
 
 class IngestPipeline:
@@ -257,11 +299,3 @@ def _validated_events(raw: RawBatch) -> EventBatch:
         value=np.asarray(columns.get("value", np.full(n, np.nan)), dtype=np.float64),
         context={name: column for name, column in columns.items() if name not in EVENT_COLUMNS},
     )
-
-
-def _reason_kind(reason: str) -> str:
-    """A rejection reason without the value it quotes, so that reasons count together: ``"timestamp out of
-    range: 1.7e+12 is after 2200-01-01 (milliseconds?)"`` -> ``"timestamp out of range (milliseconds?)"``."""
-    head, _, rest = reason.partition(":")
-    hint = rest[rest.rfind("(") :] if rest.rstrip().endswith(")") and "(" in rest else ""
-    return f"{head} {hint}".strip()

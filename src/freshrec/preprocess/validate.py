@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -63,7 +64,14 @@ from freshrec.timeparse import (
     text_array,
 )
 
-__all__ = ["DeadLetterWriter", "EventValidator", "Rejection", "ValidationResult", "validate_records"]
+__all__ = [
+    "DeadLetterWriter",
+    "EventValidator",
+    "Rejection",
+    "ValidationResult",
+    "reason_group",
+    "validate_records",
+]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _EXACT_FLOAT_INT = 2.0**53  # beyond this a float cannot say which integer it meant
@@ -498,6 +506,42 @@ def validate_records(
 'timestamp': '2024-05-01T12:00:00Z', 'user_id': 1})]
     """
     return EventValidator(limits, default_kind).validate_records(records, start_position)
+
+
+# What `reason_group` takes out of a reason: the value it quotes, leaving what is wrong with it. One
+# pattern per reason above that quotes a value; tests/preprocess/test_validate.py checks each of them.
+_GROUPS = [
+    (re.compile(r"^(unparseable timestamp) .*?: (expected .*)$"), r"\1: \2"),
+    (re.compile(r"^(timestamp out of range): \S+ is (before|after) (.*)$"), r"\1: \2 \3"),
+    (re.compile(r"^(.*): \d+ chars > (\d+)$"), r"\1: more than \2 chars"),
+    (re.compile(r"^(too many (?:context )?fields): \d+ > (\d+)$"), r"\1: more than \2"),
+    (
+        re.compile(r"^(wrong type: expected [^,]+), got (undecodable text \(not UTF-8\)|\w+).*$"),
+        r"\1, got \2",
+    ),
+    (re.compile(r"^(unknown kind(?: code)?) .*? (\(expected .*\))$"), r"\1 \2"),
+    (re.compile(r"^((?:integer|number) out of range): .* (does not fit in .*)$"), r"\1: \2"),
+    (re.compile(r"^((?:field name )?not valid text): .* (holds a lone surrogate.*)$"), r"\1: \2"),
+    (re.compile(r"^(not a number|non-finite value): .*$"), r"\1"),
+    (re.compile(r"^(invalid JSON) at column \d+(: .*)$"), r"\1\2"),
+]
+
+
+def reason_group(reason: str) -> str:
+    """A rejection reason without the value it quotes, so that rejections of one kind count together.
+
+    >>> reason_group("timestamp out of range: 1.7e+12 is after 2200-01-01 (milliseconds?)")
+    'timestamp out of range: after 2200-01-01 (milliseconds?)'
+    >>> reason_group("unparseable timestamp '05/01/2024 14:00': expected epoch seconds or ISO 8601")
+    'unparseable timestamp: expected epoch seconds or ISO 8601'
+    >>> reason_group("missing field")
+    'missing field'
+    """
+    for pattern, replacement in _GROUPS:
+        grouped, found = pattern.subn(replacement, reason)
+        if found:
+            return grouped
+    return reason
 
 
 class DeadLetterWriter(AbstractContextManager["DeadLetterWriter"]):

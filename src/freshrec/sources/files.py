@@ -1,15 +1,18 @@
-"""Replay a file of events (CSV, TSV, Parquet, JSON lines) in event-time order, as raw batches.
+"""Replay a file of events (CSV, TSV, Parquet, JSON lines, a JSON array) in event-time order, as raw batches.
 
 The file is read whole and columnar (pyarrow), sorted by event time (stable: ties keep file order) and
 handed out in batches, each with the offset to resume after it. Text cells stay text: judging values is
 the validator's job, so a bad cell becomes a rejection downstream, never a crash here. A line that cannot
 even be split into the right number of fields, or a JSON line that is not a JSON object, is returned as
-a malformed record with its line number. This module never drops a record silently and never writes to
-the file it reads.
+a malformed record with its line number. What the file is can be said (format, delimiter, header or not,
+the unit of numeric times, a strptime format for text times) or left to be found: the format from the
+suffix, the delimiter sniffed from the first lines. This module never drops a record silently and never
+writes to the file it reads.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from collections.abc import Iterator
@@ -26,9 +29,16 @@ import pyarrow.parquet as pq
 from freshrec.errors import ConfigError, SourceError
 from freshrec.events import EVENT_KINDS, KIND_CODES
 from freshrec.sources.base import EVENT_COLUMNS, RawBatch, Rejection, check_batch_size
-from freshrec.timeparse import parse_times
+from freshrec.timeparse import check_time_options, parse_times
 
-__all__ = ["ColumnMapping", "FileReplaySource", "detect_format", "parse_column_mapping"]
+__all__ = [
+    "ColumnMapping",
+    "FileReplaySource",
+    "detect_format",
+    "parse_column_mapping",
+    "parse_delimiter",
+    "sniff_delimiter",
+]
 
 #: File suffix -> format name (``.gz`` after any text suffix is decompressed first).
 FORMATS: dict[str, str] = {
@@ -41,6 +51,13 @@ FORMATS: dict[str, str] = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
+#: Every format name `FileReplaySource` takes; ``json`` is another name of ``jsonl``: both read JSON lines
+#: or one JSON array of objects.
+FORMAT_NAMES = ("csv", "tsv", "parquet", "jsonl", "json")
+_DELIMITED = ("csv", "tsv")
+# Delimiters the sniffer may choose between: what spreadsheet and database exports use.
+_SNIFFED_DELIMITERS = ",;\t|"
+_SNIFF_BYTES = 1 << 16
 
 # Keys of the mapping text -> ColumnMapping attribute.
 _MAPPING_KEYS = {
@@ -188,9 +205,47 @@ def detect_format(path: str | Path) -> str:
     if suffixes and suffixes[-1] in FORMATS:
         return FORMATS[suffixes[-1]]
     raise ConfigError(
-        f"cannot tell the format of {str(path)!r} from its suffix; name it .csv, .tsv, .parquet or .jsonl, "
-        f"or pass format= one of csv, tsv, parquet, jsonl"
+        f"cannot tell the format of {str(path)!r} from its suffix; name it .csv, .tsv, .parquet, .jsonl or "
+        f".json, or pass --format (source.format) one of {', '.join(FORMAT_NAMES)}"
     )
+
+
+def parse_delimiter(text: str) -> str:
+    r"""The one-character delimiter a person wrote: ``","``, ``";"``, ``"|"``, or a tab as ``"\t"`` (the
+    two characters) or ``"tab"``.
+
+    >>> parse_delimiter("tab") == parse_delimiter(r"\t") == "\t"
+    True
+    >>> parse_delimiter(";;")
+    Traceback (most recent call last):
+    ...
+    freshrec.errors.ConfigError: delimiter ';;' must be one character (e.g. ',', ';', '|' or 'tab')
+    """
+    named = {"tab": "\t", r"\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|", "space": " "}
+    delimiter = named.get(text.lower(), text)
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise ConfigError(f"delimiter {text!r} must be one character (e.g. ',', ';', '|' or 'tab')")
+    return delimiter
+
+
+def sniff_delimiter(data: bytes, default: str) -> str:
+    r"""The delimiter of a delimited text, judged by `csv.Sniffer` on its first lines; `default` when the
+    sniffer cannot tell (one column, too few lines), and first choice when several fit.
+
+    >>> sniff_delimiter(b"user;item;ts\n1;2;3\n4;5;6\n", ",")
+    ';'
+    >>> sniff_delimiter(b"user,item,ts\n1,2,3\n", "\t")
+    ','
+    """
+    sample = data[:_SNIFF_BYTES]
+    if len(data) > _SNIFF_BYTES and b"\n" in sample:
+        sample = sample[: sample.rindex(b"\n")]  # whole lines only: a cut line would look inconsistent
+    sniffer = csv.Sniffer()
+    sniffer.preferred = [default, *(d for d in _SNIFFED_DELIMITERS if d != default)]
+    try:
+        return sniffer.sniff(sample.decode("utf-8", "replace"), delimiters=_SNIFFED_DELIMITERS).delimiter
+    except csv.Error:
+        return default
 
 
 @dataclass
@@ -200,6 +255,7 @@ class _Loaded:
     columns: dict[str, np.ndarray]
     positions: np.ndarray
     malformed: list[Rejection]
+    typed_time: bool = False  # a Parquet date/timestamp column: already seconds, whatever the time unit
 
 
 class FileReplaySource:
@@ -215,18 +271,29 @@ class FileReplaySource:
         ``kind``, ``value``). Columns not mapped are dropped, unless listed as ``ctx=col1|col2``, which
         keeps them as context fields.
     format
-        ``csv``, ``tsv``, ``parquet`` or ``jsonl``; by default from the suffix (``.json`` is read as JSON
-        lines, one object per line).
+        ``csv``, ``tsv``, ``parquet``, ``jsonl`` or ``json`` (the same as ``jsonl``); by default from the
+        suffix. JSON is read in either shape: one object per line, or one array of objects.
     default_kind
         The kind of every event when the mapping has no kind column.
     name
         The source's name, used in synthesised event ids (``"{name}:{line}"``); the file's stem by default.
+    delimiter
+        The field separator of CSV/TSV (one character); None sniffs it from the first lines (`csv.Sniffer`
+        over ``, ; tab |``), falling back to ``,`` for CSV and a tab for TSV.
+    header
+        Whether the first line of a CSV/TSV names the columns; without one, columns are named by
+        position from 0 (``user=0,item=1,time=2``).
+    time_unit
+        What a numeric time counts since the epoch: ``s``, ``ms``, ``us`` or ``ns``. ISO text and
+        Parquet timestamp columns carry their own unit and are not scaled.
+    time_format
+        A strptime format for text times (``%m/%d/%Y %H:%M``), tried before epoch numbers and ISO 8601.
 
-    Positions are 1-based physical line numbers for CSV/TSV (the header is line 1) and JSON lines, and
-    0-based row indices for Parquet. Malformed records (wrong number of fields, invalid JSON) come first
-    in the replay, then the rows in event-time order; rows whose time does not parse come last (and are
-    rejected by the validator). Offsets count records in that replay order; each call to `batches`
-    resumes after the last committed offset.
+    Positions are 1-based physical line numbers for CSV/TSV (the header, if any, is line 1) and JSON
+    lines, 0-based indices for a JSON array and 0-based row indices for Parquet. Malformed records (wrong
+    number of fields, invalid JSON) come first in the replay, then the rows in event-time order; rows
+    whose time does not parse come last (and are rejected by the validator). Offsets count records in
+    that replay order; each call to `batches` resumes after the last committed offset.
 
     >>> import tempfile, pathlib
     >>> folder = tempfile.TemporaryDirectory()
@@ -246,13 +313,30 @@ class FileReplaySource:
         default_kind: str = "view",
         name: str | None = None,
         start_offset: int = 0,
+        *,
+        delimiter: str | None = None,
+        header: bool = True,
+        time_unit: str = "s",
+        time_format: str | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"event file {str(self.path)!r} does not exist or is not a file")
         self.format = format if format is not None else detect_format(self.path)
-        if self.format not in set(FORMATS.values()):
-            raise ConfigError(f"format {self.format!r} is not one of csv, tsv, parquet, jsonl")
+        if self.format not in FORMAT_NAMES:
+            raise ConfigError(f"format {self.format!r} is not one of {', '.join(FORMAT_NAMES)}")
+        if self.format == "json":
+            self.format = "jsonl"
+        if self.format not in _DELIMITED and (delimiter is not None or not header):
+            option = "delimiter" if delimiter is not None else "no header"
+            raise ConfigError(
+                f"{option} applies to csv and tsv files only; {str(self.path)!r} is {self.format}"
+            )
+        check_time_options(time_unit, time_format)
+        self.delimiter = None if delimiter is None else parse_delimiter(delimiter)
+        self.header = header
+        self.time_unit = time_unit
+        self.time_format = time_format
         if default_kind not in KIND_CODES:
             raise ConfigError(f"default_kind {default_kind!r} is not one of {', '.join(EVENT_KINDS)}")
         self.mapping = parse_column_mapping(mapping) if isinstance(mapping, str) else mapping
@@ -274,6 +358,11 @@ class FileReplaySource:
     @property
     def committed_offset(self) -> int:
         return self._committed
+
+    @property
+    def event_id_column(self) -> str | None:
+        """The file column read as ``event_id`` (None: each record is named by its line)."""
+        return self._event_id_column
 
     def batches(self, max_records: int) -> Iterator[RawBatch]:
         """Batches of at most `max_records` records, from the last committed offset to the end."""
@@ -302,6 +391,7 @@ class FileReplaySource:
     # -- loading ------------------------------------------------------------------------------------------
 
     def _load(self) -> _Loaded:
+        self._event_id_column: str | None = None
         if self.format == "parquet":
             loaded = self._load_parquet()
         else:
@@ -314,32 +404,57 @@ class FileReplaySource:
             if data.startswith(_UTF8_BOM):
                 data = data[len(_UTF8_BOM) :]
             if self.format == "jsonl":
-                loaded = self._load_json_lines(data)
+                loaded = self._load_json(data)
             else:
-                loaded = self._load_delimited(data, "," if self.format == "csv" else "\t")
-        return _sort_by_time(loaded)
+                default = "," if self.format == "csv" else "\t"
+                if self.delimiter is None:
+                    self.delimiter = sniff_delimiter(data, default)
+                loaded = self._load_delimited(data, self.delimiter)
+        return _sort_by_time(loaded, "s" if loaded.typed_time else self.time_unit, self.time_format)
 
     def _resolve_mapping(self, names: list[str]) -> dict[str, str]:
-        mapping = self.mapping if self.mapping is not None else ColumnMapping.infer(names)
+        how = ""
+        if self.format in _DELIMITED:
+            how = f" (read with delimiter {self.delimiter!r}; pass --delimiter if that is wrong)"
+            if not self.header:
+                how = f" (no header: columns are named by position, e.g. --columns user=0,item=1,time=2){how}"
+            elif any(parse_times(np.array([name], dtype=object)).ok[0] for name in names):
+                how = (
+                    " (its first line looks like data, not column names: pass --no-header and name columns "
+                    f"by position, e.g. --columns user=0,item=1,time=2){how}"
+                )
+        try:
+            mapping = self.mapping if self.mapping is not None else ColumnMapping.infer(names)
+        except SourceError as error:
+            raise SourceError(f"{error}{how}") from None
         wanted = mapping.file_columns()
         for canonical, column in wanted.items():
             if column not in names:
                 role = canonical if canonical in EVENT_COLUMNS else "context"
                 raise SourceError(
                     f"column {column!r} (mapped to {role}) not found in {str(self.path)!r}; "
-                    f"its columns are {', '.join(names) or '(none)'}"
+                    f"its columns are {', '.join(names) or '(none)'}{how}"
                 )
+        self._event_id_column = wanted.get("event_id")
         return wanted
 
     def _load_delimited(self, data: bytes, delimiter: str) -> _Loaded:
-        quoting = delimiter == ","  # TSV has no quoting convention; a quote there is an ordinary character
+        # TSV has no quoting convention; a quote there is an ordinary character.
+        quoting = self.format == "csv" and delimiter != "\t"
         rows = _row_lines(data, quoting)
-        header = data[: rows.stops[0]] if len(rows.lines) else b""
+        first_line = data[: rows.stops[0]] if len(rows.lines) else b""
         parse_options = pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False)
         try:
-            names = pcsv.read_csv(pa.py_buffer(header + b"\n"), parse_options=parse_options).column_names
+            names = pcsv.read_csv(
+                pa.py_buffer(first_line + b"\n"),
+                read_options=pcsv.ReadOptions(autogenerate_column_names=not self.header),
+                parse_options=parse_options,
+            ).column_names
         except (pa.ArrowInvalid, UnicodeDecodeError) as error:
-            raise SourceError(f"cannot read the header line of {str(self.path)!r}: {error}") from error
+            what = "header line" if self.header else "first line"
+            raise SourceError(f"cannot read the {what} of {str(self.path)!r}: {error}") from error
+        if not self.header:
+            names = [str(number) for number in range(len(names))]
         wanted = self._resolve_mapping(names)
         bad_rows: list[Any] = []
 
@@ -352,7 +467,9 @@ class FileReplaySource:
             table = pcsv.read_csv(
                 pa.py_buffer(data),
                 # One thread: pyarrow reports the row number of a malformed row only when single-threaded.
-                read_options=pcsv.ReadOptions(use_threads=False, block_size=1 << 24),
+                read_options=pcsv.ReadOptions(
+                    use_threads=False, block_size=1 << 24, column_names=None if self.header else names
+                ),
                 parse_options=pcsv.ParseOptions(
                     delimiter=delimiter,
                     quote_char='"' if quoting else False,
@@ -368,10 +485,13 @@ class FileReplaySource:
             )
         except pa.ArrowInvalid as error:
             raise SourceError(f"cannot parse {str(self.path)!r} as {self.format.upper()}: {error}") from error
-        # pyarrow numbers rows (header = 1, blank lines skipped); map them to physical line numbers.
+        # pyarrow numbers rows (the header, if any, is 1; blank lines skipped); map them to physical lines.
+        first = 2 if self.header else 1
         row_numbers = np.array([number or 0 for number, *_ in bad_rows], dtype=np.int64)
-        exact = len(rows.lines) == 1 + table.num_rows + len(bad_rows) and bool(np.all(row_numbers > 1))
-        data_rows = np.arange(2, 2 + table.num_rows + len(bad_rows), dtype=np.int64)
+        exact = len(rows.lines) == first - 1 + table.num_rows + len(bad_rows) and bool(
+            np.all(row_numbers >= first)
+        )
+        data_rows = np.arange(first, first + table.num_rows + len(bad_rows), dtype=np.int64)
         data_rows = data_rows[~np.isin(data_rows, row_numbers)]
         if exact:
             positions, bad_lines = rows.lines[data_rows - 1], rows.lines[row_numbers - 1]
@@ -391,6 +511,42 @@ class FileReplaySource:
         }
         return _Loaded(columns, positions, malformed)
 
+    def _load_json(self, data: bytes) -> _Loaded:
+        """JSON lines, or one JSON array of objects (what many exporters write to a ``.json`` file)."""
+        stripped = data.lstrip()
+        if not stripped.startswith(b"["):
+            return self._load_json_lines(data)
+        try:
+            whole = json.loads(stripped)
+        except ValueError as error:
+            first_line = stripped.split(b"\n", 1)[0]
+            try:
+                json.loads(first_line)
+            except ValueError:
+                where = (
+                    f" at line {error.lineno} column {error.colno}"
+                    if isinstance(error, json.JSONDecodeError)
+                    else ""
+                )
+                raise SourceError(
+                    f"{str(self.path)!r} starts like one JSON array but is not valid JSON{where}: "
+                    f"{getattr(error, 'msg', error)}"
+                ) from None
+            return self._load_json_lines(data)  # JSON lines whose first line is an array
+        if not isinstance(whole, list):
+            return self._load_json_lines(data)
+        records: list[dict[str, Any]] = []
+        positions: list[int] = []
+        malformed: list[Rejection] = []
+        for index, record in enumerate(whole):
+            if isinstance(record, dict):
+                records.append(record)
+                positions.append(index)
+            else:
+                reason = f"expected a JSON object, got {_json_type(record)}"
+                malformed.append(Rejection(index, "_record", reason, json.dumps(record)[:1000]))
+        return self._json_columns(records, positions, malformed)
+
     def _load_json_lines(self, data: bytes) -> _Loaded:
         records: list[dict[str, Any]] = []
         positions: list[int] = []
@@ -407,14 +563,16 @@ class FileReplaySource:
                 malformed.append(Rejection(number, "_record", reason, line.decode("utf-8", "replace")))
                 continue
             if not isinstance(record, dict):
-                kind = {list: "array", str: "string", type(None): "null"}.get(
-                    type(record), type(record).__name__
-                )
-                reason = f"expected a JSON object, got {kind}"
+                reason = f"expected a JSON object, got {_json_type(record)}"
                 malformed.append(Rejection(number, "_record", reason, line.decode("utf-8", "replace")))
                 continue
             records.append(record)
             positions.append(number)
+        return self._json_columns(records, positions, malformed)
+
+    def _json_columns(
+        self, records: list[dict[str, Any]], positions: list[int], malformed: list[Rejection]
+    ) -> _Loaded:
         names = list(dict.fromkeys(key for record in records for key in record))
         wanted = self._resolve_mapping(names) if records else {}
         n = len(records)
@@ -432,7 +590,9 @@ class FileReplaySource:
         wanted = self._resolve_mapping(names)
         table = pq.read_table(self.path, columns=list(dict.fromkeys(wanted.values())))
         columns = {canonical: arrow_to_numpy(table.column(column)) for canonical, column in wanted.items()}
-        return _Loaded(columns, np.arange(table.num_rows, dtype=np.int64), [])
+        time_type = table.column(wanted["timestamp"]).type
+        typed_time = pa.types.is_timestamp(time_type) or pa.types.is_date(time_type)
+        return _Loaded(columns, np.arange(table.num_rows, dtype=np.int64), [], typed_time)
 
 
 def arrow_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -462,23 +622,19 @@ def arrow_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def _csv_column(canonical: str, column: pa.ChunkedArray) -> np.ndarray:
     """A column of raw CSV cells as the numpy column the validator reads fastest, without changing meaning.
 
-    Text stays text unless every cell of the column is clean: times that all parse become float64
-    epoch seconds, ids that are all canonical decimal integers become int64 (``"42"`` and ``42`` are
-    the same id), a value column that is all numbers or blanks becomes float64 (NaN for blank). One odd
-    cell keeps the whole column as text, so the validator sees it as written and can say what is wrong
-    with it (a dead letter then shows the clean columns in their parsed form). A cell that is not UTF-8 stays
-    bytes, which the validator rejects as undecodable.
+    Text stays text unless every cell of the column is clean (times are parsed later, once, in their
+    unit: see `_sort_by_time`): ids that are all canonical decimal integers become int64 (``"42"`` and
+    ``42`` are the same id), a value column that is all numbers or blanks becomes float64 (NaN for
+    blank). One odd cell keeps the whole column as text, so the validator sees it as written and can say
+    what is wrong with it (a dead letter then shows the clean columns in their parsed form). A cell that
+    is not UTF-8 stays bytes, which the validator rejects as undecodable.
     """
     try:
         text = column.cast(pa.string())
     except pa.ArrowInvalid:
         values = column.to_pylist()
         return np.fromiter((_decoded(v) for v in values), dtype=object, count=len(values))
-    if canonical == "timestamp":
-        parsed = parse_times(text)
-        if parsed.ok.all():  # every time is readable: hand on seconds, parsed once
-            return parsed.seconds
-    elif canonical in ("user_id", "item_id", "event_id") and len(text):
+    if canonical in ("user_id", "item_id", "event_id") and len(text):
         if pc.all(pc.match_substring_regex(text, _DECIMAL_ID)).as_py():
             return text.cast(pa.int64()).to_numpy()
     elif canonical == "value" and len(text):
@@ -490,6 +646,12 @@ def _csv_column(canonical: str, column: pa.ChunkedArray) -> np.ndarray:
         except pa.ArrowInvalid:
             pass
     return text.to_numpy(zero_copy_only=False)
+
+
+def _json_type(value: Any) -> str:
+    return {list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _decoded(raw: bytes) -> str | bytes:
@@ -537,18 +699,27 @@ def _positions_of(buf: np.ndarray, byte: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 
-def _sort_by_time(loaded: _Loaded) -> _Loaded:
+def _sort_by_time(loaded: _Loaded, unit: str, time_format: str | None) -> _Loaded:
     """Rows in event-time order (stable: ties keep file order); unparseable times go last.
 
-    When every time parses, the column handed on is the parsed seconds (float64): the validator then
-    only checks the range, instead of parsing the text a second time.
+    Times are parsed here, in the file's unit and format. When every time parses, the column handed on
+    is the parsed seconds (float64): the validator then only checks the range. Otherwise, in seconds
+    without a format, the column stays as written (the validator parses it the same way and quotes the
+    bad cells); with a unit or a format the validator does not know, the times that parse are handed on
+    as seconds and the others as written, so that no unit is ever applied twice.
     """
     if not len(loaded.positions):
         return loaded
-    parsed = parse_times(loaded.columns["timestamp"])
+    raw = loaded.columns["timestamp"]
+    parsed = parse_times(raw, unit, time_format)
     columns = dict(loaded.columns)
     if parsed.ok.all():
         columns["timestamp"] = parsed.seconds
+    elif unit != "s" or time_format is not None:
+        mixed = np.array(raw, dtype=object)
+        ok = parsed.ok
+        mixed[ok] = parsed.seconds[ok].tolist()
+        columns["timestamp"] = mixed
     seconds = parsed.seconds
     if not np.isnan(seconds).any() and bool(np.all(seconds[1:] >= seconds[:-1])):
         return _Loaded(columns, loaded.positions, loaded.malformed)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from freshrec.evaluation.prequential import RankingMetrics
-from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
+from freshrec.preprocess.pipeline import IngestCounts, IngestPipeline, PipelineConfig
 from freshrec.preprocess.validate import DeadLetterWriter
 from freshrec.sources.base import RawBatch, Source
 from freshrec.training.loop import LoopProgress, TrainingLoop
@@ -26,7 +26,8 @@ ReplayProgress = LoopProgress
 
 @dataclass
 class ReplayReport:
-    """The outcome of a replay: counts that reconcile, quality and speed."""
+    """The outcome of a replay: counts that reconcile, quality and speed; `ingest` holds the pipeline's
+    counts with the rejections grouped by field and reason."""
 
     model: str
     events_read: int
@@ -40,6 +41,7 @@ class ReplayReport:
     learning_events_per_second: float
     config: dict[str, Any] = field(default_factory=dict)
     dead_letter_path: str | None = None
+    ingest: IngestCounts = field(default_factory=IngestCounts)
 
     @property
     def events_per_second(self) -> float:
@@ -64,6 +66,10 @@ class ReplayReport:
             "learning_events_per_second": self.learning_events_per_second,
             "seconds": self.seconds,
             "dead_letter": self.dead_letter_path,
+            "rejected_share": self.ingest.rejected_share,
+            "duplicate_share": self.ingest.duplicate_share,
+            # Most frequent first: "field: reason without the value it quotes" -> count.
+            "rejections_by_reason": dict(self.ingest.reasons.most_common()),
             "windows": [w.as_dict(k) for w in self.windows],
             "config": self.config,
         }
@@ -122,4 +128,5 @@ def replay(
         learning_events_per_second=trainer.totals.learning_events_per_second,
         config=config or {},
         dead_letter_path=str(dead_letter) if dead_letter is not None and counts.rejected else None,
+        ingest=counts,
     )
