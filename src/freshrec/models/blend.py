@@ -249,10 +249,12 @@ class BlendedModel(Model):
         """float32 [B, C]: the blended normalised component scores (finite whenever the components' are).
 
         `candidate_keys` is uint64 [C] or [B, C]."""
-        features = self.features(query, candidate_keys)  # [B, C, F]
-        weights = self.weights[self.history_bucket(query)]  # [B, F]
+        return self._blended(self.features(query, candidate_keys), self.history_bucket(query))
+
+    def _blended(self, features: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        """float32 [B, C]: features [B, C, F] weighted by each row's bucket weights."""
         # A batched matrix-vector product: BLAS, twice as fast as the einsum loop.
-        return np.matmul(features, weights.astype(np.float32)[:, :, None])[:, :, 0]
+        return np.matmul(features, self.weights[buckets].astype(np.float32)[:, :, None])[:, :, 0]
 
     def features(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:
         """float32 [B, C, K * F]: for component k, feature ``k * F + f`` is the `BlendConfig.feature_kinds`
@@ -401,7 +403,7 @@ class BlendedModel(Model):
         features = self.features(batch.query, candidates)  # float32 [B, C, F]
         buckets = self.history_bucket(batch.query)
         n = len(batch)
-        logits = np.matmul(features, self.weights[buckets].astype(np.float32)[:, :, None])[:, :, 0]
+        logits = self._blended(features, buckets)
         # The recent items are all in the softmax, not sampled: there is no sampling bias to correct.
         if self.config.logq_correction and not recent:
             logits -= self._log_sampling_probability(candidates)
