@@ -92,3 +92,15 @@ def test_a_replayed_historical_stream_ranks_as_its_live_copy(tmp_path, live_trai
     arriving = _ranking(tmp_path / "live", live_trainer, live, users)
     assert all(replayed), "every user has recommendations"
     assert replayed == arriving
+
+
+def test_a_rating_off_the_served_models_scale_is_refused_at_the_door(tmp_path, live_trainer):
+    with ModelStore(StoreConfig(tmp_path / "store", fsync=False)) as store:
+        live_trainer("rating-mf", store, 4)  # publishes version 1: the server learns the scale from it
+        with TestClient(create_app(ServingConfig(), tmp_path / "store", tmp_path / "log")) as client:
+            now = time.time()
+            rated = [{**_event(n, now), "value": value} for n, value in enumerate([4.0, 113.9, 5.0])]
+            body = client.post("/events", json=[*rated, _event(3, now)]).json()
+            assert body["accepted"] == 3
+            reason = "113.9 is outside the rating scale [1, 5] of the served rating-mf"
+            assert body["rejected"] == [{"index": 1, "field": "value", "reason": reason}]

@@ -21,6 +21,7 @@ import numpy as np
 from freshrec.events import EventBatch
 from freshrec.features.state import FeatureConfig
 from freshrec.models.base import Model
+from freshrec.models.rating import RatingModel
 from freshrec.models.registry import ModelSpec
 from freshrec.preprocess.encode import encode_ids, encode_int
 from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
@@ -197,20 +198,33 @@ class ServingRuntime:
         self, result: ValidationResult, records: list[object]
     ) -> tuple[EventBatch, list[Rejection]]:
         """The accepted events less those dated more than `ServingConfig.future_tolerance_s` past the wall
-        clock, and the rejections with theirs added (in input order)."""
+        clock and, while a rating model is served, those rated off its scale (the trainer would refuse
+        their batch); the rejections with theirs added, in input order."""
         now = time.time()
         tolerance = self.config.future_tolerance_s
         ahead = np.asarray(result.events.timestamp, dtype=np.float64) - now
         late = ahead > tolerance
-        if not late.any():
-            return result.events, list(result.rejections)
         reason = f"in the future (tolerance {_duration(tolerance)}: serving.future_tolerance_s)"
         refused = [
             Rejection(int(position), "timestamp", f"{_duration(float(by))} {reason}", records[int(position)])
             for position, by in zip(result.positions[late], ahead[late], strict=True)
         ]
+        off_scale = np.zeros(len(late), dtype=bool)
+        model = self.served.model
+        if isinstance(model, RatingModel):
+            low, high = model.config.min_rating, model.config.max_rating
+            values = np.asarray(result.events.value, dtype=np.float64)
+            off_scale = ~late & np.isfinite(values) & ((values < low) | (values > high))
+            why = f"outside the rating scale [{low:g}, {high:g}] of the served {model.name}"
+            refused += [
+                Rejection(int(position), "value", f"{value:g} is {why}", records[int(position)])
+                for position, value in zip(result.positions[off_scale], values[off_scale], strict=True)
+            ]
+        dropped = late | off_scale
+        if not dropped.any():
+            return result.events, list(result.rejections)
         rejections = sorted([*result.rejections, *refused], key=lambda rejection: rejection.position)
-        return result.events.take(np.flatnonzero(~late)), rejections
+        return result.events.take(np.flatnonzero(~dropped)), rejections
 
 
 def _duration(seconds: float) -> str:
