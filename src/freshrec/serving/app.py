@@ -87,7 +87,10 @@ class EventRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     event_id: str | int = Field(description="Unique id; a repeated id is dropped downstream.")
-    timestamp: float | str = Field(description="Epoch seconds, or ISO 8601 text (naive means UTC).")
+    timestamp: float | str = Field(
+        description="Epoch seconds, or ISO 8601 text (naive means UTC); at most serving.future_tolerance_s "
+        "(a day) past the server's clock."
+    )
     user_id: str | int
     item_id: str | int
     kind: Literal[EVENT_KINDS] = Field("view", description="Any letter case.")  # type: ignore[valid-type]
