@@ -50,6 +50,9 @@ class PipelineConfig:
     item_ids
         Raw item ids remembered for the way back from keys (what a server or the library API answers
         with), least recently seen forgotten first; 0 remembers none.
+    kinds
+        Raw kind names of one's own data -> the kind each stands for (``[pipeline.kinds] add_to_cart =
+        "click"``); a kind neither canonical nor mapped is rejected with the key to add.
     """
 
     default_kind: str = "view"
@@ -57,9 +60,10 @@ class PipelineConfig:
     dedupe_window: int = 1_000_000
     read_size: int = 8192
     item_ids: int = 0
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        EventValidator(self.limits, self.default_kind)  # names a bad kind
+        EventValidator(self.limits, self.default_kind, self.kinds)  # names a bad kind or kind map entry
         if self.read_size < 1:
             raise ConfigError(f"read_size must be at least 1 record, got {self.read_size}")
 
@@ -149,7 +153,7 @@ class IngestPipeline:
         source: str | None = None,
     ) -> None:
         self.config = config = config or PipelineConfig()
-        self.validator = EventValidator(config.limits, config.default_kind)
+        self.validator = EventValidator(config.limits, config.default_kind, config.kinds)
         self.deduplicator = Deduplicator(config.dedupe_window)
         self.item_ids = IdEncoder(config.item_ids) if config.item_ids else None
         self.dead_letters = dead_letters
