@@ -53,6 +53,7 @@ from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
 from freshrec.model_state import State, apply_parts, array_like, drain_parts, load_parts, state_of_parts
 from freshrec.models.base import LearnStats, Model, StateChanges
+from freshrec.models.weighting import cross_entropy
 
 _MASKED = -1e9
 #: What a component can contribute per candidate (see `BlendConfig.feature_kinds`).
@@ -399,7 +400,7 @@ class BlendedModel(Model):
         if self.config.mask_history_in_loss:
             logits = logits.masked_fill(torch.from_numpy(self._history_mask(batch, candidates)), _MASKED)
         targets = torch.from_numpy(np.searchsorted(candidates, positives))
-        loss = torch.nn.functional.cross_entropy(logits, targets)
+        loss = cross_entropy(logits, targets, batch.weights)
         loss.backward()
         assert weights.grad is not None
         grad = weights.grad.numpy().astype(np.float64)

@@ -174,6 +174,8 @@ class BPRMatrixFactorization(VectorModel):
         user_factors = self.users.embed(user_rows)  # [n, dim]
         item_factors = self.items.embed(np.concatenate([positive_rows, pair_rows]))  # [n + pairs, dim]
         weights = self._pair_weights(pair_rows)
+        if batch.weights is not None:  # each pair counts as much as its event (its kind's weight)
+            weights = weights * torch.from_numpy(batch.weights[pair_event])
         grad_users, grad_items, loss = bpr_gradients(
             user_factors.detach(), item_factors.detach(), pair_event, weights, self.config.l2
         )

@@ -36,6 +36,7 @@ from freshrec.keyindex import as_keys
 from freshrec.model_state import State, apply_parts, drain_parts, load_parts, state_of_parts
 from freshrec.models.base import LearnStats, StateChanges, VectorModel
 from freshrec.models.dense_state import DenseParameters
+from freshrec.models.weighting import cross_entropy
 
 #: Columns after the embedding in an item row: the bias, then padding up to a multiple of 4.
 _EXTRA_COLUMNS = 4
@@ -438,7 +439,7 @@ class SASRecModel(VectorModel):
                 torch.from_numpy(self._history_mask(history_rows, valid.numpy(), candidates, positive_rows)),
                 _MASKED,
             )
-        loss = F.cross_entropy(logits, torch.from_numpy(targets))
+        loss = cross_entropy(logits, torch.from_numpy(targets), batch.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the item rows here
         self.optimizer.step()

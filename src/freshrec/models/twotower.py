@@ -57,6 +57,7 @@ from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
 from freshrec.models.base import LearnStats, StateChanges, VectorModel
 from freshrec.models.dense_state import DenseParameters
+from freshrec.models.weighting import cross_entropy
 
 __all__ = [
     "StreamingFrequency",
@@ -608,7 +609,7 @@ class TwoTowerModel(VectorModel):
         if config.mask_history_in_loss:
             mask = _history_mask(batch.query.history_keys, candidates, positives)
             logits = logits.masked_fill(torch.from_numpy(mask), _MASKED)
-        loss = F.cross_entropy(logits, torch.from_numpy(targets))
+        loss = cross_entropy(logits, torch.from_numpy(targets), batch.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the id rows here
         self.optimizer.step()
