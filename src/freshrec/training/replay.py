@@ -40,6 +40,7 @@ class ReplayReport:
     learning_events_per_second: float
     config: dict[str, Any] = field(default_factory=dict)
     dead_letter_path: str | None = None
+    series: list[dict[str, float | int]] = field(default_factory=list)
 
     @property
     def events_per_second(self) -> float:
@@ -66,6 +67,10 @@ class ReplayReport:
             "dead_letter": self.dead_letter_path,
             "windows": [w.as_dict(k) for w in self.windows],
             "config": self.config,
+            "series": [
+                {"time": p["time"], "events": p["events"], f"hr@{k}": p["hr"], f"ndcg@{k}": p["ndcg"]}
+                for p in self.series
+            ],
         }
 
 
@@ -105,9 +110,16 @@ def replay(
     if read_size is not None:
         settings = dataclasses.replace(settings, read_size=read_size)
     started = time.perf_counter()
+    series = _Series(trainer)
+
+    def progress(update: LoopProgress) -> None:
+        series.record()
+        if on_progress is not None:
+            on_progress(update)
+
     with DeadLetterWriter(dead_letter) as dead_letters:
         ingest = IngestPipeline(settings, dead_letters, source=source.name)
-        TrainingLoop(trainer, ingest).run(source, on_progress=on_progress, batches=batches)
+        TrainingLoop(trainer, ingest).run(source, on_progress=progress, batches=batches)
     counts, evaluator = ingest.counts, trainer.evaluator
     return ReplayReport(
         model=trainer.model.name,
@@ -122,4 +134,32 @@ def replay(
         learning_events_per_second=trainer.totals.learning_events_per_second,
         config=config or {},
         dead_letter_path=str(dead_letter) if dead_letter is not None and counts.rejected else None,
+        series=series.points,
     )
+
+
+class _Series:
+    """Quality over event time: after each source batch, the newest event time and HR / NDCG of the events
+    evaluated since the previous point (the ``series`` of `ReplayReport`, what `freshrec report` plots)."""
+
+    def __init__(self, trainer: OnlineTrainer) -> None:
+        self.trainer = trainer
+        self.points: list[dict[str, float | int]] = []
+        self._events, self._hits, self._gains = 0, 0.0, 0.0
+
+    def record(self) -> None:
+        total = self.trainer.evaluator.summary()
+        events = total.events - self._events
+        time_ = self.trainer.newest_event_time
+        if events <= 0 or time_ != time_:  # nothing new evaluated, or no event time yet (NaN)
+            return
+        hits, gains = total.hr * total.events, total.ndcg * total.events
+        self.points.append(
+            {
+                "time": time_,
+                "events": total.events,
+                "hr": (hits - self._hits) / events,
+                "ndcg": (gains - self._gains) / events,
+            }
+        )
+        self._events, self._hits, self._gains = total.events, hits, gains
