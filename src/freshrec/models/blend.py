@@ -195,6 +195,9 @@ class BlendedModel(Model):
     (`BlendConfig.feature_kinds` per component), with the weights learned online by a softmax on each batch
     before the components learn.
 
+    Kinds and values: the blend's own softmax loss is weighted by each event's kind weight, and every
+    component gets the same weights; `value` is ignored.
+
     Parameters
     ----------
     components

@@ -93,6 +93,9 @@ class CooccurrenceConfig:
 class CooccurrenceModel(Model):
     """Incremental item-to-item co-occurrence recommender with a fixed number of neighbours per item.
 
+    Kinds and values: an event's kind weight scales its count and the pairs it forms with the user's
+    history; `value` is ignored.
+
     Memory is fixed at construction: per item slot, `max_neighbors` cells of 12 bytes (the neighbour's
     uint64 key and a float32 weight), an 8-byte count and the item index's 65-90 bytes, i.e.
     ``12 * M + ~100`` bytes per item: 1.6 kB at the default M = 128, 1.6 GB for a million items. The

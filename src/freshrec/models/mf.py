@@ -90,6 +90,9 @@ class MFConfig:
 class BPRMatrixFactorization(VectorModel):
     """Bayesian personalised ranking (Rendle et al. 2009) matrix factorisation, learned per micro-batch.
 
+    Kinds and values: each event's BPR pairs are weighted by its kind weight; `value` is ignored (an event
+    is a positive, whatever its value).
+
     Each event (user u, positive item i) and each of its sampled negatives j that has a row of its own
     and is not the positive contributes ``-w_j log sigmoid(s(u, i) - s(u, j))`` (``w_j``: the popularity
     correction of `MFConfig.negative_correction`) plus L2 on the rows used. The summed loss's gradients

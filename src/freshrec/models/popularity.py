@@ -139,6 +139,9 @@ class PopularityConfig:
 class PopularityModel(Model):
     """Scores every candidate by how often it was acted on so far (decayed in event time if configured).
 
+    Kinds and values: an event adds its kind weight (`Interactions.weights`) to its item's count; `value` is
+    ignored (a price or a rating says nothing about how often an item is chosen).
+
     Memory, fixed at construction: per item slot, an 8-byte count plus the item index's 65-90 bytes.
 
     >>> model = PopularityModel(PopularityConfig(capacity=8))

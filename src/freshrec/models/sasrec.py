@@ -260,6 +260,8 @@ class SequenceEncoder(nn.Module):
 class SASRecModel(VectorModel):
     """Self-attentive sequential recommendation (Kang & McAuley 2018), learned online per micro-batch.
 
+    Kinds and values: each event's softmax loss is weighted by its kind weight; `value` is ignored.
+
     Differences from the offline paper, each for the online setting: every event is one training example
     (its query's history predicts its item), so only the query position is computed in the last block; a
     learned query token after the history carries the state (and serves users without history); a

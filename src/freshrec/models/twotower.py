@@ -379,6 +379,8 @@ class _DenseTowers(nn.Module):
 class TwoTowerModel(VectorModel):
     """Two-tower retrieval model (YouTube / Yi et al. 2019 style) learned online per micro-batch.
 
+    Kinds and values: each event's softmax loss is weighted by its kind weight; `value` is ignored.
+
     Each event's user-tower output is scored against one column per distinct candidate: the batch's
     positives (in-batch negatives for the other events) and the trainer's sampled negatives that have a row;
     logits are corrected by ``log q`` from `StreamingFrequency`, and one cross-entropy step updates the id
