@@ -46,20 +46,21 @@ class KindWeights:
     model's increment.
 
     A purchase says more about what a user wants than a view (a view is often a scroll past, a purchase
-    is money spent): the defaults rank them purchase > like > click > view. ``rating`` events weigh 1, so a
-    stream of ratings (MovieLens) learns exactly as without weights; an explicit model (``rating-mf``)
-    reads the value as a rating and ignores these weights.
+    is money spent): the defaults rank them purchase > like > click > view. A view, the kind of an event
+    that has none, and a rating weigh 1, so data without kinds and a stream of ratings (MovieLens) learn
+    exactly as without weights; an explicit model (``rating-mf``) reads the value as a rating and ignores
+    these weights.
 
     >>> KindWeights().of(np.array([0, 3], np.int8)).tolist()
-    [0.5, 3.0]
-    >>> KindWeights().of(np.array([4, 4], np.int8)) is None  # all 1: no weights at all
+    [1.0, 6.0]
+    >>> KindWeights().of(np.array([0, 0, 4], np.int8)) is None  # all 1: no weights at all
     True
     """
 
-    view: float = 0.5
-    click: float = 1.0
-    like: float = 2.0
-    purchase: float = 3.0
+    view: float = 1.0
+    click: float = 2.0
+    like: float = 4.0
+    purchase: float = 6.0
     rating: float = 1.0
 
     def __post_init__(self) -> None:

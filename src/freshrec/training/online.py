@@ -70,7 +70,7 @@ class TrainerConfig:
         the data path and the server (BENCHMARKS.md, "throughput").
     kind_weights
         How much an event of each kind counts when the model learns (`freshrec.events.KindWeights`:
-        ``[trainer.kind_weights] purchase = 3.0``); every kind at 1 ignores kinds.
+        ``[trainer.kind_weights] purchase = 6.0``); every kind at 1 ignores kinds.
     """
 
     batch_size: int = 256
