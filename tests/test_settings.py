@@ -174,7 +174,7 @@ def test_the_kind_map_and_the_kind_weights_are_keys_of_the_file(tmp_path: Path) 
     settings = load_settings(path, ["trainer.kind_weights.view=0.25"])
     assert settings.pipeline.kinds == {"add_to_cart": "click"}
     weights = settings.trainer.kind_weights
-    assert (weights.purchase, weights.view, weights.click) == (5.0, 0.25, 1.0)  # the others keep defaults
+    assert (weights.purchase, weights.view, weights.click) == (5.0, 0.25, 2.0)  # the others keep defaults
     assert load_settings(path).as_dict()["trainer"]["kind_weights"]["purchase"] == 5.0
     for assignment, message in [
         ("pipeline.kinds.add_to_cart=buy", "kinds.add_to_cart: 'buy' is not a kind"),
