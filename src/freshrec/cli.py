@@ -764,6 +764,29 @@ def config_show_command(
     typer.echo(settings.as_toml(), nl=False)
 
 
+@app.command("report")
+def report_command(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of replay metrics (--metrics-json files) and cadence studies, or one such file."
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="The HTML file to write (default: RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page (PNG plots inline, nothing fetched) of a run's metrics: quality over
+    event time, the models side by side, update cadences."""
+    from freshrec.report import write_report
+
+    try:
+        written = write_report(run_dir, out)
+    except FreshrecError as error:
+        raise _fail(error) from None
+    console.print(f"report written to {written}")
+
+
 study_app = typer.Typer(no_args_is_help=True, help="Studies that replay a stream several ways and compare.")
 app.add_typer(study_app, name="study")
 

@@ -202,6 +202,9 @@ class _Side:
 class RatingModel(Model, RatingPredictor):
     """Online biased MF for explicit ratings: ``mu + b_u + c_u b_i + p_u . q_i``, drifting biases.
 
+    Kinds and values: `value` is the rating (events without a finite value are not learned from); kind
+    weights are ignored, since an explicit rating already says how much the user liked the item.
+
     Each micro-batch is predicted with the parameters as they were before it, then learned. A row seen
     ``m`` times in a batch moves toward the mean of its ``m`` gradients by the fraction ``m`` sequential
     steps would have moved it (``1 - (1 - step) ** m``; for the biases ``max(m / (n + prior), ...)``), so
