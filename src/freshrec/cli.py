@@ -26,6 +26,8 @@ from freshrec.settings import BUILT_IN_SOURCES, Settings, load_settings
 from freshrec.training.replay import ReplayReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+#: Seconds `serve` lets running requests finish after SIGTERM before cancelling them (open dashboard streams).
+SHUTDOWN_GRACE_SECONDS = 3
 console = Console(stderr=True)
 
 ConfigFile = Annotated[
@@ -298,7 +300,15 @@ def serve_command(
         application = create_app(serving, store_dir, log_dir, settings.pipeline, tokens=tokens)
     except FreshrecError as error:
         raise _fail(error) from None
-    uvicorn.run(application, host=serving.host, port=serving.port, log_level="warning")
+    # An open dashboard stream never ends on its own: on SIGTERM, uvicorn would wait for it forever. Requests
+    # still running after a few seconds (an ingest waits for one fsync, well under a second) are cancelled.
+    uvicorn.run(
+        application,
+        host=serving.host,
+        port=serving.port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
 
 
 @app.command("train")
