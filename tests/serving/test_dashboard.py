@@ -204,3 +204,20 @@ def test_the_stream_authenticates_with_the_cookie(tmp_path, trained):
             assert answer.status_code == 200
             [(name, _)] = read_events(answer, 1)
     assert name == "snapshot"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"token=" + b"x" * 5000, {}, 413),  # over the login form's limit, refused from Content-Length
+        (b"\xff\xfe\x00token", {}, 403),  # not UTF-8: no token in it
+        (b"", {}, 403),  # no token field
+        (b"token=%ZZ&token=a&&&=", {}, 403),
+        (b"token=1", {"content-length": "many"}, 400),
+    ],
+)
+def test_a_malformed_login_is_a_4xx_and_sets_no_cookie(tmp_path, popularity_store, body, headers, status):
+    with TestClient(app_of(tmp_path, AccessTokens(read=READ_TOKEN))) as client:
+        headers = {"content-type": "application/x-www-form-urlencoded", **headers}
+        answer = client.post("/dashboard/login", content=body, headers=headers, follow_redirects=False)
+    assert answer.status_code == status and DASHBOARD_COOKIE not in answer.headers.get("set-cookie", "")
