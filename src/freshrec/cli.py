@@ -514,6 +514,7 @@ def demo_command(
         console.print(
             f"[bold]freshrec demo[/] {_model_line(settings, 'demo', LIVE_MODEL)} source={stream.name}"
         )
+        console.print(f"  dashboard        {base}/     API docs {base}/docs")
         console.print(f"  recommendations  {base}/recommend?user_id=USER&k=10")
         console.print(f"  ingest           POST {base}/events")
         console.print(f"  versions         {base}/versions     metrics {base}/metrics")

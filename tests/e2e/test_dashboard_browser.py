@@ -56,7 +56,8 @@ def live(tmp_path):
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
-        loop.wait_until(lambda: loop.get("/dashboard/status")["trainer"]["series"], 90, "a trainer point")
+        trainer_points = lambda: loop.get("/dashboard/status")["trainer"]["series"]["hr"]  # noqa: E731
+        loop.wait_until(trainer_points, 90, "a trainer point")
         try:
             yield loop
         finally:

@@ -6,7 +6,7 @@ import pytest
 from freshrec.evaluation.gate import GateConfig
 from freshrec.evaluation.prequential import RankingMetrics
 from freshrec.models.registry import create_model
-from freshrec.publishing.progress import TrainerProgress
+from freshrec.publishing.progress import TrainerProgress, series_rows
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
 from freshrec.sources.synthetic import SyntheticConfig, SyntheticStream
@@ -27,7 +27,7 @@ def run_trainer(store_dir, name: str, n_events: int) -> dict:
 def test_every_gate_decision_adds_a_point_with_the_running_prequential_figures(tmp_path):
     status = run_trainer(tmp_path / "store", "bpr-mf", 3000)
     trainer, gate = status["trainer"], status["gate"]
-    series = trainer["series"]
+    series = series_rows(trainer["series"])
     assert len(series) == gate["published"] + gate["held"] > 5
     times = [point["event_time"] for point in series]
     assert times == sorted(times) and len(set(times)) > 5  # over event time
@@ -47,13 +47,13 @@ def test_every_gate_decision_adds_a_point_with_the_running_prequential_figures(t
 def test_a_count_model_reports_its_index_sizes_without_lifecycle_counters(tmp_path):
     trainer = run_trainer(tmp_path / "store", "cooccurrence", 1000)["trainer"]
     assert set(trainer["tables"]["items"]) == {"live_rows", "capacity"}
-    assert trainer["series"][-1]["admitted"] is None
+    assert trainer["series"]["admitted"][-1] is None
 
 
 def test_a_restarted_trainer_continues_the_series(tmp_path):
-    first = run_trainer(tmp_path / "store", "popularity", 1000)["trainer"]["series"]
+    first = series_rows(run_trainer(tmp_path / "store", "popularity", 1000)["trainer"]["series"])
     # The restart adopts the served version and learns the stream past the position it had learned.
-    second = run_trainer(tmp_path / "store", "popularity", 2000)["trainer"]["series"]
+    second = series_rows(run_trainer(tmp_path / "store", "popularity", 2000)["trainer"]["series"])
     assert second[: len(first)] == first and len(second) > len(first)
 
 
@@ -64,12 +64,13 @@ def test_the_series_is_bounded_and_drops_its_oldest_points():
         progress.observe(1000.0 + n, RankingMetrics(events=n + 1, hr=0.1, ndcg=0.05), events_trained=10 * n)
         progress.record(window_hr=None, tables={})
     series = progress.figures()["series"]
-    assert [p["event_time"] for p in series] == [1002.0, 1003.0, 1004.0]
-    assert series[-1]["events_per_second"] == pytest.approx(10.0)
+    assert series["event_time"] == [1002.0, 1003.0, 1004.0]
+    assert series["events_per_second"][-1] == pytest.approx(10.0)
 
 
 def test_no_point_before_a_step_was_observed():
     progress = TrainerProgress()
     progress.record(window_hr=None, tables={"items": {"live_rows": 0, "capacity": 8}})
     figures = progress.figures()
-    assert figures["series"] == [] and figures["hr"] is None and figures["tables"]["items"]["capacity"] == 8
+    assert figures["series"]["event_time"] == [] and figures["hr"] is None
+    assert figures["tables"]["items"]["capacity"] == 8

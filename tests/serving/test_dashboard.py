@@ -64,8 +64,8 @@ def test_the_status_document_carries_the_server_and_the_trainer_figures(tmp_path
     assert sample["recommend_p50_ms"] > 0 and sample["version_age_seconds"] >= 0
     assert sample["versions_behind"] == 0
     assert server["rejections"] == {"timestamp: unparseable timestamp": 1}
-    assert trainer["events_trained"] == 600 and trainer["series"] and 0 <= trainer["hr"] <= 1
-    assert set(trainer["series"][-1]) >= {"event_time", "wall_time", "hr", "window_hr", "events_per_second"}
+    assert trainer["events_trained"] == 600 and trainer["series"]["hr"] and 0 <= trainer["hr"] <= 1
+    assert set(trainer["series"]) >= {"event_time", "wall_time", "hr", "window_hr", "events_per_second"}
     assert trainer["tables"]["items"]["live_rows"] > 0
     assert gate["published"] >= 1 and gate["decisions"]
     versions = document["versions"]
@@ -189,9 +189,9 @@ def test_the_stream_sends_a_snapshot_then_updates(tmp_path, trained):
         assert answer.headers["cache-control"] == "no-cache"
         (first, snapshot), (second, update) = read_events(answer, 2)
     assert first == "snapshot" and second == "update"
-    assert snapshot["trainer"]["series"] and snapshot["versions"] and "rejections" in snapshot["server"]
+    assert snapshot["trainer"]["series"]["hr"] and snapshot["versions"] and "rejections" in snapshot["server"]
     # An update carries the new sample and only the trainer's points the snapshot did not have.
-    assert len(update["server"]["series"]) == 1 and update["trainer"]["series"] == []
+    assert len(update["server"]["series"]) == 1 and update["trainer"]["series"]["hr"] == []
     assert update["server"]["series"][0]["time"] >= snapshot["server"]["series"][-1]["time"]
 
 

@@ -28,6 +28,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from freshrec.preprocess.validate import Rejection
+from freshrec.publishing.progress import SERIES_FIELDS, series_rows
 from freshrec.serving.auth import DASHBOARD_COOKIE, AccessControl
 from freshrec.serving.runtime import ServingRuntime
 
@@ -142,10 +143,10 @@ class DashboardFeed:
         store = self._runtime.store
         status = store.read_status()
         trainer = dict(status.get("trainer") or {})
-        series = trainer.get("series") if isinstance(trainer.get("series"), list) else []
+        rows = series_rows(trainer["series"]) if isinstance(trainer.get("series"), dict) else []
         if trainer_after is not None:
-            series = [p for p in series if isinstance(p, dict) and p.get("wall_time", 0) > trainer_after]
-        trainer["series"] = series
+            rows = [row for row in rows if (row["wall_time"] or 0) > trainer_after]
+        trainer["series"] = {name: [row[name] for row in rows] for name in SERIES_FIELDS}
         gate = dict(status.get("gate") or {})
         return {
             "time": self._samples[-1]["time"] if self._samples else self._clock(),
@@ -168,7 +169,8 @@ class DashboardFeed:
 
     async def stream(self, is_disconnected: Callable[[], Any]) -> AsyncIterator[str]:
         """Server-sent events: first the whole document (``event: snapshot``), then one ``update`` per
-        sample with the new server sample and the trainer's new points, until the client goes."""
+        sample with the new server sample and the trainer's new points, until the client goes. The
+        trainer's series is in columns (`SERIES_FIELDS`), the server's in rows."""
         document = self.document()
         yield _event("snapshot", document)
         trainer_after = _newest_wall_time(document)
@@ -217,8 +219,8 @@ def _version_row(version: int, kind: str, created: float, metadata: dict[str, An
 
 
 def _newest_wall_time(document: dict[str, Any]) -> float | None:
-    series = document["trainer"].get("series") or []
-    return float(series[-1]["wall_time"]) if series else None
+    times = [t for t in document["trainer"]["series"]["wall_time"] if t is not None]
+    return float(max(times)) if times else None
 
 
 def _event(name: str, document: dict[str, Any]) -> str:

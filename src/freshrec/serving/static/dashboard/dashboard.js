@@ -171,9 +171,16 @@ function render(doc) {
   drawTiles(doc);
 }
 
+// The trainer's series comes in columns ({event_time: [...], hr: [...], ...}): one object per point here.
+function rowsOf(columns) {
+  const names = Object.keys(columns || {});
+  const length = names.length ? Math.min(...names.map((name) => columns[name].length)) : 0;
+  return Array.from({ length }, (_, i) => Object.fromEntries(names.map((name) => [name, columns[name][i]])));
+}
+
 function take(doc, replace) {
   const server = (doc.server && doc.server.series) || [];
-  const trainer = (doc.trainer && doc.trainer.series) || [];
+  const trainer = rowsOf(doc.trainer && doc.trainer.series);
   state.server = (replace ? server : state.server.concat(server)).slice(-KEEP_SERVER);
   state.trainer = (replace ? trainer : state.trainer.concat(trainer)).slice(-KEEP_TRAINER);
   render(doc);
