@@ -27,6 +27,8 @@ from freshrec.settings import BUILT_IN_SOURCES, Settings, load_settings
 from freshrec.training.replay import ReplayReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+#: Seconds `serve` lets running requests finish after SIGTERM before cancelling them (open dashboard streams).
+SHUTDOWN_GRACE_SECONDS = 3
 console = Console(stderr=True)
 
 ConfigFile = Annotated[
@@ -387,7 +389,15 @@ def serve_command(
         application = create_app(serving, store_dir, log_dir, settings.pipeline, tokens=tokens)
     except FreshrecError as error:
         raise _fail(error) from None
-    uvicorn.run(application, host=serving.host, port=serving.port, log_level="warning")
+    # An open dashboard stream never ends on its own: on SIGTERM, uvicorn would wait for it forever. Requests
+    # still running after a few seconds (an ingest waits for one fsync, well under a second) are cancelled.
+    uvicorn.run(
+        application,
+        host=serving.host,
+        port=serving.port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
 
 
 @app.command("train")
@@ -682,6 +692,7 @@ def demo_command(
         console.print(
             f"[bold]freshrec demo[/] {_model_line(settings, 'demo', LIVE_MODEL)} source={stream.name}"
         )
+        console.print(f"  dashboard        {base}/     API docs {base}/docs")
         console.print(f"  recommendations  {base}/recommend?user_id=USER&k=10")
         console.print(f"  ingest           POST {base}/events")
         console.print(f"  versions         {base}/versions     metrics {base}/metrics")

@@ -92,6 +92,14 @@ def test_learns_and_a_replica_fed_only_deltas_answers_exactly_alike(name: str) -
     copy = spec.build()
     copy.load_state_dict(model.state_dict())
     assert copy.drain_changes().changed_rows == 0, name
+    # Its id tables (what the dashboard shows) hold the ids it learned, within their capacity; a replica's
+    # public state is the same, so are its tables.
+    tables = model.table_sizes()
+    assert tables == replica.table_sizes(), name
+    for table, sizes in tables.items():
+        assert 0 < sizes["live_rows"] <= sizes["capacity"], f"{name}: {table}"
+        if "admitted" in sizes:
+            assert sizes["admitted"] - sizes["evicted"] - sizes["expired"] == sizes["live_rows"], name
 
 
 @pytest.mark.parametrize("name", MODELS)

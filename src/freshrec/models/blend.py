@@ -491,6 +491,14 @@ class BlendedModel(Model):
         self._occurrences = np.asarray(state["blend.occurrences"], dtype=np.uint64).copy()
         self._ring = np.asarray(state["blend.ring"], dtype=np.int64).copy()
 
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        """Every component's tables, named ``component.table``."""
+        return {
+            f"{component.name}.{name}": sizes
+            for component in self.components
+            for name, sizes in component.table_sizes().items()
+        }
+
     def drain_changes(self) -> StateChanges:
         """Every component's `drain_changes` with its prefix, and the blend's own arrays replaced whole
         (a few kB) when a batch was learned since the previous call."""

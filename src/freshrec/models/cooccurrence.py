@@ -369,6 +369,9 @@ class CooccurrenceModel(Model):
         self.clock.load_state_dict(under_prefix(state, "clock."))
         self._dirty[:] = False
 
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {"items": self._items.sizes()}
+
     def drain_changes(self) -> StateChanges:
         """The slots changed since the previous drain (rows of every slot-addressed array) and the clock."""
         slots = np.flatnonzero(self._dirty)

@@ -207,6 +207,9 @@ class BPRMatrixFactorization(VectorModel):
         """Restore `state_dict` output of a model built with the same config."""
         load_parts(self._parts, state)
 
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {"users": self.users.sizes(), "items": self.items.sizes()}
+
     def drain_changes(self) -> StateChanges:
         """Both tables' `DynamicEmbeddingTable.drain_changes`, names prefixed like `state_dict`: the rows
         trained, (re)assigned, evicted or expired since the previous call."""

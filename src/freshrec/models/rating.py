@@ -470,6 +470,9 @@ class RatingModel(Model, RatingPredictor):
         self._learned_through[:] = np.asarray(state["learned_through"], dtype=np.float64)
         self._global_changed = False
 
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {"users": self.users.index.sizes(), "items": self.items.index.sizes()}
+
     def drain_changes(self) -> StateChanges:
         """The slots learned or (re)assigned since the previous drain (every slot-addressed array, by row)
         and the global sums. Never incomplete: tracking is one flag per slot."""

@@ -657,6 +657,12 @@ class TwoTowerModel(VectorModel):
         model_state.apply_parts(self._parts, changes)
 
     # ------------------------------------------------------------------ sizes
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        tables = {"users": self.users.sizes(), "items": self.items.sizes()}
+        if self.history_items is not self.items:
+            tables["history_items"] = self.history_items.sizes()
+        return tables
+
     @property
     def dense_parameters(self) -> int:
         """Number of dense parameters (towers, position logits, feature embeddings)."""
