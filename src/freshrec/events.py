@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from freshrec.errors import ConfigError
+
 #: The kinds of user action freshrec understands. A kind's position is its code in `EventBatch.kind`.
 EVENT_KINDS: tuple[str, ...] = ("view", "click", "like", "purchase", "rating")
 KIND_CODES: dict[str, int] = {name: code for code, name in enumerate(EVENT_KINDS)}
@@ -35,6 +37,53 @@ class SchemaLimits:
 
 
 DEFAULT_LIMITS = SchemaLimits()
+
+
+@dataclass(frozen=True)
+class KindWeights:
+    """How much an event of each kind counts when an implicit model learns from it (the
+    ``[trainer.kind_weights]`` section): a sample weight in a gradient model's loss, the size of a counting
+    model's increment.
+
+    A purchase says more about what a user wants than a view (a view is often a scroll past, a purchase
+    is money spent): the defaults rank them purchase > like > click > view. A view, the kind of an event
+    that has none, and a rating weigh 1, so data without kinds and a stream of ratings (MovieLens) learn
+    exactly as without weights; an explicit model (``rating-mf``) reads the value as a rating and ignores
+    these weights.
+
+    >>> KindWeights().of(np.array([0, 3], np.int8)).tolist()
+    [1.0, 6.0]
+    >>> KindWeights().of(np.array([0, 0, 4], np.int8)) is None  # all 1: no weights at all
+    True
+    """
+
+    view: float = 1.0
+    click: float = 2.0
+    like: float = 4.0
+    purchase: float = 6.0
+    rating: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in EVENT_KINDS:
+            weight = getattr(self, name)
+            number = isinstance(weight, int | float) and not isinstance(weight, bool)
+            if not number or not 0 <= weight < float("inf"):
+                raise ConfigError(f"{name} must be a finite number >= 0 (a weight), got {weight!r}")
+
+    @classmethod
+    def uniform(cls) -> KindWeights:
+        """Every kind weighs 1: learning ignores kinds (what freshrec did before kinds had weights)."""
+        return cls(**dict.fromkeys(EVENT_KINDS, 1.0))
+
+    def table(self) -> np.ndarray:
+        """float32 [len(EVENT_KINDS)], the weight of each kind code."""
+        return np.array([getattr(self, name) for name in EVENT_KINDS], dtype=np.float32)
+
+    def of(self, kinds: np.ndarray) -> np.ndarray | None:
+        """float32 weight of each event of kind codes `kinds`; None when every one is 1, so that models
+        take their unweighted path (bit for bit what they computed before weights existed)."""
+        weights = self.table()[np.asarray(kinds, dtype=np.intp)]
+        return None if bool(np.all(weights == 1.0)) else weights
 
 
 @dataclass(frozen=True)

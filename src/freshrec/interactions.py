@@ -175,6 +175,10 @@ class Interactions:
         int8 [B], codes into `freshrec.events.EVENT_KINDS`.
     negative_keys
         uint64 [B, M], items sampled from the recent item distribution (may by chance contain the positive).
+    weights
+        float32 [B], how much each event counts (from its kind: `freshrec.events.KindWeights`), or None
+        when every event counts 1. Implicit models multiply their per-event loss or count increment by it;
+        None takes exactly the unweighted path.
     """
 
     query: Query
@@ -182,6 +186,7 @@ class Interactions:
     values: np.ndarray
     kinds: np.ndarray
     negative_keys: np.ndarray
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.item_keys)

@@ -185,6 +185,10 @@ class KeyIndex:
     def __len__(self) -> int:
         return self.capacity - self._n_free
 
+    def sizes(self) -> dict[str, int]:
+        """Live ids and capacity, as plain numbers (`Model.table_sizes` of models keyed by this index)."""
+        return {"live_rows": len(self), "capacity": self.capacity}
+
     @property
     def hash_cells(self) -> int:
         """Number of cells of the hash array (a power of two, at least 2 x capacity)."""

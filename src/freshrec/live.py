@@ -94,7 +94,13 @@ class LiveLoop:
         assert self._output is not None
         # Unbuffered: the output of a child killed without warning (SIGKILL) must reach the log.
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(command, stdout=self._output, stderr=self._output, env=environment)
+        return subprocess.Popen(
+            command,
+            stdout=self._output,
+            stderr=self._output,
+            env=environment,
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+        )
 
     def start(self, trainer: bool = True) -> LiveLoop:
         """Start the server, wait until it answers, then start the trainer (unless `trainer` is False:
@@ -216,6 +222,25 @@ class LiveLoop:
             return "\n".join(self.process_log.read_text().splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def _die_with_parent(parent: int) -> Any:
+    """A `preexec_fn` that makes the child receive SIGTERM when the process that started it dies, however it
+    dies (SIGKILL included): without it, a killed `freshrec demo` left `serve` and `train` running under PID
+    1. SIGTERM, not SIGKILL, so that the trainer still writes its last checkpoint."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+
+    return arm
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _kill(process: subprocess.Popen | None, how: signal.Signals) -> None:

@@ -24,6 +24,7 @@ def test_the_demo_feeds_a_stream_through_the_live_loop_and_stops_cleanly(tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
     output = " ".join((result.stdout + result.stderr).split())  # rich wraps long lines
     assert f"http://127.0.0.1:{port}/recommend" in output
+    assert f"dashboard http://127.0.0.1:{port}/ " in output
     served = re.search(r"serving version (\d+), trained on all ([\d,]+) events", output)
     assert served and int(served.group(1)) >= 2 and int(served.group(2).replace(",", "")) == 3000, output
     assert (tmp_path / "store" / "manifest.json").exists() and (tmp_path / "log").is_dir()

@@ -13,11 +13,13 @@ import pytest
 
 import freshrec
 from freshrec.evaluation.gate import GateConfig
+from freshrec.events import KindWeights
 from freshrec.features.catalogue import Catalogue
 from freshrec.interactions import Query
 from freshrec.model_state import public_state
-from freshrec.models.base import Model, VectorModel
+from freshrec.models.base import Model, RatingPredictor, VectorModel
 from freshrec.models.registry import ModelSpec, model_names
+from freshrec.preprocess.pipeline import IngestPipeline
 from freshrec.preprocess.validate import EventValidator
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.publishing.store import ModelStore, StoreConfig
@@ -90,6 +92,14 @@ def test_learns_and_a_replica_fed_only_deltas_answers_exactly_alike(name: str) -
     copy = spec.build()
     copy.load_state_dict(model.state_dict())
     assert copy.drain_changes().changed_rows == 0, name
+    # Its id tables (what the dashboard shows) hold the ids it learned, within their capacity; a replica's
+    # public state is the same, so are its tables.
+    tables = model.table_sizes()
+    assert tables == replica.table_sizes(), name
+    for table, sizes in tables.items():
+        assert 0 < sizes["live_rows"] <= sizes["capacity"], f"{name}: {table}"
+        if "admitted" in sizes:
+            assert sizes["admitted"] - sizes["evicted"] - sizes["expired"] == sizes["live_rows"], name
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -163,3 +173,40 @@ def test_exact_top_k_and_the_catalogue_agree_for_a_vector_model() -> None:
     keys, scores = top_items(model, query, catalogue, np.zeros(0, np.uint64), k=5)
     dots = (model.user_vectors(query) @ model.item_vectors(keys).T)[0]
     np.testing.assert_allclose(scores, dots, rtol=1e-5, atol=1e-6)
+
+
+def learned_with_weights(model: Model, weigh) -> dict[str, np.ndarray]:
+    """The public state of `model` after learning the contract stream with each batch's weights set by
+    ``weigh(kinds)`` (None: unweighted)."""
+    features = OnlineTrainer(model, TrainerConfig(batch_size=100, negatives=3, evaluate=False)).features
+    pipeline = IngestPipeline()
+    for events in stream_batches():
+        batch = pipeline.accept(events).events
+        for start in range(0, len(batch), 100):
+            interactions = features.observe(batch.take(slice(start, start + 100)), negatives=3).interactions()
+            interactions.weights = weigh(interactions.kinds)
+            model.learn(interactions)
+    return public_state(model.state_dict())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_kind_weights_change_what_an_implicit_model_learns_and_weights_of_1_do_not(name: str) -> None:
+    spec = ModelSpec.of(name)
+    start = spec.build().state_dict()
+
+    def fresh() -> Model:
+        model = spec.build()
+        model.load_state_dict(start)  # the same starting point for every variant
+        return model
+
+    unweighted = learned_with_weights(fresh(), lambda kinds: None)
+    ones = learned_with_weights(fresh(), lambda kinds: np.ones(len(kinds), np.float32))
+    weighted = learned_with_weights(fresh(), KindWeights().of)
+    assert sorted(unweighted) == sorted(ones) == sorted(weighted), name
+    for key in unweighted:  # a weight of 1 is no weight (up to float rounding of the weighted loss)
+        np.testing.assert_allclose(ones[key], unweighted[key], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {key}")
+    differs = [key for key in unweighted if not np.array_equal(weighted[key], unweighted[key])]
+    if isinstance(spec.build(), RatingPredictor):  # explicit ratings: the value is the signal, not the kind
+        assert differs == [], f"{name} is explicit and must ignore kind weights, changed {differs}"
+    else:
+        assert differs, f"{name} learned the same with kind weights as without"

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,12 @@ _DROP = object()
         ({"timestamp": 1.7e15}, "timestamp", "(microseconds?)"),
         ({"timestamp": 1.7e18}, "timestamp", "(nanoseconds?)"),
         ({"timestamp": -1}, "timestamp", "-1 is before 1970-01-01"),
-        ({"kind": "buy"}, "kind", "unknown kind 'buy' (expected one of view, click, like, purchase, rating)"),
+        (
+            {"kind": "buy"},
+            "kind",
+            "unknown kind 'buy' (expected one of view, click, like, purchase, rating, or map it to one "
+            'in the configuration, e.g. [pipeline.kinds] buy = "click")',
+        ),
         ({"kind": 3}, "kind", "wrong type: expected a kind name, got int 3"),
         ({"value": "abc"}, "value", "not a number: 'abc'"),
         ({"value": math.inf}, "value", "non-finite value: inf"),
@@ -476,3 +482,28 @@ def test_reason_groups_count_rejections_of_one_kind_together(field: str, first, 
             value[:10] if isinstance(value, str) else f"{value:.6g}" if isinstance(value, float) else None
         )
         assert quoted is None or quoted not in group, group
+
+
+def test_the_kind_map_turns_raw_kinds_into_canonical_ones_and_names_the_key_for_the_others() -> None:
+    validator = EventValidator(kind_map={"Add_To_Cart": "click", "wishlist": "like", "like": "click"})
+    records = [
+        {"event_id": str(n), "timestamp": 1.7e9, "user_id": "u", "item_id": n, "kind": kind}
+        for n, kind in enumerate(["add_to_cart", " ADD_TO_CART ", "wishlist", "like", "purchase", "refund"])
+    ]
+    result = validator.validate_records(records)
+    kinds = [EVENT_KINDS[code] for code in result.events.kind]
+    assert kinds == ["click", "click", "like", "click", "purchase"]
+    [rejection] = result.rejections
+    assert rejection.field == "kind" and "[pipeline.kinds] refund = " in rejection.reason
+    # a name TOML cannot write bare is quoted in the hint
+    odd = validator.validate_records([{**records[0], "kind": "add to cart"}]).rejections[0].reason
+    assert '[pipeline.kinds] "add to cart" = ' in odd
+
+
+@pytest.mark.parametrize(
+    ("kind_map", "message"),
+    [({"add_to_cart": "buy"}, "kinds.add_to_cart: 'buy' is not a kind"), ({" ": "click"}, "non-blank text")],
+)
+def test_a_kind_map_to_no_kind_is_a_configuration_error(kind_map: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        EventValidator(kind_map=kind_map)

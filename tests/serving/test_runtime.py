@@ -179,8 +179,9 @@ def test_new_items_appear_and_evicted_items_disappear(loop, retrieval):
     assert len(runtime.served.index) == 48 and runtime.served.index.uses_ann == (retrieval is ANN)
     first = set(runtime.served.index.keys().tolist())
     # A burst on new items: each admission evicts the least recently used item (capacity 48).
+    # (Later than the first events, yet in the past: the server refuses events dated over a day ahead.)
     burst = [
-        {"event_id": f"n{i}", "timestamp": 1_800_000_000.0 + i, "user_id": "fan", "item_id": f"new{i % 6}"}
+        {"event_id": f"n{i}", "timestamp": 1_750_000_000.0 + i, "user_id": "fan", "item_id": f"new{i % 6}"}
         for i in range(48)
     ]
     live.feed(burst)

@@ -214,3 +214,24 @@ def test_catalogue_growth_keeps_the_stream_identical() -> None:
     assert items.max() > 1000  # the catalogue grew tenfold
     active = np.array([endless.active_items(t) for t in times[::97]])
     assert np.all(items[::97] < active)
+
+
+def test_with_a_kind_signal_purchases_follow_the_users_preference_more_closely_than_views() -> None:
+    config = SyntheticConfig(
+        n_events=40_000, n_users=500, n_items=400, n_clusters=8, chunk_events=4096, kind_signal=1.0
+    )
+    stream = SyntheticStream(config)
+    columns = _columns(stream, 40_000)
+    favourites, _ = stream.favourite_clusters(columns["user_id"], columns["timestamp"])
+    liked = (stream.cluster_of_item(columns["item_id"])[:, None] == favourites).any(axis=1)
+    kinds = ("view", "click", "purchase")
+    share = {kind: liked[columns["kind"] == KIND_CODES[kind]].mean() for kind in kinds}
+    assert share["purchase"] > share["click"] + 0.05 > share["view"] + 0.1, share
+    assert share["purchase"] > 0.97, share  # a purchase is always inside a favourite cluster
+    # Without the signal, a kind says nothing about the item.
+    plain = _columns(SyntheticStream(SyntheticConfig(**{**config.__dict__, "kind_signal": 0.0})), 40_000)
+    favourites, _ = stream.favourite_clusters(plain["user_id"], plain["timestamp"])
+    liked = (stream.cluster_of_item(plain["item_id"])[:, None] == favourites).any(axis=1)
+    views = liked[plain["kind"] == KIND_CODES["view"]]
+    purchases = liked[plain["kind"] == KIND_CODES["purchase"]]
+    assert abs(views.mean() - purchases.mean()) < 0.05

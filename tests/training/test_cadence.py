@@ -3,6 +3,7 @@ import pytest
 
 from freshrec.config import parse
 from freshrec.errors import ConfigError
+from freshrec.events import KindWeights
 from freshrec.interactions import Interactions
 from freshrec.model_state import public_state
 from freshrec.models.base import LearnStats
@@ -37,7 +38,9 @@ def tiny_stream(n_events: int = 4_000, seed: int = 3) -> EncodedEvents:
 
 
 def config(batch_size: int = 16, **overrides) -> CadenceConfig:
-    return CadenceConfig(trainer=TrainerConfig(batch_size=batch_size, k=10), window_events=500, **overrides)
+    # Every kind at 1: `learned_events` reads a popularity model's counts as numbers of events.
+    trainer = TrainerConfig(batch_size=batch_size, k=10, kind_weights=KindWeights.uniform())
+    return CadenceConfig(trainer=trainer, window_events=500, **overrides)
 
 
 def learned_events(model: PopularityModel) -> int:

@@ -15,7 +15,7 @@ always answer. Ids live in rows ``1..capacity`` (KeyIndex slot + 1).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -260,6 +260,10 @@ class DynamicEmbeddingTable:
             expired=self.expired,
             memory_bytes=self.memory_bytes,
         )
+
+    def sizes(self) -> dict[str, int]:
+        """`stats` as plain JSON numbers (`Model.table_sizes`)."""
+        return asdict(self.stats())
 
     @property
     def memory_bytes(self) -> int:

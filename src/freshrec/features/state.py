@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from freshrec.events import KindWeights
 from freshrec.features.catalogue import CandidateSet, Catalogue
 from freshrec.features.history import HistoryConfig, UserHistory
 from freshrec.features.sampler import RecentItemSampler
@@ -93,11 +94,13 @@ class ObservedBatch:
     def __len__(self) -> int:
         return len(self.batch)
 
-    def interactions(self) -> Interactions:
-        """What a model learns from: the queries, positives, values, kinds and negatives."""
+    def interactions(self, kind_weights: KindWeights | None = None) -> Interactions:
+        """What a model learns from: the queries, positives, values, kinds, negatives and each event's
+        weight by its kind (none without `kind_weights`)."""
         batch = self.batch
         negatives = self.negatives if self.negatives is not None else np.zeros((len(batch), 0), np.uint64)
-        return Interactions(self.query, batch.item_keys, batch.values, batch.kinds, negatives)
+        weights = None if kind_weights is None else kind_weights.of(batch.kinds)
+        return Interactions(self.query, batch.item_keys, batch.values, batch.kinds, negatives, weights)
 
 
 class LiveFeatures:

@@ -108,6 +108,12 @@ class Model(ABC):
         """Apply another instance's `drain_changes` in place, so that afterwards this model's public
         state equals the other's at the time it drained (cost proportional to the change)."""
 
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        """The id tables the model keeps, by name: ``live_rows`` and ``capacity``, and for embedding tables
+        ``admitted``, ``evicted``, ``expired`` and ``memory_bytes`` (what an operator watches fill up).
+        Cheap: counters only, never a copy of the state. Empty for a model without an id table."""
+        return {}
+
 
 #: The name the protocol had before the library API (`freshrec.Recommender`) took it.
 Recommender = Model
@@ -157,6 +163,9 @@ class VectorModel(Model):
     @abstractmethod
     def item_vectors(self, item_keys: np.ndarray) -> np.ndarray:
         """float32 [C, D] vectors of the items (the cold row's for items without a row)."""
+
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {"items": self.items.sizes()}
 
     def changes_every_item_vector(self, changes: StateChanges) -> bool:
         """Whether `changes` touch weights that every item vector depends on (a tower's dense weights),

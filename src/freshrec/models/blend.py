@@ -194,6 +194,9 @@ class BlendedModel(Model):
     (`BlendConfig.feature_kinds` per component), with the weights learned online by a softmax on each batch
     before the components learn.
 
+    Kinds and values: the blend's own softmax loss is weighted by each event's kind weight, and every
+    component gets the same weights; `value` is ignored.
+
     Parameters
     ----------
     components
@@ -413,9 +416,17 @@ class BlendedModel(Model):
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         total = probabilities.sum(axis=1)
-        loss = float(np.mean(np.log(total) - logits[rows, targets]))
-        probabilities /= total[:, None] * n  # d(mean loss) / d(logit) = (softmax - onehot) / B
-        probabilities[rows, targets] -= 1.0 / n
+        per_event = np.log(total) - logits[rows, targets]
+        # d(mean of weight * loss) / d(logit) = weight * (softmax - onehot) / B.
+        if batch.weights is None:
+            loss = float(np.mean(per_event))
+            probabilities /= total[:, None] * n
+            probabilities[rows, targets] -= 1.0 / n
+        else:
+            loss = float(np.mean(per_event * batch.weights))
+            scale = batch.weights.astype(np.float32) / np.float32(n)
+            probabilities *= (scale / total)[:, None]
+            probabilities[rows, targets] -= scale
         row_grad = np.matmul(probabilities[:, None, :], features)[:, 0, :].astype(np.float64)  # [B, F]
         grad = np.zeros_like(self.weights)
         np.add.at(grad, buckets, row_grad)
@@ -479,6 +490,14 @@ class BlendedModel(Model):
         self._accumulator = np.asarray(state["blend.accumulator"], dtype=np.float64).copy()
         self._occurrences = np.asarray(state["blend.occurrences"], dtype=np.uint64).copy()
         self._ring = np.asarray(state["blend.ring"], dtype=np.int64).copy()
+
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        """Every component's tables, named ``component.table``."""
+        return {
+            f"{component.name}.{name}": sizes
+            for component in self.components
+            for name, sizes in component.table_sizes().items()
+        }
 
     def drain_changes(self) -> StateChanges:
         """Every component's `drain_changes` with its prefix, and the blend's own arrays replaced whole

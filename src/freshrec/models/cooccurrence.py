@@ -24,7 +24,7 @@ from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import KeyIndex, as_keys
 from freshrec.model_state import State, apply_rows, array_like, under_prefix, with_prefix
 from freshrec.models.base import LearnStats, Model, StateChanges
-from freshrec.models.popularity import DecayClock
+from freshrec.models.popularity import DecayClock, weighted
 
 _SECONDS_PER_DAY = 86_400.0
 
@@ -92,6 +92,9 @@ class CooccurrenceConfig:
 
 class CooccurrenceModel(Model):
     """Incremental item-to-item co-occurrence recommender with a fixed number of neighbours per item.
+
+    Kinds and values: an event's kind weight scales its count and the pairs it forms with the user's
+    history; `value` is ignored.
 
     Memory is fixed at construction: per item slot, `max_neighbors` cells of 12 bytes (the neighbour's
     uint64 key and a float32 weight), an 8-byte count and the item index's 65-90 bytes, i.e.
@@ -254,7 +257,8 @@ class CooccurrenceModel(Model):
         items = as_keys(batch.item_keys, "item_keys")
         times = np.asarray(batch.timestamps, dtype=np.float64)
         self.clock.advance(times, self._items, [self._weights, self._counts], self._dirty)
-        growth = self.clock.growth(times)
+        # An event counts, and grows its pairs, by its weight (its kind's: a purchase more than a view).
+        growth = weighted(self.clock.growth(times), batch.weights)
 
         assignment = self._items.assign(items, times)
         fresh = assignment.slots[assignment.new]
@@ -364,6 +368,9 @@ class CooccurrenceModel(Model):
         self._counts = np.asarray(state["counts"], dtype=np.float64).copy()
         self.clock.load_state_dict(under_prefix(state, "clock."))
         self._dirty[:] = False
+
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {"items": self._items.sizes()}
 
     def drain_changes(self) -> StateChanges:
         """The slots changed since the previous drain (rows of every slot-addressed array) and the clock."""

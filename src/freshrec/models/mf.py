@@ -90,6 +90,9 @@ class MFConfig:
 class BPRMatrixFactorization(VectorModel):
     """Bayesian personalised ranking (Rendle et al. 2009) matrix factorisation, learned per micro-batch.
 
+    Kinds and values: each event's BPR pairs are weighted by its kind weight; `value` is ignored (an event
+    is a positive, whatever its value).
+
     Each event (user u, positive item i) and each of its sampled negatives j that has a row of its own
     and is not the positive contributes ``-w_j log sigmoid(s(u, i) - s(u, j))`` (``w_j``: the popularity
     correction of `MFConfig.negative_correction`) plus L2 on the rows used. The summed loss's gradients
@@ -174,6 +177,8 @@ class BPRMatrixFactorization(VectorModel):
         user_factors = self.users.embed(user_rows)  # [n, dim]
         item_factors = self.items.embed(np.concatenate([positive_rows, pair_rows]))  # [n + pairs, dim]
         weights = self._pair_weights(pair_rows)
+        if batch.weights is not None:  # each pair counts as much as its event (its kind's weight)
+            weights = weights * torch.from_numpy(batch.weights[pair_event])
         grad_users, grad_items, loss = bpr_gradients(
             user_factors.detach(), item_factors.detach(), pair_event, weights, self.config.l2
         )
@@ -201,6 +206,9 @@ class BPRMatrixFactorization(VectorModel):
     def load_state_dict(self, state: State) -> None:
         """Restore `state_dict` output of a model built with the same config."""
         load_parts(self._parts, state)
+
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {"users": self.users.sizes(), "items": self.items.sizes()}
 
     def drain_changes(self) -> StateChanges:
         """Both tables' `DynamicEmbeddingTable.drain_changes`, names prefixed like `state_dict`: the rows

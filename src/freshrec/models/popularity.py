@@ -22,6 +22,11 @@ from freshrec.models.base import LearnStats, Model, StateChanges
 _SECONDS_PER_DAY = 86_400.0
 
 
+def weighted(amounts: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Per-event increments times the events' sample weights (`Interactions.weights`; None: unchanged)."""
+    return amounts if weights is None else amounts * weights.astype(np.float64)
+
+
 class DecayClock:
     """Exponential decay in event time at O(batch) cost, by storing values on a growing scale.
 
@@ -134,6 +139,9 @@ class PopularityConfig:
 class PopularityModel(Model):
     """Scores every candidate by how often it was acted on so far (decayed in event time if configured).
 
+    Kinds and values: an event adds its kind weight (`Interactions.weights`) to its item's count; `value` is
+    ignored (a price or a rating says nothing about how often an item is chosen).
+
     Memory, fixed at construction: per item slot, an 8-byte count plus the item index's 65-90 bytes.
 
     >>> model = PopularityModel(PopularityConfig(capacity=8))
@@ -175,7 +183,8 @@ class PopularityModel(Model):
         return (shrink[:, None] * stored[None, :]).astype(np.float32)
 
     def learn(self, batch: Interactions) -> LearnStats:
-        """Count each event's item once, weighted by its event time when decaying."""
+        """Count each event's item by its weight (`Interactions.weights`, 1 without), grown by its event
+        time when decaying."""
         if len(batch) == 0:
             return LearnStats()
         keys = as_keys(batch.item_keys, "item_keys")
@@ -184,7 +193,7 @@ class PopularityModel(Model):
         assignment = self._items.assign(keys, times)
         # A slot handed to a new item (possibly taken from a forgotten one) starts from zero.
         self._counts[assignment.slots[assignment.new]] = 0.0
-        np.add.at(self._counts, assignment.slots, self.clock.growth(times))
+        np.add.at(self._counts, assignment.slots, weighted(self.clock.growth(times), batch.weights))
         # Evicted items' slots are among the new items' slots: marking the batch's slots covers them.
         self._dirty[assignment.slots] = True
         return LearnStats(extra={"items": float(len(self._items))})
@@ -210,6 +219,9 @@ class PopularityModel(Model):
         self._counts = counts
         self.clock.load_state_dict(under_prefix(state, "clock."))
         self._dirty[:] = False
+
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        return {"items": self._items.sizes()}
 
     def drain_changes(self) -> StateChanges:
         """The slots changed since the previous drain (rows of every slot-addressed array) and the clock."""

@@ -36,6 +36,7 @@ from freshrec.keyindex import as_keys
 from freshrec.model_state import State, apply_parts, drain_parts, load_parts, state_of_parts
 from freshrec.models.base import LearnStats, StateChanges, VectorModel
 from freshrec.models.dense_state import DenseParameters
+from freshrec.models.weighting import cross_entropy
 
 #: Columns after the embedding in an item row: the bias, then padding up to a multiple of 4.
 _EXTRA_COLUMNS = 4
@@ -309,6 +310,8 @@ class SequenceEncoder(nn.Module):
 class SASRecModel(VectorModel):
     """Self-attentive sequential recommendation (Kang & McAuley 2018), learned online per micro-batch.
 
+    Kinds and values: each event's softmax loss is weighted by its kind weight; `value` is ignored.
+
     Differences from the offline paper, each for the online setting: every event is one training example
     (its query's history predicts its item), so only the query position is computed in the last block; a
     learned query token after the history carries the state (and serves users without history); a
@@ -489,7 +492,7 @@ class SASRecModel(VectorModel):
                 torch.from_numpy(self._history_mask(history_rows, valid.numpy(), candidates, positive_rows)),
                 _MASKED,
             )
-        loss = F.cross_entropy(logits, torch.from_numpy(targets))
+        loss = cross_entropy(logits, torch.from_numpy(targets), batch.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the item rows here
         self.optimizer.step()

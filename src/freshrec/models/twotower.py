@@ -57,6 +57,7 @@ from freshrec.interactions import NO_KEY, Interactions, Query
 from freshrec.keyindex import as_keys
 from freshrec.models.base import LearnStats, StateChanges, VectorModel
 from freshrec.models.dense_state import DenseParameters
+from freshrec.models.weighting import cross_entropy
 
 __all__ = [
     "StreamingFrequency",
@@ -378,6 +379,8 @@ class _DenseTowers(nn.Module):
 class TwoTowerModel(VectorModel):
     """Two-tower retrieval model (YouTube / Yi et al. 2019 style) learned online per micro-batch.
 
+    Kinds and values: each event's softmax loss is weighted by its kind weight; `value` is ignored.
+
     Each event's user-tower output is scored against one column per distinct candidate: the batch's
     positives (in-batch negatives for the other events) and the trainer's sampled negatives that have a row;
     logits are corrected by ``log q`` from `StreamingFrequency`, and one cross-entropy step updates the id
@@ -607,7 +610,7 @@ class TwoTowerModel(VectorModel):
         if config.mask_history_in_loss:
             mask = _history_mask(batch.query.history_keys, candidates, positives)
             logits = logits.masked_fill(torch.from_numpy(mask), _MASKED)
-        loss = F.cross_entropy(logits, torch.from_numpy(targets))
+        loss = cross_entropy(logits, torch.from_numpy(targets), batch.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the id rows here
         self.optimizer.step()
@@ -654,6 +657,12 @@ class TwoTowerModel(VectorModel):
         model_state.apply_parts(self._parts, changes)
 
     # ------------------------------------------------------------------ sizes
+    def table_sizes(self) -> dict[str, dict[str, int]]:
+        tables = {"users": self.users.sizes(), "items": self.items.sizes()}
+        if self.history_items is not self.items:
+            tables["history_items"] = self.history_items.sizes()
+        return tables
+
     @property
     def dense_parameters(self) -> int:
         """Number of dense parameters (towers, position logits, feature embeddings)."""

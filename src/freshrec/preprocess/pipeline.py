@@ -62,6 +62,9 @@ class PipelineConfig:
     max_rejected_share
         Share of records rejected past which a replay fails (exit code 3); a replay that accepts nothing
         fails whatever this says. 1.0 fails only then.
+    kinds
+        Raw kind names of one's own data -> the kind each stands for (``[pipeline.kinds] add_to_cart =
+        "click"``); a kind neither canonical nor mapped is rejected with the key to add.
     """
 
     default_kind: str = "view"
@@ -71,9 +74,10 @@ class PipelineConfig:
     item_ids: int = 0
     warn_share: float = 0.05
     max_rejected_share: float = 1.0
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        EventValidator(self.limits, self.default_kind)  # names a bad kind
+        EventValidator(self.limits, self.default_kind, self.kinds)  # names a bad kind or kind map entry
         if self.read_size < 1:
             raise ConfigError(f"read_size must be at least 1 record, got {self.read_size}")
         for name in ("warn_share", "max_rejected_share"):
@@ -191,7 +195,7 @@ class IngestPipeline:
         source: str | None = None,
     ) -> None:
         self.config = config = config or PipelineConfig()
-        self.validator = EventValidator(config.limits, config.default_kind)
+        self.validator = EventValidator(config.limits, config.default_kind, config.kinds)
         self.deduplicator = Deduplicator(config.dedupe_window)
         self.item_ids = IdEncoder(config.item_ids) if config.item_ids else None
         self.dead_letters = dead_letters

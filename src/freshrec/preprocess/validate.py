@@ -16,8 +16,9 @@ Rules (fields are checked in this order; the first failure is reported):
 - ``timestamp``: required, epoch seconds (number or numeric text) or ISO 8601 text (naive means UTC; see
   `freshrec.timeparse`), finite and within the schema limits; a value that fits the limits once divided
   by 1e3, 1e6 or 1e9 is reported as probable milliseconds, microseconds or nanoseconds.
-- ``kind``: optional (``default_kind`` when absent or blank); a name from `EVENT_KINDS`, any letter case;
-  typed integer columns carry codes into `EVENT_KINDS`.
+- ``kind``: optional (``default_kind`` when absent or blank); a name from `EVENT_KINDS`, or a name of the
+  kind map (``[pipeline.kinds] add_to_cart = "click"``), any letter case; typed integer columns carry
+  codes into `EVENT_KINDS`. An unknown name's reason says which configuration key would map it.
 - ``value``: optional; a finite number or numeric text. ``NaN`` means absent (it is how `EventBatch`,
   Parquet and pandas write a missing number), ``inf`` is rejected.
 - any other column is a context field: a string (bounded, encodable as UTF-8), an integer that fits in 64
@@ -34,7 +35,7 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,7 +76,6 @@ __all__ = [
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _EXACT_FLOAT_INT = 2.0**53  # beyond this a float cannot say which integer it meant
-_KIND_NAMES = pa.array(EVENT_KINDS, pa.string())
 _KIND_LIST = ", ".join(EVENT_KINDS)
 _MAX_REPR = 60  # characters of a bad value quoted in a reason
 _QUOTED_INT_BITS = 200  # an integer longer than this (~60 digits) is quoted by its number of digits
@@ -112,6 +112,8 @@ class EventValidator:
         Bounds on timestamps, string lengths and context size.
     default_kind
         The kind of an event whose kind is absent or blank.
+    kind_map
+        Raw kind names (any letter case) -> one of `EVENT_KINDS`: ``{"add_to_cart": "click"}``.
 
     >>> validator = EventValidator()
     >>> result = validator.validate_records([
@@ -124,12 +126,20 @@ class EventValidator:
     ('timestamp', 'timestamp out of range: 1.7e+12 is after 2200-01-01 (milliseconds?)')
     """
 
-    def __init__(self, limits: SchemaLimits = DEFAULT_LIMITS, default_kind: str = "view") -> None:
+    def __init__(
+        self,
+        limits: SchemaLimits = DEFAULT_LIMITS,
+        default_kind: str = "view",
+        kind_map: Mapping[str, str] | None = None,
+    ) -> None:
         if default_kind not in KIND_CODES:
             raise ConfigError(f"default_kind {default_kind!r} is not a kind; use one of {_KIND_LIST}")
         self.limits = limits
         self.default_kind = default_kind
         self._default_code = KIND_CODES[default_kind]
+        names = kind_lookup(kind_map or {})
+        self._kind_names = pa.array(list(names), pa.string())
+        self._kind_codes = np.array(list(names.values()), dtype=np.int8)
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -343,9 +353,10 @@ class EventValidator:
         if len(strings):
             texts = text_array(values if len(strings) == n else [values[i] for i in strings])
             names = pc.utf8_lower(pc.utf8_trim_whitespace(texts))
-            found = pc.index_in(names, value_set=_KIND_NAMES).fill_null(-1).to_numpy(zero_copy_only=False)
+            found = pc.index_in(names, value_set=self._kind_names).fill_null(-1)
+            found = found.to_numpy(zero_copy_only=False)
             known = found >= 0
-            codes[strings[known]] = found[known]
+            codes[strings[known]] = self._kind_codes[found[known]]
             bad[strings[~known & ~_mask(pc.equal(names, ""))]] = True
         failures.add("kind", bad, lambda i: self._kind_problem(values[i]))
         return codes
@@ -353,7 +364,12 @@ class EventValidator:
     @staticmethod
     def _kind_problem(value: Any) -> str:
         if isinstance(value, str):
-            return f"unknown kind {_short(value)} (expected one of {_KIND_LIST})"
+            # The key to add is named with the raw name as the map compares it (trimmed, lower case).
+            key = value.strip().lower()
+            return (
+                f"unknown kind {_short(value)} (expected one of {_KIND_LIST}, or map it to one in the "
+                f'configuration, e.g. [pipeline.kinds] {_toml_key(key)} = "click")'
+            )
         return f"wrong type: expected a kind name, got {_type_name(value)} {_short(value)}"
 
     def _values(self, column: np.ndarray | None, n: int, failures: _FirstFailure) -> np.ndarray:
@@ -490,6 +506,30 @@ class EventValidator:
             return f"wrong type: expected string or number, got {_type_name(v)} {_short(v)}"
 
         return values, absent | bad, bad, problem
+
+
+def _toml_key(name: str) -> str:
+    """`name` as a TOML key: bare when it can be, else quoted (JSON's quoting is TOML's), cut if long."""
+    if len(name) > _MAX_REPR:
+        name = name[:_MAX_REPR]
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
+def kind_lookup(kind_map: Mapping[str, str]) -> dict[str, int]:
+    """Every kind name the validator accepts (trimmed, lower case) -> its code: the canonical kinds, then
+    the map's names (which may also re-map a canonical one: ``like = "click"``).
+
+    >>> kind_lookup({"Add_To_Cart ": "click"})["add_to_cart"], len(kind_lookup({}))
+    (1, 5)
+    """
+    names = {name: code for code, name in enumerate(EVENT_KINDS)}
+    for raw, kind in kind_map.items():
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(f"kinds: a raw kind name must be non-blank text, got {raw!r}")
+        if not isinstance(kind, str) or kind.strip().lower() not in KIND_CODES:
+            raise ConfigError(f"kinds.{raw}: {kind!r} is not a kind; map it to one of {_KIND_LIST}")
+        names[raw.strip().lower()] = KIND_CODES[kind.strip().lower()]
+    return names
 
 
 def validate_records(

@@ -24,7 +24,7 @@ import numpy as np
 
 from freshrec.evaluation.gate import GateDecision
 from freshrec.evaluation.prequential import rank_candidates
-from freshrec.events import EventBatch
+from freshrec.events import EventBatch, KindWeights
 from freshrec.features.catalogue import CandidateSet
 from freshrec.features.state import FeatureConfig, LiveFeatures
 from freshrec.models.base import Model
@@ -244,7 +244,10 @@ def drill(
     target = None if burst.target is None else encode_ids(np.array([burst.target]))[0]
     with ModelStore(StoreConfig(directory, keep_versions=keep_versions, fsync=False)) as store:
         publisher = ModelPublisher(candidate, store, config, metadata={"model": candidate.name})
-        trainer = OnlineTrainer(candidate, TrainerConfig(batch_size=batch_size, k=k))
+        # Every kind at 1: the burst is of views and the stream's kinds are random, so kind weights would
+        # change the attack's strength, not what the guard does about it.
+        weights = KindWeights.uniform()
+        trainer = OnlineTrainer(candidate, TrainerConfig(batch_size=batch_size, k=k, kind_weights=weights))
         loop = TrainingLoop(trainer, publisher=publisher)
         loop.feed_events(burst.stream.take(slice(0, burst.start)))
         decided = publisher.gate.published + publisher.gate.held

@@ -31,6 +31,7 @@ from freshrec.evaluation.prequential import RankingMetrics
 from freshrec.models.base import Model
 from freshrec.publishing.guardrail import Guardrail, GuardrailConfig, GuardrailVerdict
 from freshrec.publishing.monitor import MonitorConfig, StreamMonitor
+from freshrec.publishing.progress import TrainerProgress
 from freshrec.publishing.rollback import answer_rollback, pending_rollback
 from freshrec.publishing.store import DeltaBaseError, ModelStore, StoreCorruptError, VersionNotFoundError
 
@@ -124,6 +125,9 @@ class ModelPublisher:
         if not adopted:
             self._publish_snapshot(events_trained=0)
         self.monitor = StreamMonitor(self.config.monitor)
+        #: The trainer's figures for the status document's ``"trainer"`` part (the dashboard's series).
+        self.progress = TrainerProgress()
+        self.progress.resume(store.read_status().get("trainer"))
         self.guardrail = (
             Guardrail(self.shadow, self._version, self.config.guardrail, self.config.gate)
             if self.config.guardrail.enabled
@@ -295,6 +299,8 @@ class ModelPublisher:
         self._trained = events_trained
         if prequential is not None:
             self._record_prequential(prequential)
+        times = scored.query.timestamps
+        self.progress.observe(float(times.max()) if len(times) else float("nan"), prequential, events_trained)
         if self._hold_until:
             # Catching up after a restart: the shadow already learned these events, so its figures on them
             # say nothing, and a version now would serve less than is served.
@@ -359,6 +365,7 @@ class ModelPublisher:
         if decision.published:
             decision.version = self._publish_changes(events_trained, decision)
             self._events_since_publish = 0
+        self.progress.record(finite_or_none(window.candidate_hr), self.model.table_sizes())
         self._write_status()
         return decision
 
@@ -383,7 +390,7 @@ class ModelPublisher:
         }
 
     def _write_status(self) -> None:
-        self.store.write_status({"gate": self.status()})
+        self.store.write_status({"gate": self.status(), "trainer": self.progress.figures()})
 
     def try_publish_idle(self, loss: float | None, events_trained: int) -> GateDecision | None:
         """When no new events arrive, publish what was learned last if due, so the newest events reach

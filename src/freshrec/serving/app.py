@@ -1,5 +1,5 @@
 """The HTTP API: thin routes over `ServingRuntime` (recommend, ingest, health, readiness, metrics, versions,
-admin rollback).
+admin rollback), and the live dashboard with the API's documentation (`freshrec.serving.dashboard`).
 
 Every recommendation carries the model version it was computed with. Ingest answers 202 only after the
 accepted events are durable in the event log; a bad event is reported with its index, field and reason
@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -50,6 +51,7 @@ from freshrec.serving.body import (
     parse_records,
     read_body,
 )
+from freshrec.serving.dashboard import STATIC, DashboardFeed, dashboard_router
 from freshrec.serving.failsafe import InternalErrorMiddleware
 from freshrec.serving.runtime import IngestResult, ServingConfig, ServingRuntime
 
@@ -87,7 +89,10 @@ class EventRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     event_id: str | int = Field(description="Unique id; a repeated id is dropped downstream.")
-    timestamp: float | str = Field(description="Epoch seconds, or ISO 8601 text (naive means UTC).")
+    timestamp: float | str = Field(
+        description="Epoch seconds, or ISO 8601 text (naive means UTC); at most serving.future_tolerance_s "
+        "(a day) past the server's clock."
+    )
     user_id: str | int
     item_id: str | int
     kind: Literal[EVENT_KINDS] = Field("view", description="Any letter case.")  # type: ignore[valid-type]
@@ -178,6 +183,7 @@ def create_app(
     ).set_function(lambda: float(bool(runtime.store_health()["degraded"])))
 
     registry.register(TrainerFigures(runtime))
+    feed = DashboardFeed(runtime)
 
     # Bounds the bodies being parsed at once, hence their memory; made on the app's own event loop.
     ingest_slots: list[asyncio.Semaphore] = []
@@ -186,13 +192,19 @@ def create_app(
     async def lifespan(_: FastAPI):
         ingest_slots.append(asyncio.Semaphore(config.max_parallel_ingests))
         runtime.start()
+        sampling = asyncio.create_task(feed.run())
         yield
+        sampling.cancel()
         runtime.close()
 
-    app = FastAPI(title="freshrec", lifespan=lifespan)
+    # The documentation pages are the dashboard router's: they load their scripts from /static, not a CDN.
+    app = FastAPI(title="freshrec", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.runtime = runtime
     app.state.tokens = tokens
+    app.state.dashboard = feed
     app.add_middleware(InternalErrorMiddleware)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(dashboard_router(feed, access, app.openapi_url or "/openapi.json", _body))
 
     @app.exception_handler(BodyError)
     async def body_error(_: Request, error: BodyError) -> JSONResponse:
@@ -221,7 +233,9 @@ def create_app(
         if not runtime.ready:
             raise HTTPException(status_code=503, detail="no model version is loaded yet")
         result = runtime.recommend(user_id, k, exclude_seen)
-        latency.labels("recommend").observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        latency.labels("recommend").observe(elapsed)
+        feed.note_latency("recommend", elapsed)
         # A JSONResponse skips FastAPI's validation and re-serialisation of the return value through the
         # response model (a tenth of a request's CPU); the model stays declared for the OpenAPI schema.
         return JSONResponse(
@@ -269,7 +283,10 @@ def create_app(
             result, answer = await run_in_threadpool(ingest, body, form)
         accepted.inc(result.accepted)
         rejected.inc(len(result.rejections))
-        latency.labels("events").observe(time.perf_counter() - started)
+        feed.note_ingest(result.accepted, result.rejections)
+        elapsed = time.perf_counter() - started
+        latency.labels("events").observe(elapsed)
+        feed.note_latency("events", elapsed)
         return Response(answer, status_code=202, media_type="application/json")
 
     @app.get("/versions", dependencies=read)
@@ -341,7 +358,8 @@ class TrainerFigures(Collector):
         return [GaugeMetricFamily(name, help_text) for name, help_text, _ in TRAINER_FIGURES]
 
     def collect(self) -> list[GaugeMetricFamily]:
-        figures = self._runtime.store.read_status().get("gate", {})
+        status = self._runtime.store.read_status()
+        figures = {**status.get("gate", {}), **_prefixed(status.get("trainer", {}), "trainer_")}
         families = []
         for name, help_text, key in TRAINER_FIGURES:
             value = figures.get(key)
@@ -350,8 +368,39 @@ class TrainerFigures(Collector):
         return families
 
 
-#: (metric, help, key of the status file's ``gate`` document) for every figure the trainer reports.
+def _prefixed(document: object, prefix: str) -> dict[str, object]:
+    return {prefix + key: value for key, value in document.items()} if isinstance(document, dict) else {}
+
+
+#: (metric, help, key of the status file's ``gate`` document, or ``trainer_`` and a key of its ``trainer``
+#: document) for every figure the trainer reports.
 TRAINER_FIGURES = (
+    ("freshrec_trainer_hr", "The trainer's prequential HR@K over the events it evaluated", "trainer_hr"),
+    (
+        "freshrec_trainer_ndcg",
+        "The trainer's prequential NDCG@K over the events it evaluated",
+        "trainer_ndcg",
+    ),
+    (
+        "freshrec_trainer_events_trained",
+        "Events the trainer learned since it started",
+        "trainer_events_trained",
+    ),
+    (
+        "freshrec_trainer_events_per_second",
+        "Events the trainer learned per second between its last two gate decisions",
+        "trainer_events_per_second",
+    ),
+    (
+        "freshrec_trainer_learning_events_per_second",
+        "The trainer's learning speed: events per second of feature updates and learning steps alone",
+        "trainer_learning_events_per_second",
+    ),
+    (
+        "freshrec_trainer_event_time",
+        "Newest event time the trainer learned (Unix seconds)",
+        "trainer_event_time",
+    ),
     ("freshrec_gate_published", "Candidates the trainer's gate published", "published"),
     ("freshrec_gate_held", "Candidates the trainer's gate held back", "held"),
     ("freshrec_gate_level", "Running HR@K of published windows", "level"),

@@ -5,20 +5,23 @@ scope      routes                                 token                   withou
 =========  =====================================  ======================  ==================================
 ingest     ``POST /events``                       FRESHREC_INGEST_TOKEN   open to whoever reaches the port
 read       ``/recommend``, ``/versions``,         FRESHREC_READ_TOKEN     open to whoever reaches the port
-           ``/metrics``
+           ``/metrics``, the dashboard
 admin      ``POST /admin/rollback``               FRESHREC_ADMIN_TOKEN    loopback clients only
 =========  =====================================  ======================  ==================================
 
-``/healthz`` and ``/readyz`` are always open (probes). A token is an environment variable or a file named
-by ``[serving] <scope>_token_file``, never a configuration value: every published version stores the
-trainer's configuration, and ``/versions`` shows it. A token that is empty, shorter than
-`MIN_TOKEN_LENGTH` or not visible ASCII is refused at start-up (`ConfigError`), never accepted and
-never echoed. A request without ``Authorization: Bearer <token>`` gets 401 (with ``WWW-Authenticate:
-Bearer``), one with a wrong token 403. A token grants its own scope only.
+The dashboard (``/``, ``/dashboard/status``, ``/dashboard/stream``) is a read route that also takes the
+`DASHBOARD_COOKIE` its login form sets (a browser's EventSource cannot send a header); the cookie holds a
+digest of the read token, never the token. ``/healthz`` and ``/readyz`` are always open (probes). A token
+is an environment variable or a file named by ``[serving] <scope>_token_file``, never a configuration
+value: every published version stores the trainer's configuration, and ``/versions`` shows it.
+A token that is empty, shorter than `MIN_TOKEN_LENGTH` or not visible ASCII is refused at start-up
+(`ConfigError`), never accepted and never echoed. A request without ``Authorization: Bearer <token>``
+gets 401 (with ``WWW-Authenticate: Bearer``), one with a wrong token 403. A token grants its own scope only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -32,7 +35,15 @@ from fastapi import HTTPException, Request
 from freshrec.errors import ConfigError
 from freshrec.serving.config import ServingConfig
 
-__all__ = ["MIN_TOKEN_LENGTH", "SCOPES", "TOKEN_VARIABLES", "AccessControl", "AccessTokens", "check_token"]
+__all__ = [
+    "DASHBOARD_COOKIE",
+    "MIN_TOKEN_LENGTH",
+    "SCOPES",
+    "TOKEN_VARIABLES",
+    "AccessControl",
+    "AccessTokens",
+    "check_token",
+]
 
 Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
@@ -41,6 +52,8 @@ TOKEN_VARIABLES: dict[Scope, str] = {scope: f"FRESHREC_{scope.upper()}_TOKEN" fo
 #: Shortest token accepted: 16 characters (`openssl rand -hex 32` makes 64).
 MIN_TOKEN_LENGTH = 16
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="freshrec"'}
+#: The cookie the dashboard's login sets: HttpOnly, SameSite=Strict, holding `AccessControl.cookie_value`.
+DASHBOARD_COOKIE = "freshrec_dashboard"
 
 
 def check_token(token: str, where: str) -> str:
@@ -127,11 +140,34 @@ class AccessControl:
     def __init__(self, tokens: AccessTokens) -> None:
         self.tokens = tokens
 
-    def require(self, scope: Scope) -> Callable[[Request], None]:
+    def cookie_value(self) -> str | None:
+        """What the dashboard cookie holds once a client proved it has the read token (None: reads are
+        open): a keyed digest of the token, so that a cookie read off a browser is not the bearer token
+        itself and opens the dashboard routes only."""
+        token = self.tokens.read
+        if token is None:
+            return None
+        return hmac.new(token.encode("ascii"), b"freshrec dashboard cookie", hashlib.sha256).hexdigest()
+
+    def read_token_matches(self, candidate: str) -> bool:
+        """Whether `candidate` is the read token (constant time; False when reads are open)."""
+        token = self.tokens.read
+        return token is not None and hmac.compare_digest(
+            candidate.encode("utf-8", "replace"), token.encode("ascii")
+        )
+
+    def require(self, scope: Scope, cookie: bool = False) -> Callable[[Request], None]:
+        """The dependency guarding `scope`; with `cookie`, the dashboard's cookie is accepted as well as
+        the bearer header (read scope only)."""
         token = getattr(self.tokens, scope)
         expected = None if token is None else token.encode("ascii")
+        cookie_expected = self.cookie_value() if cookie and scope == "read" else None
 
         def check(request: Request) -> None:
+            if cookie_expected is not None:
+                sent = request.cookies.get(DASHBOARD_COOKIE, "")
+                if sent and hmac.compare_digest(sent.encode("utf-8", "replace"), cookie_expected.encode()):
+                    return
             if expected is None:
                 if scope == "admin" and not _is_loopback(request):
                     raise HTTPException(
@@ -143,17 +179,16 @@ class AccessControl:
             scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
             credentials = credentials.strip()
             if scheme.lower() != "bearer" or not credentials:
-                raise HTTPException(
-                    status_code=401,
-                    detail=f"{scope} routes need Authorization: Bearer <token>",
-                    headers=_CHALLENGE,
-                )
+                detail = f"{scope} routes need Authorization: Bearer <token>"
+                if cookie_expected is not None:
+                    detail += " (or the dashboard's cookie: sign in at /)"
+                raise HTTPException(status_code=401, detail=detail, headers=_CHALLENGE)
             # Starlette decodes header bytes as latin-1: encoding back gives the bytes sent, whatever.
             if not hmac.compare_digest(credentials.encode("latin-1"), expected):
                 detail = f"this bearer token is not valid for {scope} routes"
                 raise HTTPException(status_code=403, detail=detail)
 
-        check.__name__ = f"require_{scope}"
+        check.__name__ = f"require_{scope}" + ("_or_cookie" if cookie else "")
         return check
 
 

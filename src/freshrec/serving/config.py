@@ -126,6 +126,10 @@ class ServingConfig:
     max_parallel_ingests
         Request bodies parsed, validated and appended at once, each on a worker thread (never on the event
         loop, which keeps answering meanwhile); more wait their turn. Bounds the memory of parsing.
+    future_tolerance_s
+        How far past this server's wall clock an event's timestamp may lie (seconds; default one day):
+        ``POST /events`` rejects a later one, naming the field and by how much. Ranking runs at the newest
+        accepted event time, so one event dated far ahead would otherwise age every other event at once.
     ingest_token_file, read_token_file, admin_token_file
         Files holding the bearer token of a scope (``freshrec.serving.auth``): ingest is ``POST /events``,
         read is ``/recommend``, ``/versions`` and ``/metrics``, admin is ``/admin/rollback``. The token itself
@@ -148,6 +152,7 @@ class ServingConfig:
     max_events_per_request: int = 10_000
     max_json_depth: int = 32
     max_parallel_ingests: int = 4
+    future_tolerance_s: float = 86_400.0
     ingest_token_file: Path | None = None
     read_token_file: Path | None = None
     admin_token_file: Path | None = None
@@ -157,6 +162,12 @@ class ServingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        tolerance = self.future_tolerance_s
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not tolerance >= 0:
+            raise ConfigError(
+                f"future_tolerance_s must be a number of seconds >= 0 (default 86400, one day), got "
+                f"{tolerance!r}"
+            )
         if not isinstance(self.max_json_depth, int) or self.max_json_depth < 3:
             raise ConfigError(
                 f"max_json_depth must be an integer of at least 3 (an array of events with a context "

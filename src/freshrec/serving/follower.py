@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from freshrec.features.state import FeatureConfig, LiveFeatures
 from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
 from freshrec.sources.eventlog import EventLogReader
@@ -43,6 +45,9 @@ class EventFollower:
         self._lock = lock
         #: Events (after deduplication) the feature state has taken in.
         self.events_applied = 0
+        #: The newest event time taken in (epoch seconds; None before the first event): the time requests
+        #: are ranked at, so that a replayed stream is ranked as it was live, never at the wall clock.
+        self.newest_time: float | None = None
 
     def follow(self, stop: threading.Event, poll_interval: float = 0.002) -> None:
         """Take in every event of the log, from the first, until `stop` is set (the follower thread)."""
@@ -51,6 +56,9 @@ class EventFollower:
             ingested = self.pipeline.process(raw)
             if not len(ingested.events):
                 continue
+            newest = float(np.max(ingested.events.timestamps))
             with self._lock:
                 self.features.observe(ingested.events)
                 self.events_applied += len(ingested.events)
+                if self.newest_time is None or newest > self.newest_time:
+                    self.newest_time = newest

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from freshrec.events import EventBatch
 from freshrec.features.state import FeatureConfig
 from freshrec.models.base import Model
+from freshrec.models.rating import RatingModel
 from freshrec.models.registry import ModelSpec
 from freshrec.preprocess.encode import encode_ids, encode_int
 from freshrec.preprocess.pipeline import IngestPipeline, PipelineConfig
-from freshrec.preprocess.validate import Rejection
+from freshrec.preprocess.validate import Rejection, ValidationResult
 from freshrec.publishing.store import ModelStore, StoreError
 from freshrec.serving.config import ServingConfig
 from freshrec.serving.follower import EventFollower
@@ -157,6 +159,14 @@ class ServingRuntime:
         return len(catalogue) if catalogue is not None else 0
 
     # ------------------------------------------------------------------ requests
+    @property
+    def ranking_time(self) -> float:
+        """The time requests are ranked at: the newest event time of the log this server follows (time
+        decay and recency then mean the same in a replayed stream as in a live one). Only before the log
+        holds any event, the wall clock."""
+        newest = self.events.newest_time
+        return time.time() if newest is None else newest
+
     def recommend(self, user_id: str | int, k: int, exclude_seen: bool = True) -> Recommendation:
         """Top-k items for a user, from the current version and the user's live history."""
         user_key = user_key_of(user_id)
@@ -165,7 +175,7 @@ class ServingRuntime:
             model = self.served.model
             if model is None:
                 raise RuntimeError("no model version is loaded yet")
-            query = features.query(user_key, np.array([time.time()]), length=model.history_length)
+            query = features.query(user_key, np.array([self.ranking_time]), length=model.history_length)
             seen = features.seen_items(int(user_key[0])) if exclude_seen else np.zeros(0, np.uint64)
             assert features.catalogue is not None
             raw, scores = self.served.answer(
@@ -177,11 +187,57 @@ class ServingRuntime:
     def ingest(self, records: list[object]) -> IngestResult:
         """Validate, append the accepted events durably, answer per rejected event."""
         result = self.door.validate_records(records)
+        events, rejections = self._refuse_future(result, records)
         first = last = None
-        if len(result.events):
-            first, last = self.log.append(result.events)
+        if len(events):
+            first, last = self.log.append(events)
             self.log.wait_durable(last)
-        return IngestResult(len(result.events), list(result.rejections), first, last)
+        return IngestResult(len(events), rejections, first, last)
+
+    def _refuse_future(
+        self, result: ValidationResult, records: list[object]
+    ) -> tuple[EventBatch, list[Rejection]]:
+        """The accepted events less those dated more than `ServingConfig.future_tolerance_s` past the wall
+        clock and, while a rating model is served, those rated off its scale (the trainer would refuse
+        their batch); the rejections with theirs added, in input order."""
+        now = time.time()
+        tolerance = self.config.future_tolerance_s
+        ahead = np.asarray(result.events.timestamp, dtype=np.float64) - now
+        late = ahead > tolerance
+        reason = f"in the future (tolerance {_duration(tolerance)}: serving.future_tolerance_s)"
+        refused = [
+            Rejection(int(position), "timestamp", f"{_duration(float(by))} {reason}", records[int(position)])
+            for position, by in zip(result.positions[late], ahead[late], strict=True)
+        ]
+        off_scale = np.zeros(len(late), dtype=bool)
+        model = self.served.model
+        if isinstance(model, RatingModel):
+            low, high = model.config.min_rating, model.config.max_rating
+            values = np.asarray(result.events.value, dtype=np.float64)
+            off_scale = ~late & np.isfinite(values) & ((values < low) | (values > high))
+            why = f"outside the rating scale [{low:g}, {high:g}] of the served {model.name}"
+            refused += [
+                Rejection(int(position), "value", f"{value:g} is {why}", records[int(position)])
+                for position, value in zip(result.positions[off_scale], values[off_scale], strict=True)
+            ]
+        dropped = late | off_scale
+        if not dropped.any():
+            return result.events, list(result.rejections)
+        rejections = sorted([*result.rejections, *refused], key=lambda rejection: rejection.position)
+        return result.events.take(np.flatnonzero(~dropped)), rejections
+
+
+def _duration(seconds: float) -> str:
+    """A span for people: ``2 days``, ``1.5 hours``, ``90 s``.
+
+    >>> _duration(2 * 86_400), _duration(86_400), _duration(5_400), _duration(3_599.99), _duration(50)
+    ('2 days', '1 day', '1.5 hours', '1 hour', '50 s')
+    """
+    for unit, size in (("day", 86_400.0), ("hour", 3_600.0), ("minute", 60.0)):
+        count = round(seconds / size, 1)  # 3599.99 s (an hour ahead, measured a moment later) is 1 hour
+        if count >= 1:
+            return f"{count:g} {unit}" + ("" if count == 1 else "s")
+    return f"{seconds:.3g} s"
 
 
 def user_key_of(user_id: str | int) -> np.ndarray:

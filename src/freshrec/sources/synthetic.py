@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from freshrec.errors import ConfigError
-from freshrec.events import KIND_CODES
+from freshrec.events import EVENT_KINDS, KIND_CODES
 from freshrec.hashing import GOLDEN_GAMMA, mix64
 from freshrec.sources.base import RawBatch
 
@@ -77,6 +77,14 @@ class SyntheticConfig:
         Share of ``rating`` events (value 1-5, higher inside the user's interests).
     kind_weights
         Relative frequencies of ``view, click, like, purchase`` among the other events.
+    kind_signal
+        How much more closely a purchase follows the user's true preference than a view, from 0 (kinds
+        are drawn independently of the item: the stream as it always was, draw for draw) to 1. With
+        ``s > 0`` the kind is drawn first and the event is inside the session's cluster (one of the user's
+        favourites) with a probability that depends on it, ``f`` being `session_focus`: a purchase
+        ``f + (1 - f) s`` (at 1 always), a click, like or rating ``f``, a view ``f (1 - s / 2)``; the rest
+        follow global popularity. Views are then the noisiest signal and purchases the sharpest, as in a
+        shop where a view is often a scroll past and a purchase is money spent.
     duplicate_fraction
         Share of events re-delivered as an exact copy of a recent event (same event id), as an
         at-least-once broker would; for exercising deduplication.
@@ -105,6 +113,7 @@ class SyntheticConfig:
     fresh_item_window: float = 10.0
     rating_fraction: float = 0.2
     kind_weights: tuple[float, float, float, float] = (0.7, 0.2, 0.07, 0.03)
+    kind_signal: float = 0.0
     duplicate_fraction: float = 0.0
     chunk_events: int = 65_536
 
@@ -153,7 +162,8 @@ class SyntheticConfig:
         need(self.new_item_rate >= 0, "new_item_rate must be >= 0")
         need(self.user_activity_skew >= 0, "user_activity_skew must be >= 0")
         need(self.fresh_item_window >= 0, "fresh_item_window must be >= 0")
-        for name in ("session_focus", "new_user_fraction", "fresh_item_share", "rating_fraction"):
+        shares = ("session_focus", "new_user_fraction", "fresh_item_share", "rating_fraction", "kind_signal")
+        for name in shares:
             need(0 <= getattr(self, name) <= 1, f"{name} must be in [0, 1], got {getattr(self, name)}")
         need(0 <= self.duplicate_fraction < 1, "duplicate_fraction must be in [0, 1)")
         need(
@@ -366,19 +376,23 @@ class SyntheticStream:
         timestamp = (starts - elapsed[first])[session_of] + elapsed
         # Items: mostly the session's cluster, sometimes anywhere (by cluster popularity); inside the
         # cluster, by popularity among the active items, or one of the newest items.
-        in_focus = rng.random(n) < c.session_focus
+        if c.kind_signal > 0:  # kinds first: how closely the item follows the user depends on them
+            kind, rating = self._kinds(rng, n)
+            focus = np.full(len(EVENT_KINDS), c.session_focus)
+            focus[KIND_CODES["purchase"]] += (1.0 - c.session_focus) * c.kind_signal
+            focus[KIND_CODES["view"]] *= 1.0 - c.kind_signal / 2.0
+            in_focus = rng.random(n) < focus[kind]
+        else:
+            in_focus = rng.random(n) < c.session_focus
         cluster = session_cluster[session_of]
         stray = np.flatnonzero(~in_focus)
         cluster[stray] = np.searchsorted(self._cluster_cdf, rng.random(len(stray)), side="right")
         cluster = np.minimum(cluster, c.n_clusters - 1)
         item = self._draw_items(rng, cluster, timestamp)
-        # Kinds and values: ratings are higher for items inside the session's cluster.
-        draw = rng.random(n)
-        kind = np.zeros(n, dtype=np.int8)  # view, click, like, purchase by three comparisons
-        for bound in self._kind_cdf[:-1]:
-            kind += draw >= bound
-        rating = rng.random(n) < c.rating_fraction
-        kind[rating] = KIND_CODES["rating"]
+        # Kinds (drawn here, after the items, unless they steer them) and values: ratings are higher for
+        # items inside the session's cluster.
+        if c.kind_signal == 0:
+            kind, rating = self._kinds(rng, n)
         value = np.full(n, np.nan)
         if rating.any():
             quality = _uniform(c.seed, _SALT_QUALITY, item[rating]) - 0.5
@@ -387,6 +401,16 @@ class SyntheticStream:
             value[rating] = np.clip(np.rint(noisy), 1.0, 5.0)
         event_id = np.zeros(n, dtype=np.int64)
         return _Events(timestamp, users[session_of], item, kind, value, event_id), next_user
+
+    def _kinds(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """int8 kind codes of `n` events and the mask of the ``rating`` ones."""
+        draw = rng.random(n)
+        kind = np.zeros(n, dtype=np.int8)  # view, click, like, purchase by three comparisons
+        for bound in self._kind_cdf[:-1]:
+            kind += draw >= bound
+        rating = rng.random(n) < self.config.rating_fraction
+        kind[rating] = KIND_CODES["rating"]
+        return kind, rating
 
     def _returning_users(self, rng: np.random.Generator, count: int, n_known: int) -> np.ndarray:
         """`count` users among ids ``0 .. n_known-1``, each accepted with probability activity(user)."""

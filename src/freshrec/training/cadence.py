@@ -696,7 +696,9 @@ class CadenceStudy:
                     events.user_keys[rows], events.timestamps[rows], history_keys[rows], history_times[rows]
                 )
                 negatives = sampler.sample(len(items), trainer.negatives, fallback=items)
-                model.learn(Interactions(query, items, events.values[rows], events.kinds[rows], negatives))
+                kinds = events.kinds[rows]
+                weights = trainer.kind_weights.of(kinds)
+                model.learn(Interactions(query, items, events.values[rows], kinds, negatives, weights))
                 sampler.add(items)
         self._last_epochs = epochs
         self._retrain_epochs = max(self._retrain_epochs, epochs)

@@ -200,6 +200,7 @@ class TrainingLoop:
             self._serve_rollback_request()
             step = self.trainer.step(events.take(slice(start, stop)))
             if self.publisher is not None and step.scored is not None:
+                self.publisher.progress.note_speed(self.trainer.totals.learning_events_per_second)
                 if offsets is not None:
                     position: int | None = int(offsets[stop - 1]) + 1
                 else:

@@ -19,7 +19,7 @@ import numpy as np
 from freshrec.errors import ConfigError
 from freshrec.evaluation.gate import ScoredBatch
 from freshrec.evaluation.prequential import PrequentialEvaluator, rank_candidates
-from freshrec.events import EventBatch
+from freshrec.events import EventBatch, KindWeights
 from freshrec.features.sampler import RecentItemSampler
 from freshrec.features.state import FeatureConfig, LiveFeatures, ObservedBatch
 from freshrec.interactions import EncodedBatch
@@ -68,6 +68,9 @@ class TrainerConfig:
         Torch intra-op threads of the training process (None: leave torch's default). One is fastest
         here: a micro-batch's sparse update is too small to split, and a second thread only contends with
         the data path and the server (BENCHMARKS.md, "throughput").
+    kind_weights
+        How much an event of each kind counts when the model learns (`freshrec.events.KindWeights`:
+        ``[trainer.kind_weights] purchase = 6.0``); every kind at 1 ignores kinds.
     """
 
     batch_size: int = 256
@@ -79,6 +82,7 @@ class TrainerConfig:
     user_capacity: int = 1_000_000
     seed: int = 0
     torch_threads: int | None = 1
+    kind_weights: KindWeights = field(default_factory=KindWeights)
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -193,6 +197,8 @@ class OnlineTrainer:
         self._evaluation_rng = np.random.default_rng(config.seed + 1)
         self.totals = TrainerTotals()
         self.last_stats = LearnStats()
+        #: The newest event time stepped through (epoch seconds; NaN before the first batch).
+        self.newest_event_time = float("nan")
 
     def process(self, events: EncodedBatch | EventBatch) -> list[StepResult]:
         """`step` through every micro-batch of `events` (already in event-time order). Raw events
@@ -213,6 +219,8 @@ class OnlineTrainer:
         stats = self.learn(observed)
         learning = time.perf_counter() - learning_started + observed.negative_seconds
         timing = BatchTiming(len(batch), observed.history_seconds, scoring, learning)
+        if len(batch):
+            self.newest_event_time = float(np.fmax(self.newest_event_time, batch.timestamps.max()))
         totals = self.totals
         totals.events += len(batch)
         totals.batches += 1
@@ -255,7 +263,7 @@ class OnlineTrainer:
 
     def learn(self, observed: ObservedBatch) -> LearnStats:
         """One learning step of the model on an observed batch."""
-        self.last_stats = stats = self.model.learn(observed.interactions())
+        self.last_stats = stats = self.model.learn(observed.interactions(self.config.kind_weights))
         if stats.loss is not None and np.isfinite(stats.loss):
             self.totals.losses.append(stats.loss)
         return stats

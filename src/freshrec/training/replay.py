@@ -42,6 +42,7 @@ class ReplayReport:
     config: dict[str, Any] = field(default_factory=dict)
     dead_letter_path: str | None = None
     ingest: IngestCounts = field(default_factory=IngestCounts)
+    series: list[dict[str, float | int]] = field(default_factory=list)
 
     @property
     def events_per_second(self) -> float:
@@ -72,6 +73,10 @@ class ReplayReport:
             "rejections_by_reason": dict(self.ingest.reasons.most_common()),
             "windows": [w.as_dict(k) for w in self.windows],
             "config": self.config,
+            "series": [
+                {"time": p["time"], "events": p["events"], f"hr@{k}": p["hr"], f"ndcg@{k}": p["ndcg"]}
+                for p in self.series
+            ],
         }
 
 
@@ -111,9 +116,16 @@ def replay(
     if read_size is not None:
         settings = dataclasses.replace(settings, read_size=read_size)
     started = time.perf_counter()
+    series = _Series(trainer)
+
+    def progress(update: LoopProgress) -> None:
+        series.record()
+        if on_progress is not None:
+            on_progress(update)
+
     with DeadLetterWriter(dead_letter) as dead_letters:
         ingest = IngestPipeline(settings, dead_letters, source=source.name)
-        TrainingLoop(trainer, ingest).run(source, on_progress=on_progress, batches=batches)
+        TrainingLoop(trainer, ingest).run(source, on_progress=progress, batches=batches)
     counts, evaluator = ingest.counts, trainer.evaluator
     return ReplayReport(
         model=trainer.model.name,
@@ -129,4 +141,32 @@ def replay(
         config=config or {},
         dead_letter_path=str(dead_letter) if dead_letter is not None and counts.rejected else None,
         ingest=counts,
+        series=series.points,
     )
+
+
+class _Series:
+    """Quality over event time: after each source batch, the newest event time and HR / NDCG of the events
+    evaluated since the previous point (the ``series`` of `ReplayReport`, what `freshrec report` plots)."""
+
+    def __init__(self, trainer: OnlineTrainer) -> None:
+        self.trainer = trainer
+        self.points: list[dict[str, float | int]] = []
+        self._events, self._hits, self._gains = 0, 0.0, 0.0
+
+    def record(self) -> None:
+        total = self.trainer.evaluator.summary()
+        events = total.events - self._events
+        time_ = self.trainer.newest_event_time
+        if events <= 0 or time_ != time_:  # nothing new evaluated, or no event time yet (NaN)
+            return
+        hits, gains = total.hr * total.events, total.ndcg * total.events
+        self.points.append(
+            {
+                "time": time_,
+                "events": total.events,
+                "hr": (hits - self._hits) / events,
+                "ndcg": (gains - self._gains) / events,
+            }
+        )
+        self._events, self._hits, self._gains = total.events, hits, gains
