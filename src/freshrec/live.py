@@ -7,6 +7,7 @@ stops by PID everything it started, also when the caller fails half-way.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -94,13 +96,18 @@ class LiveLoop:
         assert self._output is not None
         # Unbuffered: the output of a child killed without warning (SIGKILL) must reach the log.
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen(
+        start = functools.partial(
+            subprocess.Popen,
             command,
             stdout=self._output,
             stderr=self._output,
             env=environment,
             preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
         )
+        # The kernel sends the death signal when the *thread* that started the child ends, not the process:
+        # a loop started from a short-lived thread (a pool's) would see its children SIGTERMed as that
+        # thread exits. One launcher thread that lives as long as the process starts them all.
+        return _launcher().submit(start).result()
 
     def start(self, trainer: bool = True) -> LiveLoop:
         """Start the server, wait until it answers, then start the trainer (unless `trainer` is False:
@@ -222,6 +229,12 @@ class LiveLoop:
             return "\n".join(self.process_log.read_text().splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+@functools.cache
+def _launcher() -> ThreadPoolExecutor:
+    """The one thread that starts every child of this process's loops (see `LiveLoop._spawn`)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="freshrec-live-launcher")
 
 
 def _die_with_parent(parent: int) -> Any:
