@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import machine_line, markdown_table, write_section  # noqa: E402
+from freshrec.events import KindWeights  # noqa: E402
 from freshrec.live import LiveLoop, LiveLoopConfig, records_of  # noqa: E402
 from freshrec.models.registry import ModelSpec  # noqa: E402
 from freshrec.preprocess.encode import encode_ids  # noqa: E402
@@ -104,10 +105,15 @@ def trainer_starts(loop: LiveLoop) -> int:
 
 
 def log_item_counts(log_dir: Path) -> tuple[int, Counter]:
-    """The log's end offset and each item's events."""
+    """The log's end offset and each item's count as the trainer's popularity counts it: its events, each
+    at the default weight of its kind (`KindWeights`; a view counts 1, a purchase 6), so an event learned
+    twice or lost still shows."""
     end, counts = 0, Counter()
+    weights = KindWeights().table()
     for raw in EventLogReader(log_dir, start_offset="earliest").batches(50_000):
-        counts.update(np.asarray(raw.columns["item_id"]).tolist())
+        kinds = weights[np.asarray(raw.columns["kind"], dtype=np.intp)]
+        for item, weight in zip(np.asarray(raw.columns["item_id"]).tolist(), kinds.tolist(), strict=True):
+            counts[item] += weight
         end = raw.end_offset
     return end, counts
 
