@@ -168,3 +168,21 @@ def test_semicolons_without_a_header_are_read_by_position(tmp_path: Path) -> Non
     )
     assert code == 0, stderr
     assert figures["events_accepted"] == ROWS and figures["config"]["source"]["header"] is False
+
+
+def test_a_kind_of_ones_own_fails_naming_the_key_to_add_and_the_kind_map_accepts_it(tmp_path: Path) -> None:
+    kinds = ["view", "add_to_cart", "purchase"]
+    lines = [f"{u},{i},{t},{kinds[n % 3]}" for n, (u, i, t) in enumerate(_events())]
+    events = _write_csv(tmp_path / "shop.csv", "user_id,item_id,timestamp,kind", lines)
+    code, stderr, figures = replay(tmp_path, "--events", str(events))
+    assert code == 0, stderr  # two thirds were accepted: a warning, not a failure
+    assert "warning: 1,000 of 3,000 records rejected (33.3%)" in stderr
+    [(reason, count)] = figures["rejections_by_reason"].items()
+    assert count == 1000 and reason.startswith("kind: ") and "[pipeline.kinds] add_to_cart = " in reason
+
+    config = tmp_path / "freshrec.toml"
+    config.write_text('[pipeline.kinds]\nadd_to_cart = "click"\n')
+    code, stderr, figures = replay(tmp_path, "--config", str(config), "--events", str(events))
+    assert code == 0, stderr
+    assert figures["events_accepted"] == ROWS and figures["rejections_by_reason"] == {}
+    assert figures["warnings"] == []

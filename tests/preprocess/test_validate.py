@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from freshrec.errors import ConfigError
 from freshrec.events import EVENT_KINDS, KIND_CODES, SchemaLimits
+from freshrec.preprocess.pipeline import IngestCounts, IngestPipeline
 from freshrec.preprocess.validate import (
     DeadLetterWriter,
     EventValidator,
@@ -463,7 +465,6 @@ def test_dead_letter_writer_without_a_path_only_counts() -> None:
         ("user_id", "\ud800", "a\udc00"),
         ("item_id", 3.5, 4.25),
         ("item_id", 2**64, 2**65),
-        ("kind", "buy", "add_to_cart"),
         ("value", "abc", "xyz"),
         ("value", math.inf, "-inf"),
         ("device", [1], [2, 3]),
@@ -482,6 +483,20 @@ def test_reason_groups_count_rejections_of_one_kind_together(field: str, first, 
             value[:10] if isinstance(value, str) else f"{value:.6g}" if isinstance(value, float) else None
         )
         assert quoted is None or quoted not in group, group
+
+
+def test_unknown_kinds_count_per_name_since_each_needs_its_own_key_and_the_groups_stay_bounded() -> None:
+    records = [_one(kind=kind) for kind in ["buy", "add_to_cart", "BUY "]]
+    groups = Counter(reason_group(r.reason) for r in validate_records(records).rejections)
+    assert sorted(groups.values()) == [1, 2]  # 'buy' and 'BUY ' are one key of the map
+    assert all("'" not in group and "[pipeline.kinds] " in group for group in groups)
+
+    pipeline = IngestPipeline()
+    hostile = [_one(kind=f"k{n}") for n in range(IngestCounts.MAX_REASON_GROUPS + 50)]
+    pipeline.process_records(hostile)
+    counts = pipeline.counts
+    assert len(counts.reasons) == IngestCounts.MAX_REASON_GROUPS + 1
+    assert counts.reasons[IngestCounts.OTHER_REASONS] == 50 and counts.rejected == len(hostile)
 
 
 def test_the_kind_map_turns_raw_kinds_into_canonical_ones_and_names_the_key_for_the_others() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -135,7 +135,14 @@ class IngestCounts:
         2200-01-01 (milliseconds?)"``.
     examples
         The first rejection of each key of `reasons`, as it was written to the dead letters.
+
+    At most `MAX_REASON_GROUPS` keys are kept; rejections of any further reason count under
+    `OTHER_REASONS`, so that a hostile column (a million distinct unknown kinds, each of which names its own
+    ``[pipeline.kinds]`` key) cannot grow them without bound.
     """
+
+    MAX_REASON_GROUPS: ClassVar[int] = 100
+    OTHER_REASONS: ClassVar[str] = "other reasons (see the dead letters)"
 
     read: int = 0
     accepted: int = 0
@@ -151,6 +158,8 @@ class IngestCounts:
         self.duplicates += batch.duplicates
         for rejection in batch.rejections:
             key = f"{rejection.field}: {reason_group(rejection.reason)}"
+            if key not in self.reasons and len(self.reasons) >= self.MAX_REASON_GROUPS:
+                key = self.OTHER_REASONS
             self.reasons[key] += 1
             self.examples.setdefault(key, rejection)
 
