@@ -13,6 +13,7 @@ from typing import Any
 
 from freshrec.durable import DamagedFileError, read_tensor_metadata
 from freshrec.publishing.store import ModelStore
+from freshrec.training.checkpoint import CheckpointStore
 
 __all__ = ["store_status"]
 
@@ -92,9 +93,7 @@ def store_status(
 
 def _newest_checkpoint(directory: Path, now: float) -> dict[str, Any] | None:
     """The log offset and age of the newest checkpoint whose header reads (None: none does)."""
-    if not directory.is_dir():
-        return None
-    for path in sorted(directory.glob("checkpoint-*.safetensors"), reverse=True):
+    for path in reversed(CheckpointStore(directory).paths()):  # the trainer's own list, oldest first
         try:
             metadata = read_tensor_metadata(path)
             position, created = int(metadata["position"]), float(metadata["created"])
