@@ -1,7 +1,9 @@
 """Sample weights of an `Interactions` batch (an event's weight by its kind) in a gradient model's loss.
 
 One function, so that every softmax model weighs events the same way; counting models multiply their
-increments by `Interactions.weights` directly. Weights None must give exactly the unweighted loss.
+increments by `Interactions.weights` directly. Weights None must give exactly the unweighted loss. The
+blend's weight step (`BlendedModel._learn_weights`) has no autograd graph: it writes the gradient of this
+same loss out by hand.
 """
 
 from __future__ import annotations
