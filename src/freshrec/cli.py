@@ -47,6 +47,14 @@ StoreDir = Annotated[Path | None, typer.Option("--store", help="The model store 
 LogDir = Annotated[
     Path | None, typer.Option("--log", help="The event log serve writes, train follows (source.log).")
 ]
+StreamUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        help="A broker stream instead of the event log: kafka://host:9092/topic or "
+        "redis://host:6379/stream?partitions=N (source.stream).",
+    ),
+]
 BatchSize = Annotated[
     int | None,
     typer.Option("--batch-size", min=1, help="Events per micro-batch, B (trainer.batch_size, 256)."),
@@ -130,14 +138,14 @@ def _results_table(report: ReplayReport, k: int) -> Table:
     return table
 
 
-def _rejections_table(report: ReplayReport, top: int = 5) -> Table:
+def _rejections_table(counts: Any, top: int = 5) -> Table:
     """The most frequent rejection reasons, grouped by field and reason (the dead letters hold each one)."""
     table = Table(title="top rejection reasons", show_header=True)
     table.add_column("field: reason")
     table.add_column("records", justify="right")
     table.add_column("share of read", justify="right")
-    for key, count in report.ingest.reasons.most_common(top):
-        table.add_row(escape(key), f"{count:,}", f"{count / max(report.events_read, 1):.1%}")
+    for key, count in counts.reasons.most_common(top):
+        table.add_row(escape(key), f"{count:,}", f"{count / max(counts.read, 1):.1%}")
     return table
 
 
@@ -160,6 +168,60 @@ def _output_path(path: Path | None, option: str) -> None:
         raise FreshrecError(f"{option} {path}: cannot create its folder: {error.strerror or error}") from None
 
 
+# The options that describe an event file (replay reads it, produce loads it into a stream).
+EventsFile = Annotated[
+    Path | None,
+    typer.Option(help="Event file: .csv, .tsv, .parquet, .jsonl, .json (source.events)."),
+]
+Columns = Annotated[
+    str | None,
+    typer.Option(
+        help="Column mapping for --events: user=COL,item=COL,time=COL[,value=COL,kind=COL,id=COL] "
+        "(source.columns); not needed when the file already uses user_id, item_id, timestamp. With "
+        "--no-header, columns by position: user=0,item=1,time=2."
+    ),
+]
+FileFormat = Annotated[
+    str | None,
+    typer.Option("--format", help="csv, tsv, parquet, jsonl, json (source.format; by suffix)."),
+]
+Delimiter = Annotated[
+    str | None, typer.Option(help="CSV/TSV field separator: ',' ';' '|' tab (source.delimiter; sniffed).")
+]
+NoHeader = Annotated[
+    bool, typer.Option("--no-header", help="The CSV/TSV has no header line (source.header = false).")
+]
+TimeUnit = Annotated[
+    str | None, typer.Option(help="Unit of numeric times: s, ms, us, ns (source.time_unit, s).")
+]
+TimeFormat = Annotated[
+    str | None,
+    typer.Option(help="strptime format of text times, e.g. '%m/%d/%Y %H:%M' (source.time_format)."),
+]
+DeadLetterFile = Annotated[Path, typer.Option(help="JSONL file for rejected records.")]
+
+
+def _file_options(
+    events: Path | None,
+    columns: str | None,
+    file_format: str | None,
+    delimiter: str | None,
+    no_header: bool,
+    time_unit: str | None,
+    time_format: str | None,
+) -> dict[str, Any]:
+    """The settings the event-file options override."""
+    return {
+        "source.events": None if events is None else str(events),
+        "source.columns": columns,
+        "source.format": file_format,
+        "source.delimiter": delimiter,
+        "source.header": False if no_header else None,
+        "source.time_unit": time_unit,
+        "source.time_format": time_format,
+    }
+
+
 @app.command("replay")
 def replay_command(
     config: ConfigFile = None,
@@ -167,35 +229,13 @@ def replay_command(
     source: Annotated[
         str | None, typer.Option(help=f"Built-in stream: {', '.join(BUILT_IN_SOURCES)} (source.name).")
     ] = None,
-    events: Annotated[
-        Path | None,
-        typer.Option(help="Event file to replay: .csv, .tsv, .parquet, .jsonl (source.events)."),
-    ] = None,
-    columns: Annotated[
-        str | None,
-        typer.Option(
-            help="Column mapping for --events: user=COL,item=COL,time=COL[,value=COL,kind=COL,id=COL] "
-            "(source.columns); not needed when the file already uses user_id, item_id, timestamp. With "
-            "--no-header, columns by position: user=0,item=1,time=2."
-        ),
-    ] = None,
-    file_format: Annotated[
-        str | None,
-        typer.Option("--format", help="csv, tsv, parquet, jsonl, json (source.format; by suffix)."),
-    ] = None,
-    delimiter: Annotated[
-        str | None, typer.Option(help="CSV/TSV field separator: ',' ';' '|' tab (source.delimiter; sniffed).")
-    ] = None,
-    no_header: Annotated[
-        bool, typer.Option("--no-header", help="The CSV/TSV has no header line (source.header = false).")
-    ] = False,
-    time_unit: Annotated[
-        str | None, typer.Option(help="Unit of numeric times: s, ms, us, ns (source.time_unit, s).")
-    ] = None,
-    time_format: Annotated[
-        str | None,
-        typer.Option(help="strptime format of text times, e.g. '%m/%d/%Y %H:%M' (source.time_format)."),
-    ] = None,
+    events: EventsFile = None,
+    columns: Columns = None,
+    file_format: FileFormat = None,
+    delimiter: Delimiter = None,
+    no_header: NoHeader = False,
+    time_unit: TimeUnit = None,
+    time_format: TimeFormat = None,
     warn_share: Annotated[
         float | None, _share_option("Warn past this share rejected or duplicate (pipeline.warn_share, 0.05).")
     ] = None,
@@ -212,9 +252,7 @@ def replay_command(
     metrics_json: Annotated[
         Path | None, typer.Option(help="Write the final figures as one JSON object.")
     ] = None,
-    dead_letter: Annotated[Path, typer.Option(help="JSONL file for rejected records.")] = Path(
-        "dead-letter.jsonl"
-    ),
+    dead_letter: DeadLetterFile = Path("dead-letter.jsonl"),
     movielens_path: MovieLensPath = None,
     synthetic_events: Annotated[
         int | None, typer.Option(min=1, help="Events of --source synthetic (source.synthetic_events).")
@@ -232,13 +270,7 @@ def replay_command(
 
     options = {
         "source.name": source,
-        "source.events": None if events is None else str(events),
-        "source.columns": columns,
-        "source.format": file_format,
-        "source.delimiter": delimiter,
-        "source.header": False if no_header else None,
-        "source.time_unit": time_unit,
-        "source.time_format": time_format,
+        **_file_options(events, columns, file_format, delimiter, no_header, time_unit, time_format),
         "source.movielens_path": None if movielens_path is None else str(movielens_path),
         "source.synthetic_events": synthetic_events,
         "pipeline.warn_share": warn_share,
@@ -288,7 +320,7 @@ def replay_command(
         raise _fail(error) from None
     console.print(_results_table(report, k_shown))
     if report.events_rejected:
-        console.print(_rejections_table(report))
+        console.print(_rejections_table(report.ingest))
         console.print(f"{report.events_rejected:,} rejected records written to {dead_letter}")
     diagnosis = diagnose(
         report.ingest,
@@ -316,6 +348,81 @@ def _token_file_option(scope: str, routes: str) -> Any:
         help=f"File holding the bearer token of {routes} (serving.{scope}_token_file); or set "
         f"FRESHREC_{scope.upper()}_TOKEN. At least 16 characters.",
     )
+
+
+@app.command("produce")
+def produce_command(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="The stream: kafka://host:9092/topic or redis://host:6379/stream?partitions=N."
+        ),
+    ],
+    events: EventsFile = None,
+    columns: Columns = None,
+    file_format: FileFormat = None,
+    delimiter: Delimiter = None,
+    no_header: NoHeader = False,
+    time_unit: TimeUnit = None,
+    time_format: TimeFormat = None,
+    config: ConfigFile = None,
+    sets: Assignments = None,
+    dead_letter: DeadLetterFile = Path("dead-letter.jsonl"),
+) -> None:
+    """Load an event file into a Kafka topic or Redis stream, the way history is brought in before
+    `freshrec train --source URL`: validated and deduplicated as a replay does it (rejected records to
+    the dead letters), written in time order, partitioned by user. Exit 3 as replay does."""
+    from freshrec.preprocess.diagnose import diagnose
+    from freshrec.preprocess.pipeline import IngestPipeline
+    from freshrec.preprocess.validate import DeadLetterWriter
+    from freshrec.sources.files import FileReplaySource
+    from freshrec.sources.streams import open_sink
+
+    options = {
+        **_file_options(events, columns, file_format, delimiter, no_header, time_unit, time_format),
+        "source.stream": to,
+    }
+    try:
+        settings = _settings(config, sets, options, LIVE_MODEL)
+        if settings.source.events is None:
+            raise FreshrecError("--events: give the file to load (source.events)")
+        _output_path(dead_letter, "--dead-letter")
+        source, total = settings.source.open()
+        assert settings.source.stream is not None
+        sink = open_sink(settings.source.stream)
+        console.print(f"[bold]freshrec produce[/] {source.name} -> {settings.source.stream}")
+        started = time.perf_counter()
+        with DeadLetterWriter(dead_letter, source=source.name) as dead:
+            pipeline = IngestPipeline(settings.pipeline, dead_letters=dead)
+            try:
+                for raw in source.batches(settings.pipeline.read_size):
+                    sink.send(pipeline.process(raw).raw)
+            finally:
+                sink.close()
+    except FreshrecError as error:
+        raise _fail(error) from None
+    counts = pipeline.counts
+    written = counts.accepted - counts.duplicates
+    seconds = time.perf_counter() - started
+    console.print(
+        f"{written:,} events written to {settings.source.stream} in {seconds:.1f} s "
+        f"({written / max(seconds, 1e-9):,.0f} events/s); read {counts.read:,}, "
+        f"rejected {counts.rejected:,}, duplicates dropped {counts.duplicates:,}"
+    )
+    if counts.rejected:
+        console.print(_rejections_table(counts))
+        console.print(f"{counts.rejected:,} rejected records written to {dead_letter}")
+    diagnosis = diagnose(
+        counts,
+        warn_share=settings.pipeline.warn_share,
+        max_rejected_share=settings.pipeline.max_rejected_share,
+        event_id_column=source.event_id_column if isinstance(source, FileReplaySource) else None,
+    )
+    for line in diagnosis.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    if diagnosis.failure is not None:
+        console.print(f"[red]error:[/] {escape(diagnosis.failure)}", soft_wrap=True)
+        raise typer.Exit(code=diagnosis.exit_code)
 
 
 @app.command("serve")
@@ -405,6 +512,7 @@ def train_command(
     config: ConfigFile = None,
     sets: Assignments = None,
     log: LogDir = None,
+    source: StreamUrl = None,
     store: StoreDir = None,
     model: ModelName = None,
     batch_size: BatchSize = None,
@@ -424,11 +532,13 @@ def train_command(
         ),
     ] = None,
 ) -> None:
-    """Learn from the event log as it grows and publish gated versions, until SIGINT / SIGTERM."""
+    """Learn from the event log (or a Kafka / Redis stream) as it grows and publish gated versions, until
+    SIGINT / SIGTERM."""
     import threading
 
     options = {
         "source.log": None if log is None else str(log),
+        "source.stream": source,
         "publishing.store": None if store is None else str(store),
         "model.name": model,
         "trainer.batch_size": batch_size,
@@ -443,7 +553,8 @@ def train_command(
     try:
         settings = _settings(config, sets, options, LIVE_MODEL)
         log_dir = settings.source.log
-        if not log_dir.is_dir():  # the server creates the log: waiting for a typo would help nobody
+        if settings.source.stream is None and not log_dir.is_dir():
+            # the server creates the log: waiting for a typo would help nobody
             raise FreshrecError(
                 f"--log: no event log at {log_dir}: start `freshrec serve --log {log_dir}` first, "
                 "or pass --log with the directory serve writes (source.log)"
@@ -456,7 +567,6 @@ def train_command(
 def _train(settings: Settings, stop: Any) -> None:
     """The live loop over the event log, publishing to the store and checkpointing, until `stop` is set."""
     from freshrec.publishing.store import ModelStore
-    from freshrec.sources.eventlog import EventLogReader
     from freshrec.training.checkpoint import CheckpointStore
 
     # Everything slow to start (torch's import: ~2 s) happens before the first version is published,
@@ -471,38 +581,86 @@ def _train(settings: Settings, stop: Any) -> None:
         )
         spec = settings.model.as_dict()
 
+        label = _source_label(settings)
+        where = "sequence" if settings.source.stream is not None else "log offset"
+
         def same_model(checkpoint: Any) -> str | None:
             saved = checkpoint.metadata.get("model")
-            return None if saved == spec else f"it holds another model or configuration ({saved})"
+            if saved != spec:
+                return f"it holds another model or configuration ({saved})"
+            # A stream's positions mean nothing to another stream or to the log (a log's checkpoints,
+            # older ones included, name no source).
+            learned_from = checkpoint.metadata.get("source", "log=")
+            if (learned_from.startswith("log=") and label.startswith("log=")) or learned_from == label:
+                return None
+            return f"it was learned from {learned_from.split('=', 1)[1] or 'the event log'}, not {label}"
 
         checkpoints.remove_partial_writes()  # of a trainer killed mid-write: this one holds the store
         saved = checkpoints.newest_intact(accept=same_model)
         loop = _live_loop(settings, model_store, checkpoints)
-        start: int | str = "earliest"
         resumed = ""
         if saved is not None:
             try:
                 loop.restore(saved)
             except (FreshrecError, KeyError, ValueError) as error:  # a model that no longer loads it
                 console.print(f"[yellow]checkpoint {saved.path} not used:[/] {escape(str(error))}")
-                loop = _live_loop(settings, model_store, checkpoints)
+                loop, saved = _live_loop(settings, model_store, checkpoints), None
             else:
-                start = saved.position
-                resumed = f", resuming from checkpoint {saved.sequence} at log offset {saved.position:,}"
+                resumed = f", resuming from checkpoint {saved.sequence} at {where} {saved.position:,}"
         elif loop.resume_offset:
-            resumed = f", resuming learning at log offset {loop.resume_offset:,} (no checkpoint)"
+            resumed = f", resuming learning at {where} {loop.resume_offset:,} (no checkpoint)"
         publisher = loop.publisher
         assert publisher is not None
+        source = _trainer_source(settings, saved, publisher)
         console.print(
-            f"[bold]freshrec train[/] {_model_line(settings, 'train', LIVE_MODEL)} log={settings.source.log} "
+            f"[bold]freshrec train[/] {_model_line(settings, 'train', LIVE_MODEL)} {_source_label(settings)} "
             f"store={settings.publishing.store} version={publisher.version}{resumed}"
             + (" (publishing once past the served version)" if publisher.holding else ""),
             soft_wrap=True,  # one line per start: operators grep the process log for it
         )
         try:
-            loop.run(EventLogReader(settings.source.log, start_offset=start), follow=True, stop=stop)
+            loop.run(source, follow=True, stop=stop)
         finally:
             loop.close()  # the last checkpoint, on disk before the trainer exits (SIGTERM, Ctrl-C)
+            source.close()
+
+
+def _source_label(settings: Settings) -> str:
+    """What the trainer reads, as its start line and its checkpoints name it."""
+    stream = settings.source.stream
+    return f"source={stream}" if stream is not None else f"log={settings.source.log}"
+
+
+def _trainer_source(settings: Settings, saved: Any, publisher: Any) -> Any:
+    """The event log, or the stream, read from where the checkpoint (or else the adopted version) ends."""
+    stream = settings.source.stream
+    if stream is None:
+        from freshrec.sources.eventlog import EventLogReader
+
+        start: int | str = saved.position if saved is not None else "earliest"
+        return EventLogReader(settings.source.log, start_offset=start)
+    from freshrec.sources.streams import ConsumerSpec, open_stream
+
+    group = settings.source.group
+    if saved is not None:
+        spec = ConsumerSpec(
+            group, start_sequence=saved.position, positions=saved.metadata["source_positions"]
+        )
+    elif publisher.resume_offset:
+        if publisher.resume_positions is None:
+            raise FreshrecError(
+                f"the served version {publisher.version} was learned from the event log, not from {stream}: "
+                "its log offsets say nothing of the stream's; train the stream into a new store "
+                "(--store), or follow the log it was learned from (--log)"
+            )
+        # No checkpoint: learning goes on exactly after what the served version learned; the feature
+        # state (histories, seen items) then holds only what is read from there on.
+        spec = ConsumerSpec(
+            group, start_sequence=publisher.resume_offset, positions=publisher.resume_positions
+        )
+    else:
+        spec = ConsumerSpec(group)
+    return open_stream(stream, spec)
 
 
 def _live_loop(settings: Settings, model_store: Any, checkpoints: Any) -> Any:
@@ -527,7 +685,7 @@ def _live_loop(settings: Settings, model_store: Any, checkpoints: Any) -> Any:
         publisher,
         checkpoints=checkpoints,
         checkpoint_interval=settings.checkpoints.interval_seconds,
-        checkpoint_metadata={"model": settings.model.as_dict()},
+        checkpoint_metadata={"model": settings.model.as_dict(), "source": _source_label(settings)},
     )
 
 

@@ -72,6 +72,12 @@ class SourceSettings:
         Events of the synthetic stream.
     log
         The embedded event log: ``freshrec serve`` appends to it, ``freshrec train`` follows it.
+    stream
+        A broker stream instead of the event log (``kafka://host:9092/topic``,
+        ``redis://host:6379/stream?partitions=N``): what ``freshrec train --source URL`` follows and
+        ``freshrec produce --to URL`` writes.
+    group
+        The consumer group a trainer commits its durable stream position to.
     """
 
     name: str | None = None
@@ -85,8 +91,15 @@ class SourceSettings:
     movielens_path: Path | None = None
     synthetic_events: int = 200_000
     log: Path = Path("runs/log")
+    stream: str | None = None
+    group: str = "freshrec-trainer"
 
     def __post_init__(self) -> None:
+        if self.stream is not None:
+            from freshrec.sources.streams import ConsumerSpec, StreamAddress
+
+            self.stream = str(StreamAddress.parse(self.stream))
+            ConsumerSpec(self.group)  # the group's name is checked here, not at the first commit
         if self.name is not None and self.name not in BUILT_IN_SOURCES:
             known = ", ".join(BUILT_IN_SOURCES)
             raise ConfigError(f"name {self.name!r} is not a built-in source; use one of {known}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +108,11 @@ class ModelPublisher:
         self._suspect_events = 0  # in the suspect windows since the last normal one
         #: Event-log offset the adopted version had learned everything before (0: start from scratch).
         self.resume_offset = 0
+        #: Over a broker stream, the broker positions that offset stands for (None: the event log's).
+        self.resume_positions: dict[str, Any] | None = None
+        #: What a stream source says a position stands for (`StreamSource.positions_at`), recorded in
+        #: each version beside ``log_offset`` as ``source_positions``; None for the event log.
+        self.position_details: Callable[[int], dict[Any, Any]] | None = None
         # Events the adopted version had learned: `events_trained` in metadata counts the whole lineage.
         self._events_trained_before = 0
         # After a restart from a checkpoint, versions wait until the trainer has passed this position
@@ -152,6 +158,7 @@ class ModelPublisher:
             return False  # the snapshot published next reloads the shadow from the candidate
         self.model.drain_changes()
         self.resume_offset = int(loaded.metadata.get("log_offset", 0))
+        self.resume_positions = loaded.metadata.get("source_positions")
         self._events_trained_before = int(loaded.metadata.get("events_trained", 0))
         self._served_events_trained = self._events_trained_before
         self._version = loaded.version
@@ -309,7 +316,7 @@ class ModelPublisher:
             else:
                 self._events_since_publish += events
                 if position is not None:
-                    self.metadata["log_offset"] = int(position)
+                    self._note_position(position)
                 return None
         k = self.config.gate.k
         serving_ranks = scored.ranks_by(self.shadow)
@@ -317,7 +324,7 @@ class ModelPublisher:
         self.monitor.observe(scored, loss, events)
         self._events_since_publish += events
         if position is not None:
-            self.metadata["log_offset"] = int(position)
+            self._note_position(position)
         if self.guardrail is not None:
             verdict = self.guardrail.watch(scored, serving_ranks, self._version)
             if verdict is not None and self._follow_guardrail(self.guardrail, verdict):
@@ -325,6 +332,13 @@ class ModelPublisher:
         if not self.due():
             return None
         return self._decide(loss, events_trained)
+
+    def _note_position(self, position: int) -> None:
+        """The source position the candidate has learned everything before, for the next version."""
+        self.metadata["log_offset"] = int(position)
+        if self.position_details is not None:
+            details = self.position_details(int(position))
+            self.metadata["source_positions"] = {str(key): value for key, value in details.items()}
 
     def _record_prequential(self, prequential: RankingMetrics) -> None:
         self.metadata["prequential"] = {

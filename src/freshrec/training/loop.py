@@ -39,6 +39,7 @@ from freshrec.model_state import State, under_prefix, with_prefix
 from freshrec.preprocess.pipeline import IngestedBatch, IngestPipeline
 from freshrec.publishing.publisher import ModelPublisher
 from freshrec.sources.base import RawBatch, Source
+from freshrec.sources.streams import StreamSource
 from freshrec.training.checkpoint import Checkpoint, CheckpointStore, CheckpointWriter
 from freshrec.training.online import OnlineTrainer
 
@@ -119,6 +120,7 @@ class TrainingLoop:
         self._checkpointed_position: int | None = None
         self._committed: int | None = None
         self._rolled_back = False
+        self._stream: StreamSource | None = None  # the broker stream being read, whose positions to save
 
     def run(
         self,
@@ -138,6 +140,11 @@ class TrainingLoop:
         """
         started = time.perf_counter()
         read_size = self.pipeline.config.read_size
+        # Over a broker stream a position is this consumer's sequence number: every checkpoint and version
+        # also records the broker positions it stands for, which a restart reads from.
+        self._stream = source if isinstance(source, StreamSource) else None
+        if self.publisher is not None and self._stream is not None:
+            self.publisher.position_details = self._stream.positions_at
         while stop is None or not stop.is_set():
             fed = False
             for raw in batches if batches is not None else source.batches(read_size):
@@ -251,6 +258,9 @@ class TrainingLoop:
             return False
         if self.position != self._checkpointed_position or self._rolled_back:
             metadata = {**self.checkpoint_metadata, "publisher": self._publisher_state()}
+            if self._stream is not None:
+                positions = self._stream.positions_at(self.position)
+                metadata["source_positions"] = {str(key): value for key, value in positions.items()}
             self._writer.submit(self.state_dict(), self.position, metadata)
             self._checkpointed_position = self.position
             self._rolled_back = False
@@ -288,6 +298,8 @@ class TrainingLoop:
         self.pipeline.load_state_dict(under_prefix(state, "pipeline."))
         self.position = self._checkpointed_position = checkpoint.position
         self.resume_offset = checkpoint.position
+        if self.publisher is not None and "source_positions" in checkpoint.metadata:
+            self.publisher.metadata["source_positions"] = checkpoint.metadata["source_positions"]
         if self.publisher is not None:
             saved = checkpoint.metadata.get("publisher") or {}
             self.resume_offset = self.publisher.restore(
