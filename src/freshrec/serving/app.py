@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
+from freshrec.errors import SourceError
 from freshrec.events import EVENT_KINDS
 from freshrec.preprocess.pipeline import PipelineConfig
 from freshrec.publishing.rollback import RollbackOutcomeUnknownError, RollbackTimeoutError, rollback
@@ -137,6 +138,7 @@ def create_app(
     max_body_bytes: int | None = None,
     admin_token: str | None = None,
     tokens: AccessTokens | None = None,
+    stream: str | None = None,
 ) -> FastAPI:
     """The FastAPI application; the runtime starts with the app and stops with it.
 
@@ -144,7 +146,9 @@ def create_app(
     their ingest settings. `tokens` (default: `AccessTokens.resolve` of `config`, i.e. the
     ``FRESHREC_*_TOKEN`` environment variables and the ``*_token_file`` settings) guard the scopes;
     `admin_token` replaces the admin one. Raises `ConfigError` for an unusable token, before anything is
-    opened. `max_body_bytes` overrides ``config.max_body_bytes``.
+    opened. `max_body_bytes` overrides ``config.max_body_bytes``. With `stream` (a ``kafka://`` or
+    ``redis://`` URL) accepted events are produced to that stream instead of the log, and the feature
+    state follows it.
     """
     tokens = tokens if tokens is not None else AccessTokens.resolve(config)
     if admin_token is not None:
@@ -155,7 +159,7 @@ def create_app(
         max_depth=config.max_json_depth,
         max_records=config.max_events_per_request,
     )
-    runtime = ServingRuntime(config, store_dir, log_dir, pipeline)
+    runtime = ServingRuntime(config, store_dir, log_dir, pipeline, stream=stream)
     registry = CollectorRegistry()
     latency = Histogram(
         "freshrec_request_seconds",
@@ -270,6 +274,7 @@ def create_app(
             400: {"description": "The body is empty, not UTF-8, not JSON, or nested too deep"},
             413: {"description": "The body or its number of records exceeds the limit"},
             415: {"description": "The Content-Type is not JSON or JSON lines"},
+            503: {"description": "The stream's broker did not acknowledge the events (none accepted)"},
         },
     )
     async def events(request: Request) -> JSONResponse:
@@ -280,7 +285,10 @@ def create_app(
         async with ingest_slots[0]:
             # Off the event loop: parsing, validating and writing the answer take CPU, the append waits
             # for fsync, and /recommend answers on the loop meanwhile.
-            result, answer = await run_in_threadpool(ingest, body, form)
+            try:
+                result, answer = await run_in_threadpool(ingest, body, form)
+            except SourceError as error:  # the stream's broker: the client may send the same body again
+                raise HTTPException(status_code=503, detail=f"events not accepted: {error}") from None
         accepted.inc(result.accepted)
         rejected.inc(len(result.rejections))
         feed.note_ingest(result.accepted, result.rejections)

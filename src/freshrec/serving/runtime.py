@@ -31,6 +31,7 @@ from freshrec.serving.config import ServingConfig
 from freshrec.serving.follower import EventFollower
 from freshrec.serving.served import ServedModel, limit_faiss_threads
 from freshrec.sources.eventlog import EventLog, EventLogConfig
+from freshrec.sources.streams import EventSink, open_sink
 
 
 @dataclass
@@ -72,12 +73,21 @@ class ServingRuntime:
         log_dir: Path,
         pipeline: PipelineConfig | None = None,
         build_model: Callable[[ModelSpec], Model] = ModelSpec.build,
+        stream: str | None = None,
     ) -> None:
         self.config = config
         self.store_dir, self.log_dir = Path(store_dir), Path(log_dir)
         pipeline = pipeline or PipelineConfig()
         self.store = ModelStore.open(self.store_dir)
-        self.log = EventLog.open(EventLogConfig(directory=self.log_dir, fsync=config.fsync))
+        # Accepted events go to the event log (this process is its one writer) or to a broker stream, which
+        # any number of replicas write and follow.
+        self.log: EventLog | None = None
+        self.sink: EventSink | None = None
+        if stream is None:
+            self.log = EventLog.open(EventLogConfig(directory=self.log_dir, fsync=config.fsync))
+        else:
+            self.sink = open_sink(stream)
+        self._send_lock = threading.Lock()  # a producer's delivery reports are per send
         # The door: events are validated here, once; the log's readers take them as they are.
         self.door = IngestPipeline(pipeline)
         # Guards the served model, the index's contents, the version and the feature state together.
@@ -97,7 +107,7 @@ class ServingRuntime:
             negative_window=0,
         )
         item_ids = dataclasses.replace(pipeline, item_ids=config.id_capacity)
-        self.events = EventFollower(self.log_dir, self._lock, features, item_ids)
+        self.events = EventFollower(self.log_dir, self._lock, features, item_ids, stream=stream)
         self._threads = [
             threading.Thread(
                 target=self.served.follow, args=(self._stop,), name="freshrec-store", daemon=True
@@ -120,7 +130,10 @@ class ServingRuntime:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(timeout=5)
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
+        if self.sink is not None:
+            self.sink.close()
         self.store.close()
 
     # ------------------------------------------------------------------ what it holds
@@ -185,11 +198,17 @@ class ServingRuntime:
         return Recommendation(raw.tolist(), scores.tolist(), version)
 
     def ingest(self, records: list[object]) -> IngestResult:
-        """Validate, append the accepted events durably, answer per rejected event."""
+        """Validate, append the accepted events durably (to the log, or acknowledged by the stream's
+        broker: a broker that fails raises `SourceError`, and nothing is reported accepted), answer per
+        rejected event. Log offsets are returned for the log only."""
         result = self.door.validate_records(records)
         events, rejections = self._refuse_future(result, records)
         first = last = None
-        if len(events):
+        if len(events) and self.sink is not None:
+            with self._send_lock:
+                self.sink.send(events)
+        elif len(events):
+            assert self.log is not None
             first, last = self.log.append(events)
             self.log.wait_durable(last)
         return IngestResult(len(events), rejections, first, last)
