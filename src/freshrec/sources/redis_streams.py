@@ -13,6 +13,8 @@ The group is kept as the durable position's record: ``commit`` moves its last-de
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,10 @@ from freshrec.sources.streams import (
 
 __all__ = ["RedisStreamSink", "RedisStreamSource", "stream_keys"]
 
+_log = logging.getLogger(__name__)
+
 _FIELD = b"event"
+_RETRY_SECONDS = 1.0
 _BLOCK_MS = 10  # how long a read waits for new entries: the bound on the latency it adds
 _TIMEOUT = 10.0
 _PIPELINE = 2_000  # XADDs per round trip
@@ -94,6 +99,11 @@ class RedisStreamSource(LedgerConsumer):
         streams = {self._keys[p]: self._cursor[p] for p in partitions}
         try:
             answer = self._redis.xread(streams, count=max(1, n // len(partitions)), block=_BLOCK_MS)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            # As librdkafka does for Kafka: a broker away is waited for (the loop idles), said once a second.
+            _log.warning("%s: reading: %s; retrying", self.address, error)
+            time.sleep(_RETRY_SECONDS)
+            return []
         except redis.RedisError as error:
             raise SourceError(f"{self.address}: reading: {error}") from None
         partition_of = {key.encode(): p for p, key in self._keys.items()}
