@@ -600,7 +600,11 @@ def _train(settings: Settings, stop: Any) -> None:
             learned_from = checkpoint.metadata.get("source", "log=")
             if (learned_from.startswith("log=") and label.startswith("log=")) or learned_from == label:
                 return None
-            return f"it was learned from {learned_from.split('=', 1)[1] or 'the event log'}, not {label}"
+            then, now = (
+                text.split("=", 1)[1] if text.startswith("source=") else "the event log"
+                for text in (learned_from, label)
+            )
+            return f"it was learned from {then}, not {now}"
 
         checkpoints.remove_partial_writes()  # of a trainer killed mid-write: this one holds the store
         saved = checkpoints.newest_intact(accept=same_model)
@@ -644,6 +648,11 @@ def _trainer_source(settings: Settings, saved: Any, publisher: Any) -> Any:
     if stream is None:
         from freshrec.sources.eventlog import EventLogReader
 
+        if saved is None and publisher.resume_offset and publisher.resume_stream is not None:
+            raise FreshrecError(
+                f"the served version {publisher.version} was learned from {publisher.resume_stream}, not "
+                "from the event log: follow it with --source, or train the log into a new store (--store)"
+            )
         start: int | str = saved.position if saved is not None else "earliest"
         return EventLogReader(settings.source.log, start_offset=start)
     from freshrec.sources.streams import ConsumerSpec, open_stream
@@ -654,11 +663,12 @@ def _trainer_source(settings: Settings, saved: Any, publisher: Any) -> Any:
             group, start_sequence=saved.position, positions=saved.metadata["source_positions"]
         )
     elif publisher.resume_offset:
-        if publisher.resume_positions is None:
+        if publisher.resume_positions is None or publisher.resume_stream != stream:
+            learned_from = publisher.resume_stream or "the event log"
             raise FreshrecError(
-                f"the served version {publisher.version} was learned from the event log, not from {stream}: "
-                "its log offsets say nothing of the stream's; train the stream into a new store "
-                "(--store), or follow the log it was learned from (--log)"
+                f"the served version {publisher.version} was learned from {learned_from}, not from "
+                f"{stream}: its positions say nothing of this stream's; train this stream into a new store "
+                "(--store), or follow the source it was learned from"
             )
         # No checkpoint: learning goes on exactly after what the served version learned; the feature
         # state (histories, seen items) then holds only what is read from there on.

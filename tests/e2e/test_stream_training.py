@@ -22,7 +22,7 @@ from freshrec.events import EventBatch, KindWeights
 from freshrec.live import free_port
 from freshrec.preprocess.pipeline import IngestPipeline
 from freshrec.publishing.store import ModelStore
-from freshrec.sources.streams import open_sink
+from freshrec.sources.streams import StreamAddress, open_sink
 from freshrec.training.checkpoint import CheckpointStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -153,3 +153,33 @@ def test_produce_then_train_killed_three_times_learns_every_event_once(url, tmp_
     for item, kind in zip(everything.item_id.tolist(), everything.kind.tolist(), strict=True):
         counts[item] += weights[kind]
     assert miscounted_items(store, counts) == 0  # no event lost, none learned twice
+
+
+def test_a_store_learned_from_one_stream_is_not_continued_from_another(redis_server, tmp_path):
+    first, other = (f"{redis_server}/s{free_port()}" for _ in range(2))
+    sink = open_sink(first)
+    sink.send(drill_events().take(slice(0, 500)))
+    sink.close()
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "freshrec.cli", "train", "--store", str(store), "--model", "popularity"]
+    command += ["--publish-ms", "100"]
+    log = tmp_path / "train.log"
+    trainer = subprocess.Popen([*command, "--source", first], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        learned = lambda: newest_version(store).get("log_offset") == 500  # noqa: E731
+        wait_for(learned, 120, "a version of all", trainer, log)
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        trainer.wait(timeout=30)
+    # Its checkpoint and its version both name the first stream: neither is used for the other.
+    first, other = (str(StreamAddress.parse(url)) for url in (first, other))
+    refused = freshrec(*command[3:], "--source", other)
+    said = " ".join(refused.stderr.split())
+    assert refused.returncode == 2, said
+    assert f"is not used: it was learned from {first}, not {other}" in said
+    assert f"was learned from {first}, not from {other}" in said
+    from_log = freshrec(*command[3:], "--log", str(tmp_path))
+    said = " ".join(from_log.stderr.split())
+    assert from_log.returncode == 2, said
+    assert f"is not used: it was learned from {first}, not the event log" in said
+    assert f"was learned from {first}, not from the event log" in said

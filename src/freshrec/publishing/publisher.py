@@ -110,6 +110,7 @@ class ModelPublisher:
         self.resume_offset = 0
         #: Over a broker stream, the broker positions that offset stands for (None: the event log's).
         self.resume_positions: dict[str, Any] | None = None
+        self.resume_stream: str | None = None
         #: What a stream source says a position stands for (`StreamSource.positions_at`), recorded in
         #: each version beside ``log_offset`` as ``source_positions``; None for the event log.
         self.position_details: Callable[[int], dict[Any, Any]] | None = None
@@ -159,6 +160,12 @@ class ModelPublisher:
         self.model.drain_changes()
         self.resume_offset = int(loaded.metadata.get("log_offset", 0))
         self.resume_positions = loaded.metadata.get("source_positions")
+        config = loaded.metadata.get("config")
+        source = config.get("source") if isinstance(config, dict) else None
+        #: The stream URL the adopted version learned from (None: the event log, or not recorded).
+        self.resume_stream = source.get("stream") if isinstance(source, dict) else None
+        if self.resume_stream == "none":  # how the configuration writes an unset value
+            self.resume_stream = None
         self._events_trained_before = int(loaded.metadata.get("events_trained", 0))
         self._served_events_trained = self._events_trained_before
         self._version = loaded.version
