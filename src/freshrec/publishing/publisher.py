@@ -110,9 +110,11 @@ class ModelPublisher:
         self.resume_offset = 0
         #: Over a broker stream, the broker positions that offset stands for (None: the event log's).
         self.resume_positions: dict[str, Any] | None = None
+        #: The stream URL the adopted version learned from (None: the event log, or not recorded).
         self.resume_stream: str | None = None
         #: What a stream source says a position stands for (`StreamSource.positions_at`), recorded in
-        #: each version beside ``log_offset`` as ``source_positions``; None for the event log.
+        #: each version beside ``log_offset`` as ``source_positions`` when it is published; None for the
+        #: event log.
         self.position_details: Callable[[int], dict[Any, Any]] | None = None
         # Events the adopted version had learned: `events_trained` in metadata counts the whole lineage.
         self._events_trained_before = 0
@@ -162,7 +164,6 @@ class ModelPublisher:
         self.resume_positions = loaded.metadata.get("source_positions")
         config = loaded.metadata.get("config")
         source = config.get("source") if isinstance(config, dict) else None
-        #: The stream URL the adopted version learned from (None: the event log, or not recorded).
         self.resume_stream = source.get("stream") if isinstance(source, dict) else None
         if self.resume_stream == "none":  # how the configuration writes an unset value
             self.resume_stream = None
@@ -323,7 +324,7 @@ class ModelPublisher:
             else:
                 self._events_since_publish += events
                 if position is not None:
-                    self._note_position(position)
+                    self.metadata["log_offset"] = int(position)
                 return None
         k = self.config.gate.k
         serving_ranks = scored.ranks_by(self.shadow)
@@ -331,7 +332,7 @@ class ModelPublisher:
         self.monitor.observe(scored, loss, events)
         self._events_since_publish += events
         if position is not None:
-            self._note_position(position)
+            self.metadata["log_offset"] = int(position)
         if self.guardrail is not None:
             verdict = self.guardrail.watch(scored, serving_ranks, self._version)
             if verdict is not None and self._follow_guardrail(self.guardrail, verdict):
@@ -340,12 +341,15 @@ class ModelPublisher:
             return None
         return self._decide(loss, events_trained)
 
-    def _note_position(self, position: int) -> None:
-        """The source position the candidate has learned everything before, for the next version."""
-        self.metadata["log_offset"] = int(position)
-        if self.position_details is not None:
-            details = self.position_details(int(position))
-            self.metadata["source_positions"] = {str(key): value for key, value in details.items()}
+    def _version_metadata(self, events_trained: int, **extra: Any) -> dict[str, Any]:
+        """What a version published now records: the publisher's metadata, the lineage's events and, over
+        a stream, the broker positions its ``log_offset`` stands for (asked only when publishing: a
+        position's broker positions cost a look through the batches not yet committed)."""
+        metadata = {**self.metadata, "events_trained": events_trained, **extra}
+        if self.position_details is not None and "log_offset" in metadata:
+            details = self.position_details(int(metadata["log_offset"]))
+            metadata["source_positions"] = {str(key): value for key, value in details.items()}
+        return metadata
 
     def _record_prequential(self, prequential: RankingMetrics) -> None:
         self.metadata["prequential"] = {
@@ -477,7 +481,7 @@ class ModelPublisher:
         except VersionNotFoundError:
             _log.info("trusted version %d is no longer kept: publishing its state again", to)
             rollback = {"from": verdict.serving_version, "state_of": to, "reason": verdict.reason}
-            metadata = {**self.metadata, "events_trained": events_trained, "rollback": rollback}
+            metadata = self._version_metadata(events_trained, rollback=rollback)
             to = self.store.publish_snapshot(trusted, metadata=metadata, rollback=rollback)
         _log.warning("%s: rolled back to version %d", verdict.reason, to)
         guardrail.rolled_back(to)
@@ -490,7 +494,7 @@ class ModelPublisher:
     def _publish_changes(self, events_trained: int, decision: GateDecision) -> int:
         changes = self.model.drain_changes()
         events_trained += self._events_trained_before
-        metadata = {**self.metadata, "events_trained": events_trained, "gate": decision.as_dict()}
+        metadata = self._version_metadata(events_trained, gate=decision.as_dict())
         # Adoption and rollback set the count to `snapshot_every`, None when the trainer never snapshots on
         # its own: either way a snapshot is due. A store that found damage asks for one too.
         since, every = self._deltas_since_snapshot, self.config.snapshot_every
@@ -512,7 +516,7 @@ class ModelPublisher:
         return self._publish_snapshot(events_trained, metadata)
 
     def _publish_snapshot(self, events_trained: int, metadata: dict[str, Any] | None = None) -> int:
-        metadata = metadata or {**self.metadata, "events_trained": events_trained}
+        metadata = metadata or self._version_metadata(events_trained)
         state = self.model.state_dict()
         version = self.store.publish_snapshot(state, metadata=metadata)
         self.shadow.load_state_dict(state)

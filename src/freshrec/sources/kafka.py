@@ -36,10 +36,10 @@ _BEGINNING = -2
 
 
 def _client_config(address: StreamAddress) -> dict[str, Any]:
-    errors: list[str] = []
-
-    def on_error(error: Any) -> None:  # connection trouble: librdkafka retries; keep the newest for messages
-        errors[:] = [str(error)]
+    def on_error(error: Any) -> None:
+        # Connection trouble, which librdkafka retries by itself: what reaches the caller is a timeout
+        # (opening) or a delivery failure (producing), each raised with its reason.
+        _log.info("%s: %s", address, error)
 
     return {"bootstrap.servers": f"{address.host}:{address.port}", "error_cb": on_error, "log_level": 3}
 

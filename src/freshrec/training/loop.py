@@ -298,8 +298,6 @@ class TrainingLoop:
         self.pipeline.load_state_dict(under_prefix(state, "pipeline."))
         self.position = self._checkpointed_position = checkpoint.position
         self.resume_offset = checkpoint.position
-        if self.publisher is not None and "source_positions" in checkpoint.metadata:
-            self.publisher.metadata["source_positions"] = checkpoint.metadata["source_positions"]
         if self.publisher is not None:
             saved = checkpoint.metadata.get("publisher") or {}
             self.resume_offset = self.publisher.restore(
