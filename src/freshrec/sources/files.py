@@ -555,15 +555,8 @@ class FileReplaySource:
             line = line.strip()
             if not line:
                 continue
-            try:
-                record = json.loads(line)
-            except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
-                where = f" at column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
-                reason = f"invalid JSON{where}: {getattr(error, 'msg', error)}"
-                malformed.append(Rejection(number, "_record", reason, line.decode("utf-8", "replace")))
-                continue
-            if not isinstance(record, dict):
-                reason = f"expected a JSON object, got {_json_type(record)}"
+            record, reason = json_object(line)
+            if record is None:
                 malformed.append(Rejection(number, "_record", reason, line.decode("utf-8", "replace")))
                 continue
             records.append(record)
@@ -646,6 +639,22 @@ def _csv_column(canonical: str, column: pa.ChunkedArray) -> np.ndarray:
         except pa.ArrowInvalid:
             pass
     return text.to_numpy(zero_copy_only=False)
+
+
+def json_object(text: bytes) -> tuple[dict[str, Any] | None, str]:
+    """One JSON object (a JSON line, a stream's message), or None with why it is not one.
+
+    >>> json_object(b'{"user_id": 1}'), json_object(b"[1]")
+    (({'user_id': 1}, ''), (None, 'expected a JSON object, got array'))
+    """
+    try:
+        record = json.loads(text)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        where = f" at column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        return None, f"invalid JSON{where}: {getattr(error, 'msg', error)}"
+    if not isinstance(record, dict):
+        return None, f"expected a JSON object, got {_json_type(record)}"
+    return record, ""
 
 
 def _json_type(value: Any) -> str:

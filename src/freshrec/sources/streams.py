@@ -39,6 +39,7 @@ import numpy as np
 from freshrec.errors import ConfigError, SourceError
 from freshrec.events import EventBatch
 from freshrec.sources.base import EVENT_COLUMNS, RawBatch, Rejection, Source, check_batch_size
+from freshrec.sources.files import json_object
 
 __all__ = [
     "BrokerPositions",
@@ -312,13 +313,9 @@ def _decode_one(value: bytes | None) -> tuple[dict[str, Any], str | None]:
         return {}, "empty message (no value)"
     if len(value) > _MAX_MESSAGE_BYTES:
         return {}, f"message too big: {len(value)} bytes > {_MAX_MESSAGE_BYTES}"
-    try:
-        record = json.loads(value)
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
-        where = f" at column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
-        return {}, f"invalid JSON{where}: {getattr(error, 'msg', error)}"
-    if not isinstance(record, dict):
-        return {}, f"expected a JSON object, got {_json_type(record)}"
+    record, reason = json_object(value)
+    if record is None:
+        return {}, reason
     context = record.pop("context", None)
     if isinstance(context, dict):
         for name, item in context.items():
@@ -326,14 +323,6 @@ def _decode_one(value: bytes | None) -> tuple[dict[str, Any], str | None]:
     elif context is not None:
         record["context"] = context  # a context that is not an object: the validator says so
     return record, None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}.get(
-        type(value), type(value).__name__
-    )
 
 
 # ---------------------------------------------------------------------------------------- positions
