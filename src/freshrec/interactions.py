@@ -179,6 +179,12 @@ class Interactions:
         float32 [B], how much each event counts (from its kind: `freshrec.events.KindWeights`), or None
         when every event counts 1. Implicit models multiply their per-event loss or count increment by it;
         None takes exactly the unweighted path.
+    share
+        The events whose loss this process computes, when ranks of a distributed trainer split one batch
+        (`freshrec.training.distributed`): every rank sees the whole batch (its sightings, in-batch
+        candidates and normalisation are the batch's) and learns from its share; the ranks' shares cover
+        the batch once, and the loss a share reports is its part of the batch's (the parts sum to it).
+        None: all of them. Only models with ``learns_shares`` accept one.
     """
 
     query: Query
@@ -187,6 +193,7 @@ class Interactions:
     kinds: np.ndarray
     negative_keys: np.ndarray
     weights: np.ndarray | None = None
+    share: slice | None = None
 
     def __len__(self) -> int:
         return len(self.item_keys)

@@ -54,6 +54,10 @@ class TableConfig:
     sketch_width, sketch_depth
         Count-min sketch size: ``depth x width`` one-byte counters (default 4 x 2^20 = 4 MiB); see
         `freshrec.embeddings.sketch.CountMinSketch` for its error.
+    rank_capacity
+        Most rows of this table one trainer rank may hold (None: no limit). Over N ranks
+        (`freshrec.training.distributed`) a rank holds ``(capacity + 1) / N`` of the rows, so a table
+        larger than one rank's memory trains over enough ranks; a trainer with too few is refused.
 
     >>> TableConfig(capacity=1000).embedding(dim=8, seed=3).capacity
     1000
@@ -68,8 +72,11 @@ class TableConfig:
     init_std: float = 0.01
     sketch_width: int = 1 << 20
     sketch_depth: int = 4
+    rank_capacity: int | None = None
 
     def __post_init__(self) -> None:
+        if self.rank_capacity is not None and self.rank_capacity < 1:
+            raise ConfigError(f"rank_capacity must be a positive integer or None, got {self.rank_capacity!r}")
         if not isinstance(self.capacity, int) or self.capacity < 1:
             raise ConfigError(f"capacity must be a positive integer, got {self.capacity!r}")
         if not 1 <= self.admit_after <= MAX_COUNT:

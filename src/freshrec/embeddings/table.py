@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from freshrec.embeddings.config import EmbeddingTableConfig
+from freshrec.embeddings.sharded import RowSharding, ShardedLookup, exchange_rows
 from freshrec.embeddings.sketch import CountMinSketch
 from freshrec.errors import ConfigError
 from freshrec.keyindex import NEVER_SEEN, KeyIndex, as_keys, per_key_times
@@ -104,22 +105,9 @@ class DynamicEmbeddingTable:
             if config.admit_after > 1
             else None
         )
-        # One table, rows on the host, computed on CPU. SUM pooling over bags of exactly one row is the
-        # fbgemm CPU kernel's fast path: measured 1.05-1.3M rows/s against 0.5-0.63M for PoolingMode.NONE
-        # (100k x 64 table, batches of 1-4k rows, one thread, fbgemm-gpu-cpu 1.8.0).
-        self._tbe = SplitTableBatchedEmbeddingBagsCodegen(
-            embedding_specs=[(self.num_rows, config.dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
-            optimizer=_OPTIMIZERS[config.optimizer],
-            learning_rate=config.learning_rate,
-            eps=config.eps,
-            pooling_mode=PoolingMode.SUM,
-            # Rows come from our own index and `embed` checks their range, so fbgemm's check is redundant.
-            bounds_check_mode=BoundsCheckMode.NONE,
-        )
-        self._weights = self._tbe.split_embedding_weights()[0]  # [rows, dim] view of fbgemm's storage
-        # [rows] row-wise Adagrad accumulator; SGD has no state (an empty tensor keeps the code uniform).
-        states = self._tbe.split_optimizer_states()
-        self._momentum = states[0][0] if states and states[0] else torch.zeros(0)
+        #: Where the rows live when they are spread over trainer ranks (`shard`); None: all here.
+        self.sharding: RowSharding | None = None
+        self._allocate(self.num_rows)
         self._generator = torch.Generator().manual_seed(config.seed)
         # Rows whose weights, optimizer state or index entry changed since the last `drain_changes`.
         self._dirty = np.zeros(self.num_rows, dtype=bool)
@@ -133,6 +121,61 @@ class DynamicEmbeddingTable:
         # Rows are zero until assigned (fbgemm allocates zeros): initialising lazily keeps start-up O(1) in
         # capacity. The cold row starts like any other row.
         self._reinit(np.array([COLD_ROW], dtype=np.int64))
+
+    def _allocate(self, rows: int) -> None:
+        """fbgemm's storage for `rows` rows (all of them, or this rank's share)."""
+        # One table, rows on the host, computed on CPU. SUM pooling over bags of exactly one row is the
+        # fbgemm CPU kernel's fast path: measured 1.05-1.3M rows/s against 0.5-0.63M for PoolingMode.NONE
+        # (100k x 64 table, batches of 1-4k rows, one thread, fbgemm-gpu-cpu 1.8.0).
+        config = self.config
+        self._tbe = SplitTableBatchedEmbeddingBagsCodegen(
+            embedding_specs=[(rows, config.dim, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+            optimizer=_OPTIMIZERS[config.optimizer],
+            learning_rate=config.learning_rate,
+            eps=config.eps,
+            pooling_mode=PoolingMode.SUM,
+            # Rows come from our own index and `embed` checks their range, so fbgemm's check is redundant.
+            bounds_check_mode=BoundsCheckMode.NONE,
+        )
+        self._weights = self._tbe.split_embedding_weights()[0]  # [rows, dim] view of fbgemm's storage
+        # [rows] row-wise Adagrad accumulator; SGD has no state (an empty tensor keeps the code uniform).
+        states = self._tbe.split_optimizer_states()
+        self._momentum = states[0][0] if states and states[0] else torch.zeros(0)
+        self.__dict__.pop("_weights_numpy", None)
+
+    def shard(self, sharding: RowSharding) -> None:
+        """Keep only this rank's rows from now on (`freshrec.embeddings.sharded`): call on a table that has
+        not admitted an id yet, on every rank of the group, before the first step.
+
+        Raises
+        ------
+        ConfigError
+            The table already holds ids, or this rank's share of ``capacity + 1`` rows exceeds the
+            configured ``rank_capacity``.
+        """
+        if len(self._index):
+            raise ConfigError("shard a table before it admits ids: its rows would have to move")
+        held = sharding.local_rows(self.num_rows)
+        limit = self.config.rank_capacity
+        if limit is not None and held > limit:
+            needed = -(-self.num_rows // limit)
+            raise ConfigError(
+                f"a table of capacity {self.config.capacity:,} over {sharding.world_size} rank(s) holds "
+                f"{held:,} rows per rank, above rank_capacity {limit:,}: train with at least {needed} ranks "
+                "or raise rank_capacity"
+            )
+        self.sharding = sharding if sharding.world_size > 1 else None
+        self._allocate(held)
+        self._generator = torch.Generator().manual_seed(self.config.seed)
+        self._anchor = torch.zeros(1, requires_grad=True)
+        self._reinit(np.array([COLD_ROW], dtype=np.int64))
+
+    def held_rows(self) -> int:
+        """Live rows whose weights this process stores (all of them unless sharded)."""
+        if self.sharding is None:
+            return len(self._index)
+        slots = self._index.live_slots()
+        return int(np.count_nonzero(self.sharding.owned(slots + 1)))
 
     @property
     def dim(self) -> int:
@@ -207,19 +250,42 @@ class DynamicEmbeddingTable:
         rows are recorded as touched for `drain_changes`.
         """
         index = self._row_tensor(rows)
-        n = len(index)
+        if self.sharding is not None:  # the owners mark the rows they update (apply_local_gradients)
+            return ShardedLookup.apply(self._anchor, self, index.numpy(), self.sharding)
         if torch.is_grad_enabled():
             self._dirty[index.numpy()] = True
+        return self._lookup(index)
+
+    def _lookup(self, index: torch.Tensor) -> torch.Tensor:
+        """fbgemm's forward over local rows `index` (in autograd when grad is enabled)."""
+        n = len(index)
         if len(self._offsets) <= n:
             self._offsets = torch.arange(2 * (n + 1), dtype=torch.int64)
         return self._tbe(index, self._offsets[: n + 1])
+
+    def local_weights(self, local_rows: np.ndarray) -> torch.Tensor:
+        """float32 copies of rows of this process's storage (a sharded table's local row numbers)."""
+        return torch.from_numpy(self._weights_array()[local_rows])
+
+    def apply_local_gradients(self, local_rows: np.ndarray, gradients: torch.Tensor) -> None:
+        """The fused update of this rank's `local_rows` from `gradients` (every rank's gradients of its
+        rows in one call: duplicates are summed first, as in a single table's backward)."""
+        if self.sharding is None:
+            raise ConfigError("apply_local_gradients is for sharded tables; use embed(...).backward()")
+        rows = np.ascontiguousarray(local_rows, dtype=np.int64)
+        self._dirty[rows * self.sharding.world_size + self.sharding.rank] = True
+        with torch.enable_grad():
+            self._lookup(torch.from_numpy(rows)).backward(gradients)
 
     def weights(self, rows: torch.Tensor | np.ndarray) -> torch.Tensor:
         """float32 [n, dim] copy of the rows, outside autograd (the fast path for scoring).
 
         Gathered by numpy, which keeps the GIL: a torch op releases it, and in a server a request that lets
         go of the GIL for a one-row lookup may then wait for a background thread's whole switch interval.
+        A sharded table asks the rows' owners (a collective: every rank calls it).
         """
+        if self.sharding is not None:
+            return exchange_rows(self, self._row_array(rows), self.sharding)
         return torch.from_numpy(self._weights_array()[self._row_array(rows)])
 
     def _weights_array(self) -> np.ndarray:
@@ -288,6 +354,8 @@ class DynamicEmbeddingTable:
             "clock": self._clock_array(),
             "_rng": self._generator.get_state().numpy().copy(),
         }
+        if self.sharding is not None:  # weights and momentum hold this rank's rows only
+            state["sharding"] = np.array([self.sharding.rank, self.sharding.world_size], dtype=np.int64)
         state.update(with_prefix(self._index.state_dict(finite=True), "index."))
         if self._sketch is not None:
             state.update(with_prefix(self._sketch.state_dict(), "sketch."))
@@ -305,6 +373,13 @@ class DynamicEmbeddingTable:
             f"build the table with the optimizer it was saved with (this one: {self.config.optimizer!r})"
         )
         momentum = array_like(state, "momentum", self._momentum.numpy(), optimizer)
+        saved = np.asarray(state.get("sharding", [0, 1]), dtype=np.int64).reshape(-1).tolist()
+        here = [self.sharding.rank, self.sharding.world_size] if self.sharding is not None else [0, 1]
+        if saved != here:
+            raise ConfigError(
+                f"state holds the rows of rank {saved[0]} of {saved[1]}, this table is rank {here[0]} of "
+                f"{here[1]}; load each rank's own state with the same number of ranks"
+            )
         if (self._sketch is None) != ("sketch.counters" not in state):
             raise ConfigError(
                 f"state was saved with a different admit_after setting than this table's "
@@ -335,12 +410,13 @@ class DynamicEmbeddingTable:
         """
         rows = np.flatnonzero(self._dirty)
         self._dirty[rows] = False
-        index = torch.from_numpy(rows)
+        held = rows if self.sharding is None else rows[self.sharding.owned(rows)]
+        index = torch.from_numpy(held if self.sharding is None else self.sharding.local(held))
         changes: dict[str, tuple[np.ndarray, np.ndarray]] = {
-            "weights": (rows, self._weights.index_select(0, index).numpy())
+            "weights": (held, self._weights.index_select(0, index).numpy())
         }
         if len(self._momentum):
-            changes["momentum"] = (rows, self._momentum.index_select(0, index).numpy())
+            changes["momentum"] = (held, self._momentum.index_select(0, index).numpy())
         slots = rows[rows != COLD_ROW] - 1
         changes.update(with_prefix(self._index.slot_changes(slots, finite=True).rows, "index."))
         replaced = {"counters": self._counters(), "clock": self._clock_array()}
@@ -359,7 +435,11 @@ class DynamicEmbeddingTable:
                 if name in changes.rows:
                     rows, values = changes.rows[name]
                     index = self._row_tensor(rows)
-                    tensor.index_copy_(0, index, torch.from_numpy(np.asarray(values, dtype=np.float32)))
+                    values = torch.from_numpy(np.asarray(values, dtype=np.float32))
+                    if self.sharding is not None:  # this rank's rows of another rank-R table's changes
+                        owned = torch.from_numpy(self.sharding.owned(index.numpy()))
+                        index, values = index[owned] // self.sharding.world_size, values[owned]
+                    tensor.index_copy_(0, index, values)
         replaced = changes.replaced
         if "counters" in replaced:
             self.admitted, self.evicted, self.expired = (int(v) for v in replaced["counters"])
@@ -415,9 +495,14 @@ class DynamicEmbeddingTable:
 
     def _reinit(self, rows: np.ndarray) -> None:
         """Fresh N(0, init_std) weights and zero Adagrad state for rows that get a new owner."""
-        index = torch.from_numpy(rows)
         fresh = torch.randn(len(rows), self.config.dim, generator=self._generator)
         fresh.mul_(self.config.init_std)
+        if self.sharding is not None:  # every rank draws every new row: the same draws as one table
+            owned = self.sharding.owned(rows)
+            fresh = fresh[torch.from_numpy(owned)]
+            index = torch.from_numpy(self.sharding.local(rows[owned]))
+        else:
+            index = torch.from_numpy(rows)
         with torch.no_grad():
             self._weights.index_copy_(0, index, fresh)
             if len(self._momentum):

@@ -19,18 +19,29 @@ Adding a model is one file (a config dataclass and a `Model` subclass) and one l
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from freshrec.errors import ConfigError
 from freshrec.interactions import Interactions, Query
 from freshrec.model_state import State, StateChanges
 
 if TYPE_CHECKING:  # the tables import torch; counting models and the configuration never need it
+    import torch
+
     from freshrec.embeddings import DynamicEmbeddingTable
+    from freshrec.embeddings.sharded import RowSharding
+
+
+#: Sums the parameters' gradients over the ranks of a distributed trainer, in place (see
+#: `freshrec.models.dense_state.DenseParameters.step`).
+GradientSum = Callable[[list["torch.nn.Parameter"]], None]
 
 __all__ = [
+    "GradientSum",
     "ItemVectorChanges",
     "LearnStats",
     "Model",
@@ -68,12 +79,17 @@ class Model(ABC):
         the row (popularity: counts decayed to the row's time): whatever is computed from a row's scores
         that does not depend on their scale (their order, their standardised values) is then the same
         for every row, and a blend computes it once.
+    learns_shares
+        Whether `learn` honours `Interactions.share` (learns the loss of its share of a batch it sees
+        whole), so that ranks of `freshrec.training.distributed` can split a batch between them; such a
+        model makes the same table calls on every rank, whatever its share.
     """
 
     name: str
     history_length: int = 0
     reads_history_values: ClassVar[bool] = False
     scores_rows_alike: ClassVar[bool] = False
+    learns_shares: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, query: Query, candidate_keys: np.ndarray) -> np.ndarray:
@@ -107,6 +123,16 @@ class Model(ABC):
     def apply_changes(self, changes: StateChanges) -> None:
         """Apply another instance's `drain_changes` in place, so that afterwards this model's public
         state equals the other's at the time it drained (cost proportional to the change)."""
+
+    def shard(self, sharding: RowSharding, sum_gradients: GradientSum) -> None:
+        """Spread the model's id rows over the ranks of a distributed trainer (`freshrec.embeddings.sharded`)
+        and sum its dense gradients over them with `sum_gradients` before each optimizer step: called on
+        every rank, on a new model, by `freshrec.training.distributed`. Models with `learns_shares`
+        implement it."""
+        raise ConfigError(
+            f"model {self.name!r} does not learn over several ranks; models that do: "
+            "bpr-mf, two-tower (train it with one rank)"
+        )
 
     def table_sizes(self) -> dict[str, dict[str, int]]:
         """The id tables the model keeps, by name: ``live_rows`` and ``capacity``, and for embedding tables

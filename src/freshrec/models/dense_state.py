@@ -9,6 +9,8 @@ pickles.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -42,6 +44,18 @@ class DenseParameters:
         self.parameters = parameters
         self.optimizer = optimizer
         self.model = model
+        #: Sums every parameter's gradient over the ranks of a distributed trainer, in place, before each
+        #: `step` (None: one process).
+        self.synchronise: Callable[[list[torch.nn.Parameter]], None] | None = None
+        self._changed = True
+
+    def step(self) -> None:
+        """Adam's step over the gradients backward left, summed over the ranks first when `synchronise`
+        is set (each rank's loss is its share of the batch's, so the sum is the batch's gradient), and
+        recorded for the next drain."""
+        if self.synchronise is not None:
+            self.synchronise(list(self.parameters.values()))
+        self.optimizer.step()
         self._changed = True
 
     def stepped(self) -> None:

@@ -15,7 +15,7 @@ constant 1. So a row of width ``dim`` holds ``dim - 1`` latent factors, and ``us
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +27,10 @@ from freshrec.interactions import Interactions, Query
 from freshrec.keyindex import as_keys
 from freshrec.model_state import State, apply_parts, drain_parts, load_parts, state_of_parts
 from freshrec.models.base import LearnStats, StateChanges, VectorModel
+
+if TYPE_CHECKING:
+    from freshrec.embeddings.sharded import RowSharding
+    from freshrec.models.base import GradientSum
 
 #: Table settings that a flat config of earlier versions set for both sides at once.
 _SHARED_TABLE_FIELDS = ("admit_after", "ttl_seconds", "eviction", "optimizer", "learning_rate")
@@ -112,6 +116,7 @@ class BPRMatrixFactorization(VectorModel):
 
     name = "bpr-mf"
     history_length = 0
+    learns_shares = True
 
     def __init__(self, config: MFConfig | None = None) -> None:
         self.config = config = config or MFConfig()
@@ -154,7 +159,9 @@ class BPRMatrixFactorization(VectorModel):
     # ------------------------------------------------------------------ learning
     def learn(self, batch: Interactions) -> LearnStats:
         """One BPR step on the batch. Users and positive items are sightings (rows assigned, admission,
-        eviction); negatives are only looked up: a sampled negative is not a sighting."""
+        eviction); negatives are only looked up: a sampled negative is not a sighting. With a
+        `Interactions.share`, every event is a sighting and the pair weights are normalised over the
+        batch, but only the share's pairs are learned here (the other ranks learn the rest)."""
         n = len(batch)
         if n == 0:
             return LearnStats()
@@ -173,17 +180,24 @@ class BPRMatrixFactorization(VectorModel):
         if pairs == 0:
             return LearnStats(extra={"pairs": 0.0})
         pair_rows = negative_rows[pair_event, pair_negative]
-
-        user_factors = self.users.embed(user_rows)  # [n, dim]
-        item_factors = self.items.embed(np.concatenate([positive_rows, pair_rows]))  # [n + pairs, dim]
         weights = self._pair_weights(pair_rows)
         if batch.weights is not None:  # each pair counts as much as its event (its kind's weight)
             weights = weights * torch.from_numpy(batch.weights[pair_event])
+        if batch.share is not None:  # this rank's events and their pairs, renumbered from 0
+            first, stop, _ = batch.share.indices(n)
+            mine = (pair_event >= first) & (pair_event < stop)
+            pair_event, pair_rows, weights = pair_event[mine] - first, pair_rows[mine], weights[mine]
+            user_rows, positive_rows = user_rows[first:stop], positive_rows[first:stop]
+
+        user_factors = self.users.embed(user_rows)  # [share, dim]
+        item_factors = self.items.embed(np.concatenate([positive_rows, pair_rows]))  # [share + pairs, dim]
         grad_users, grad_items, loss = bpr_gradients(
             user_factors.detach(), item_factors.detach(), pair_event, weights, self.config.l2
         )
         # The loss's gradients are closed-form, so autograd only carries them into fbgemm's fused update.
         torch.autograd.backward((user_factors, item_factors), (grad_users, grad_items))
+        if batch.share is not None:  # the share's part of the batch's mean: the ranks' parts sum to it
+            loss = loss * len(pair_event) / pairs if len(pair_event) else 0.0
         return LearnStats(
             loss=loss,
             extra={"pairs": float(pairs), "users": float(len(self.users)), "items": float(len(self.items))},
@@ -197,6 +211,11 @@ class BPRMatrixFactorization(VectorModel):
         counts = self.items.index.counts[negative_rows - 1].astype(np.float64)
         weights = np.maximum(counts, 1.0) ** -alpha
         return torch.from_numpy((weights / weights.mean()).astype(np.float32))
+
+    def shard(self, sharding: RowSharding, sum_gradients: GradientSum) -> None:
+        """Both tables' rows over the ranks (no dense weights to sum)."""
+        self.users.shard(sharding)
+        self.items.shard(sharding)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> State:

@@ -495,8 +495,7 @@ class SASRecModel(VectorModel):
         loss = cross_entropy(logits, torch.from_numpy(targets), batch.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the item rows here
-        self.optimizer.step()
-        self._dense.stepped()
+        self._dense.step()
         value = float(loss.detach())
         return LearnStats(
             loss=value, extra={"candidates": float(len(candidates)), "items": float(len(self.items))}

@@ -39,7 +39,7 @@ embedding, column ``dim`` its bias, the last three are unused. ``user_vectors @ 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from torch import nn
 from freshrec import model_state
 from freshrec.embeddings import COLD_ROW, DynamicEmbeddingTable
 from freshrec.embeddings.config import TableConfig
+from freshrec.embeddings.sharded import even_shares, gather_shares
 from freshrec.errors import ConfigError
 from freshrec.features.history import age_buckets
 from freshrec.features.items import ItemFeatureTable
@@ -58,6 +59,10 @@ from freshrec.keyindex import as_keys
 from freshrec.models.base import LearnStats, StateChanges, VectorModel
 from freshrec.models.dense_state import DenseParameters
 from freshrec.models.weighting import cross_entropy
+
+if TYPE_CHECKING:
+    from freshrec.embeddings.sharded import RowSharding
+    from freshrec.models.base import GradientSum
 
 __all__ = [
     "StreamingFrequency",
@@ -417,6 +422,7 @@ class TwoTowerModel(VectorModel):
     """
 
     name = "two-tower"
+    learns_shares = True
 
     def __init__(
         self, config: TwoTowerConfig | None = None, item_features: ItemFeatureTable | None = None
@@ -485,20 +491,22 @@ class TwoTowerModel(VectorModel):
         return rows, valid, times
 
     def _user_vectors(
-        self, query: Query, training: bool, shared: tuple[np.ndarray, torch.Tensor] | None = None
+        self,
+        query: Query,
+        user_rows: np.ndarray | None = None,
+        shared: tuple[np.ndarray, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """float32 [B, dim] user-tower outputs; in training, through `embed` so backward updates the rows.
+        """float32 [B, dim] user-tower outputs; in training (`user_rows` given: the users' rows from
+        `rows_for_training`), through `embed` so backward updates the rows.
 
         `shared` is (sorted rows, their looked-up vectors) of `history_items` already embedded by the
         caller and holding every history row: a row looked up twice would get two Adagrad steps."""
         dim = self.config.dim
-        user_keys = as_keys(query.user_keys, "user_keys")
+        training = user_rows is not None
         if training:
-            user_rows = self.users.rows_for_training(
-                user_keys, np.asarray(query.timestamps, dtype=np.float64)
-            )
             users = self.users.embed(user_rows)
         else:
+            user_keys = as_keys(query.user_keys, "user_keys")
             users = self.users.weights(self.users.rows_for_serving(user_keys))
         rows, valid, times = self._history(query)
         if shared is None:
@@ -537,7 +545,7 @@ class TwoTowerModel(VectorModel):
     def user_vectors(self, query: Query) -> np.ndarray:
         """float32 [B, dim + 1]: each row's user-tower output with the constant 1 that multiplies the bias."""
         with torch.no_grad():
-            users = self._user_vectors(query, training=False)
+            users = self._user_vectors(query)
         return torch.cat([users, torch.ones(len(users), 1)], dim=1).numpy()
 
     def item_vectors(self, item_keys: np.ndarray) -> np.ndarray:
@@ -559,7 +567,7 @@ class TwoTowerModel(VectorModel):
         keys = as_keys(candidates, "candidate_keys")
         unique, inverse = np.unique(keys, return_inverse=True)
         with torch.no_grad():
-            users = self._user_vectors(query, training=False)
+            users = self._user_vectors(query)
             vectors, bias = self._item_vectors(
                 unique, self.items.weights(self.items.rows_for_serving(unique))
             )
@@ -583,6 +591,7 @@ class TwoTowerModel(VectorModel):
         config = self.config
         positives = as_keys(batch.item_keys, "item_keys")
         timestamps = np.asarray(batch.timestamps, dtype=np.float64)
+        user_rows = self.users.rows_for_training(as_keys(batch.user_keys, "user_keys"), timestamps)
         self.items.rows_for_training(positives, timestamps)
         if self.history_items is not self.items:
             self.history_items.rows_for_training(positives, timestamps)  # admission of history rows
@@ -592,29 +601,40 @@ class TwoTowerModel(VectorModel):
         candidates = np.unique(np.concatenate([positives, negatives]))  # one column per distinct item
         targets = np.searchsorted(candidates, positives)
         candidate_rows = self.items.rows_for_serving(candidates)
+        # With a share (a rank of a distributed trainer), the batch's candidates and normalisation stay
+        # the whole batch's; only the share's events are scored and learned here.
+        share = batch.share if batch.share is not None else slice(0, n)
+        query, user_rows = batch.query.take(np.arange(n)[share]), user_rows[share]
+        weights = None if batch.weights is None else batch.weights[share]
         # Positives not admitted yet (admit_after > 1) share the cold row; rows_for_serving says so too.
         if self.history_items is self.items:
             # One lookup of every item row the step reads, so each row gets one Adagrad step.
-            history_rows, valid, _ = self._history(batch.query)
+            history_rows, valid, _ = self._history(query)
             rows = np.unique(np.concatenate([history_rows[valid], candidate_rows]))
             looked_up = self.items.embed(rows)
-            users = self._user_vectors(batch.query, training=True, shared=(rows, looked_up))  # [B, D]
+            users = self._user_vectors(query, user_rows, shared=(rows, looked_up))  # [share, D]
             candidate_vectors = looked_up[torch.from_numpy(np.searchsorted(rows, candidate_rows))]
         else:
-            users = self._user_vectors(batch.query, training=True)
+            users = self._user_vectors(query, user_rows)
             candidate_vectors = self.items.embed(candidate_rows)
-        vectors, bias = self._item_vectors(candidates, candidate_vectors)  # [C, D], [C]
+        sharding = self.items.sharding
+        if sharding is None:
+            vectors, bias = self._item_vectors(candidates, candidate_vectors)  # [C, D], [C]
+        else:  # the item tower is the step's largest part: each rank runs it on a share of the columns
+            part = even_shares(len(candidates), sharding.world_size)[sharding.rank]
+            own, _ = self._item_vectors(candidates[part], candidate_vectors[part])
+            vectors, bias = gather_shares(own, len(candidates), sharding), candidate_vectors[:, config.dim]
         logits = torch.addmm(bias, users, vectors.T)
         if config.logq_weight:
             logits = logq_logits(logits, self.frequency.probability(candidates), config.logq_weight)
         if config.mask_history_in_loss:
-            mask = _history_mask(batch.query.history_keys, candidates, positives)
+            mask = _history_mask(query.history_keys, candidates, positives[share])
             logits = logits.masked_fill(torch.from_numpy(mask), _MASKED)
-        loss = cross_entropy(logits, torch.from_numpy(targets), batch.weights)
+        # The mean over the batch's n events: a share's part of it, so the ranks' gradients sum to it.
+        loss = cross_entropy(logits, torch.from_numpy(targets[share]), weights) * (len(users) / n)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # fbgemm's fused Adagrad updates the id rows here
-        self.optimizer.step()
-        self._dense.stepped()
+        self._dense.step()
         return LearnStats(
             loss=float(loss.detach()),
             extra={
@@ -623,6 +643,12 @@ class TwoTowerModel(VectorModel):
                 "items": float(len(self.items)),
             },
         )
+
+    def shard(self, sharding: RowSharding, sum_gradients: GradientSum) -> None:
+        """Every id table's rows over the ranks; the towers' gradients summed over them before Adam."""
+        for table in {id(t): t for t in (self.users, self.items, self.history_items)}.values():
+            table.shard(sharding)
+        self._dense.synchronise = sum_gradients
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> model_state.State:
