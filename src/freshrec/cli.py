@@ -588,22 +588,17 @@ def _train(settings: Settings, stop: Any) -> None:
         )
         spec = settings.model.as_dict()
 
-        label = _source_label(settings)
         where = "sequence" if settings.source.stream is not None else "log offset"
 
         def same_model(checkpoint: Any) -> str | None:
             saved = checkpoint.metadata.get("model")
             if saved != spec:
                 return f"it holds another model or configuration ({saved})"
-            # A stream's positions mean nothing to another stream or to the log (a log's checkpoints,
-            # older ones included, name no source).
-            learned_from = checkpoint.metadata.get("source", "log=")
-            if (learned_from.startswith("log=") and label.startswith("log=")) or learned_from == label:
+            # A stream's positions mean nothing to another stream or to the log.
+            learned_from = _checkpoint_stream(checkpoint.metadata)
+            if learned_from == settings.source.stream:
                 return None
-            then, now = (
-                text.split("=", 1)[1] if text.startswith("source=") else "the event log"
-                for text in (learned_from, label)
-            )
+            then, now = (url or "the event log" for url in (learned_from, settings.source.stream))
             return f"it was learned from {then}, not {now}"
 
         checkpoints.remove_partial_writes()  # of a trainer killed mid-write: this one holds the store
@@ -636,8 +631,18 @@ def _train(settings: Settings, stop: Any) -> None:
             source.close()
 
 
+def _checkpoint_stream(metadata: dict[str, Any]) -> str | None:
+    """The stream URL a checkpoint was learned from (None: the event log). Checkpoints name it under
+    "stream"; those of the first stream release only had the start line's label ("source=URL" /
+    "log=DIR"), and those before it nothing (the log)."""
+    if "stream" in metadata:
+        return metadata["stream"]
+    label = str(metadata.get("source", ""))
+    return label.removeprefix("source=") if label.startswith("source=") else None
+
+
 def _source_label(settings: Settings) -> str:
-    """What the trainer reads, as its start line and its checkpoints name it."""
+    """What the trainer reads, as its start line names it."""
     stream = settings.source.stream
     return f"source={stream}" if stream is not None else f"log={settings.source.log}"
 
@@ -702,7 +707,7 @@ def _live_loop(settings: Settings, model_store: Any, checkpoints: Any) -> Any:
         publisher,
         checkpoints=checkpoints,
         checkpoint_interval=settings.checkpoints.interval_seconds,
-        checkpoint_metadata={"model": settings.model.as_dict(), "source": _source_label(settings)},
+        checkpoint_metadata={"model": settings.model.as_dict(), "stream": settings.source.stream},
     )
 
 
